@@ -1,0 +1,51 @@
+"""Samplers: each a frozen dataclass run by one ``lax.scan`` driver (see ``base`` and ``driver``).
+
+``SAMPLERS`` is the one name -> constructor table used by ``sample`` and the CLI.
+"""
+
+from functools import partial
+
+from diffusion_jax.samplers.base import Context, Sampler
+from diffusion_jax.samplers.ddim import DDIM, DDPM
+from diffusion_jax.samplers.dpm_solver import DPMSolver, DPMSolverPP, DPMSolverPP2S, DPMSolverPPSDE
+from diffusion_jax.samplers.driver import resolve_sampler, run, sample, total_nfe
+from diffusion_jax.samplers.grids import GRIDS, make_grid
+from diffusion_jax.samplers.heun import Euler, Heun
+from diffusion_jax.samplers.ode import AdaptiveODE, ODESolver, dopri5
+from diffusion_jax.samplers.plms import PLMS
+from diffusion_jax.samplers.sde import (AnnealedLangevin, EulerMaruyama, PredictorCorrector,
+                                        ReverseDiffusion)
+from diffusion_jax.samplers.unipc import UniPC
+
+SAMPLERS = {
+    # deterministic (probability-flow ODE) solvers
+    "ddim": DDIM,
+    "euler": Euler,
+    "heun": Heun,
+    "plms": PLMS,
+    "ode_euler": partial(ODESolver, method="euler"),
+    "ode_heun": partial(ODESolver, method="heun"),
+    "ode_rk4": partial(ODESolver, method="rk4"),
+    "ode_dopri5": AdaptiveODE,
+    "dpm_solver_1": partial(DPMSolver, order=1),
+    "dpm_solver_2": partial(DPMSolver, order=2),
+    "dpm_solver_3": partial(DPMSolver, order=3),
+    "dpmpp_2s": DPMSolverPP2S,
+    "dpmpp_2m": partial(DPMSolverPP, order=2),
+    "dpmpp_3m": partial(DPMSolverPP, order=3),
+    "unipc": partial(UniPC, order=3),
+    "unipc_2": partial(UniPC, order=2),
+    "unipc_bh1": partial(UniPC, order=3, variant="bh1"),
+    # stochastic (reverse-SDE) samplers
+    "ddpm": DDPM,
+    "dpmpp_sde_2m": DPMSolverPPSDE,
+    "euler_maruyama": EulerMaruyama,
+    "reverse_diffusion": ReverseDiffusion,
+    "pc": PredictorCorrector,
+    "ald": AnnealedLangevin,
+}
+
+__all__ = ["SAMPLERS", "GRIDS", "Context", "Sampler", "make_grid", "run", "sample", "total_nfe",
+           "resolve_sampler", "dopri5"] + [c.__name__ for c in (
+    DDIM, DDPM, DPMSolver, DPMSolverPP, DPMSolverPP2S, DPMSolverPPSDE, Euler, Heun, AdaptiveODE,
+    ODESolver, PLMS, AnnealedLangevin, EulerMaruyama, PredictorCorrector, ReverseDiffusion, UniPC)]

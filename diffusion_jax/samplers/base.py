@@ -1,0 +1,100 @@
+"""The sampler contract and the small helpers every sampler shares.
+
+A sampler is a frozen dataclass of hyper-parameters with
+
+* ``init(ctx, x_T) -> carry``: a pytree holding at least ``"x"``;
+* ``step(ctx, carry, i, t, t_next, key) -> carry``: one step from ``t`` to ``t_next < t``
+  (``i`` is the step index, a traced int; ``key`` a fresh key for this step);
+* ``nfe_per_step`` and ``min_steps``.
+
+``ctx`` carries the denoiser, the process and the static number of steps: samplers never see
+networks or parameters. All arithmetic is written with ``jnp.where`` on the step index, never a
+Python ``if`` on values, so that the driver compiles the whole run as one ``lax.scan``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from diffusion_jax.parameterization import eps_from_x0, score_from_x0
+from diffusion_jax.processes import Process
+
+Array = jax.Array
+
+
+class Context(NamedTuple):
+    denoise: Callable[[Array, Array], Array]  # (x [B,...], t []) -> x0_hat [B,...]
+    process: Process
+    num_steps: int
+
+
+class Sampler:
+    nfe_per_step: int = 1
+    min_steps: int = 1
+    stochastic: bool = False
+
+    def init(self, ctx: Context, x: Array) -> dict[str, Any]:
+        return {"x": x}
+
+    def step(self, ctx: Context, carry, i, t, t_next, key):
+        raise NotImplementedError
+
+    def nfe(self, num_steps: int) -> int:
+        """Network evaluations for ``num_steps`` steps (without the final denoising step)."""
+        return self.nfe_per_step * num_steps
+
+    def validate(self) -> None:
+        """Raise ValueError for bad hyper-parameters (called before compiling)."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("eta", "s_churn", "s_noise", "snr", "step_size", "rtol", "atol") and v < 0:
+                raise ValueError(f"{type(self).__name__}.{f.name} must be >= 0, got {v}")
+
+
+def coeffs(process: Process, t):
+    """``(alpha, sigma, lambda)`` at ``t``, with ``lambda = logsnr / 2 = log(alpha / sigma)``."""
+    return process.alpha(t), process.sigma(t), 0.5 * process.logsnr(t)
+
+
+def t_of_lambda(process: Process, lam):
+    return process.t_of_logsnr(2.0 * lam)
+
+
+def eps_hat(ctx: Context, x, t):
+    """``(x0_hat, eps_hat)`` from one denoiser call."""
+    a, s = ctx.process.alpha(t), ctx.process.sigma(t)
+    x0 = ctx.denoise(x, t)
+    return x0, eps_from_x0(x, x0, a, s)
+
+
+def score(ctx: Context, x, t):
+    a, s = ctx.process.alpha(t), ctx.process.sigma(t)
+    return score_from_x0(x, ctx.denoise(x, t), a, s)
+
+
+def pf_ode_drift(ctx: Context, x, t):
+    """Probability-flow ODE ``dx/dt = f(t) x - g(t)^2 / 2 * score`` (Song et al. 2021, eq. 13)."""
+    p = ctx.process
+    return p.f(t) * x - 0.5 * p.g2(t) * score(ctx, x, t)
+
+
+def per_example_norm(v):
+    return jnp.sqrt(jnp.sum(jnp.reshape(v, (v.shape[0], -1)) ** 2, axis=1))
+
+
+def bcast(v, x):
+    return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def ddim_transfer(x, x0, a_s, s_s, a_t, s_t):
+    """The deterministic DDIM / first-order DPM-Solver map from ``s`` to ``t`` with ``x0`` fixed."""
+    return a_t * x0 + (s_t / s_s) * (x - a_s * x0)
+
+
+def push(history, value):
+    """Shift a stacked history ``[K, ...]`` by one and put ``value`` first."""
+    return jnp.concatenate([value[None], history[:-1]], axis=0)

@@ -1,0 +1,120 @@
+"""One ``lax.scan`` driver for every fixed-grid sampler, and ``sample``, the public entry point."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax.processes import Process
+from diffusion_jax.samplers.base import Context, Sampler
+from diffusion_jax.samplers.grids import make_grid
+
+Array = jax.Array
+
+
+def run(sampler: Sampler, denoise: Callable, process: Process, x_T: Array, ts, key: Array,
+        final_denoise: bool = True) -> tuple[Array, Array]:
+    """Run ``sampler`` over the grid ``ts`` (length ``N+1``) from ``x_T``: one ``lax.scan``.
+
+    Returns ``(x, nan_step)``: the sample (``x0_hat`` at ``t_min`` if ``final_denoise``, else
+    ``x_{t_min}``) and the first step whose output held a NaN (``-1`` if none; ``N`` means the
+    final denoising step). Traceable: call it inside ``jax.jit``.
+    """
+    if hasattr(sampler, "run"):  # adaptive solvers choose their own grid
+        x, nan_step = sampler.run(denoise, process, x_T, float(ts[0]), float(ts[-1]))
+    else:
+        ts = jnp.asarray(ts, dtype=x_T.dtype)
+        n = ts.shape[0] - 1
+        ctx = Context(denoise, process, n)
+
+        def body(state, inp):
+            carry, nan_step = state
+            i, t, t_next, k = inp
+            carry = sampler.step(ctx, carry, i, t, t_next, k)
+            bad = jnp.any(jnp.isnan(carry["x"]))
+            return (carry, jnp.where((nan_step < 0) & bad, i.astype(jnp.int32), nan_step)), None
+
+        keys = jax.random.split(key, n)
+        init = (sampler.init(ctx, x_T), jnp.int32(-1))
+        (carry, nan_step), _ = jax.lax.scan(body, init, (jnp.arange(n), ts[:-1], ts[1:], keys))
+        x = carry["x"]
+    if final_denoise:
+        n = len(ts) - 1
+        x = denoise(x, jnp.asarray(ts[-1], x.dtype))
+        nan_step = jnp.where((nan_step < 0) & jnp.any(jnp.isnan(x)), n, nan_step)
+    return x, nan_step
+
+
+def resolve_sampler(sampler: str | Sampler, **kwargs) -> Sampler:
+    from diffusion_jax.samplers import SAMPLERS
+
+    if isinstance(sampler, Sampler):
+        if kwargs:
+            raise ValueError("sampler options are given as the sampler object's fields, not kwargs")
+        obj = sampler
+    elif sampler in SAMPLERS:
+        obj = SAMPLERS[sampler](**kwargs)
+    else:
+        raise ValueError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
+    obj.validate()
+    return obj
+
+
+def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sampler = "dpmpp_2m",
+           num_steps: int = 20, key: Array | None = None, grid: str = "logsnr",
+           ts=None, final_denoise: bool = True, sampler_kwargs: dict | None = None) -> Array:
+    """Draw samples by integrating from ``x_T`` (at ``t_max``) down to ``t_min``.
+
+    Args:
+      denoise: ``denoise(x [B,...], t []) -> x0_hat [B,...]``; a pure function (bind parameters
+        with ``functools.partial`` or a closure).
+      process: the diffusion process the denoiser was trained for.
+      x_T: ``[B, ...]`` initial noise, e.g. ``process.prior_sample(key, shape)``.
+      sampler: a name in ``SAMPLERS`` or a sampler object.
+      num_steps: steps along the grid (NFE = ``sampler.nfe(num_steps) + final_denoise``).
+      key: PRNG key for stochastic samplers (default: key 0).
+      grid: a name in ``GRIDS``; or give ``ts`` (decreasing times) explicitly.
+
+    Jittable as a whole (``jax.jit(partial(sample, ...))``). Called outside ``jit`` it compiles
+    once per (denoiser, process, sampler, grid, shape) and raises ``FloatingPointError`` naming
+    the step where the denoiser produced a NaN.
+    """
+    obj = resolve_sampler(sampler, **(sampler_kwargs or {}))
+    if ts is None:
+        ts = make_grid(process, num_steps, grid)
+    else:
+        ts = np.asarray(ts, dtype=np.float64)
+        if ts.ndim != 1 or len(ts) < 2 or np.any(np.diff(ts) >= 0):
+            raise ValueError("ts must be a 1-D strictly decreasing array of at least 2 times")
+        for v in (ts[0], ts[-1]):
+            process.check_t(v)
+    n = len(ts) - 1
+    if n < obj.min_steps:
+        raise ValueError(f"sampler {type(obj).__name__} needs at least {obj.min_steps} steps, got {n}")
+    key = jax.random.key(0) if key is None else key
+    if not isinstance(x_T, jax.core.Tracer) and not isinstance(key, jax.core.Tracer):
+        x, nan_step = _run_jit(obj, denoise, process, x_T, tuple(float(v) for v in ts), key,
+                               final_denoise)
+        nan_step = int(nan_step)
+        if nan_step >= 0:
+            where = "the final denoising step" if nan_step == n else f"step {nan_step} of {n}"
+            raise FloatingPointError(
+                f"sampler {type(obj).__name__} produced NaN at {where} "
+                f"(t={ts[min(nan_step, n)]:.4g}): check the denoiser's output at that time")
+        return x
+    x, _ = run(obj, denoise, process, x_T, ts, key, final_denoise)
+    return x
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 4, 6))
+def _run_jit(sampler, denoise, process, x_T, ts, key, final_denoise):
+    return run(sampler, denoise, process, x_T, np.asarray(ts), key, final_denoise)
+
+
+def total_nfe(sampler: str | Sampler, num_steps: int, final_denoise: bool = True) -> int:
+    return resolve_sampler(sampler).nfe(num_steps) + int(final_denoise)
