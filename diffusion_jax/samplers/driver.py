@@ -97,6 +97,10 @@ def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sa
     if n < obj.min_steps:
         raise ValueError(f"sampler {type(obj).__name__} needs at least {obj.min_steps} steps, got {n}")
     key = jax.random.key(0) if key is None else key
+    out = jax.eval_shape(denoise, x_T, jnp.asarray(ts[0], x_T.dtype))  # traces, never compiles
+    if out.shape != x_T.shape:
+        raise ValueError(f"the denoiser maps x_T of shape {x_T.shape} to {out.shape}; "
+                         "it must return x0_hat with the shape of its input")
     if not isinstance(x_T, jax.core.Tracer) and not isinstance(key, jax.core.Tracer):
         x, nan_step = _run_jit(obj, denoise, process, x_T, tuple(float(v) for v in ts), key,
                                final_denoise)

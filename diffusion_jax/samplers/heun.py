@@ -46,7 +46,7 @@ class Euler(Sampler):
             s_max = p.sigma(p.t_max) / p.alpha(p.t_max)
             s_hat = jnp.minimum(s * (1 + gamma), s_max)
             z = jax.random.normal(key, x.shape, x.dtype)
-            x = x + jnp.sqrt(s_hat**2 - s**2) * self.s_noise * z
+            x = x + jnp.sqrt(jnp.maximum(s_hat**2 - s**2, 0.0)) * self.s_noise * z
             t = jnp.where(s_hat > s, p.t_of_logsnr(-2.0 * jnp.log(s_hat)), t)
             s = s_hat
         d = (x - ctx.denoise(p.alpha(t) * x, t)) / s

@@ -17,7 +17,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.samplers.base import Sampler, bcast, coeffs, per_example_norm, score
+from diffusion_jax.samplers.base import Sampler, coeffs, per_example_norm, score
 
 
 def _em_step(ctx, x, t, t_next, key):
@@ -69,8 +69,9 @@ class ReverseDiffusion(Sampler):
 @dataclasses.dataclass(frozen=True)
 class PredictorCorrector(Sampler):
     """Langevin corrector at ``t`` then a predictor step to ``t_next``. Corrector step size
-    ``eps = 2 a (snr |z| / |grad|)^2`` per example, with ``a = (alpha_s/alpha_t)^2``
-    (``1 - beta`` of the step for VP, 1 for VE), as in Song et al.'s Alg. 5."""
+    ``eps = 2 a (snr |z| / |grad|)^2`` with ``a = (alpha_s/alpha_t)^2`` (``1 - beta`` of the step
+    for VP, 1 for VE), as in Song et al.'s Alg. 5; the norms are per-example norms averaged over
+    the batch (as in their code): per-example ratios explode in low dimension."""
 
     predictor: Literal["reverse_diffusion", "euler_maruyama"] = "reverse_diffusion"
     snr: float = 0.16
@@ -94,8 +95,8 @@ class PredictorCorrector(Sampler):
         a = (ctx.process.alpha(t) / ctx.process.alpha(t_next)) ** 2
 
         def step_size(grad, z):
-            ratio = per_example_norm(z) / jnp.maximum(per_example_norm(grad), 1e-20)
-            return bcast(2.0 * a * (self.snr * ratio) ** 2, z)
+            ratio = jnp.mean(per_example_norm(z)) / jnp.mean(per_example_norm(grad))
+            return 2.0 * a * (self.snr * ratio) ** 2
 
         x = langevin(ctx, carry["x"], t, k_c, self.n_corrector, step_size)
         pred = _reverse_diffusion_step if self.predictor == "reverse_diffusion" else _em_step
