@@ -8,6 +8,7 @@ step to ``alpha = 1``, written once in the driver instead of in every sampler.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from diffusion_jax.processes import DiscreteVP, Process
@@ -31,6 +32,11 @@ def make_grid(process: Process, num_steps: int, kind: str = "logsnr", rho: float
     """
     if kind not in GRIDS:
         raise ValueError(f"unknown grid {kind!r}; valid grids: {', '.join(GRIDS)}")
+    with jax.ensure_compile_time_eval():  # a grid is host data even when sample() is traced
+        return _make_grid(process, num_steps, kind, rho, t_max, t_min)
+
+
+def _make_grid(process, num_steps, kind, rho, t_max, t_min):
     if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
     hi = process.t_max if t_max is None else float(t_max)
