@@ -1,0 +1,75 @@
+"""U-Net building blocks (Ho et al. 2020; Dhariwal & Nichol 2021). Kernels carry logical axis
+names (``conv_in``, ``conv_out``, ``embed``, ``mlp``); the experiment's rules map them to mesh axes."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+KERNEL_AXES_CONV = (None, None, "conv_in", "conv_out")
+KERNEL_AXES_DENSE = ("embed", "mlp")
+
+
+def conv(features, kernel=3, stride=1, dtype=jnp.float32, param_dtype=jnp.float32, zero=False,
+         name=None):
+    init = nn.initializers.zeros if zero else nn.initializers.variance_scaling(
+        1.0, "fan_avg", "uniform")
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
+                   dtype=dtype, param_dtype=param_dtype,
+                   kernel_init=nn.with_logical_partitioning(init, KERNEL_AXES_CONV), name=name)
+
+
+def dense(features, dtype=jnp.float32, param_dtype=jnp.float32, zero=False, name=None):
+    init = nn.initializers.zeros if zero else nn.initializers.variance_scaling(
+        1.0, "fan_avg", "uniform")
+    return nn.Dense(features, dtype=dtype, param_dtype=param_dtype,
+                    kernel_init=nn.with_logical_partitioning(init, KERNEL_AXES_DENSE), name=name)
+
+
+def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
+    """Sinusoidal embedding of ``t`` [B] (already scaled, e.g. ``1000 t``), shape ``[B, dim]``."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = t.astype(jnp.float32)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def group_norm(channels: int, dtype):
+    return nn.GroupNorm(num_groups=min(32, channels // 4) or 1, dtype=dtype)
+
+
+class ResBlock(nn.Module):
+    features: int
+    dropout: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, emb, train: bool):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = nn.silu(group_norm(x.shape[-1], self.dtype)(x))
+        h = conv(self.features, **kw)(h)
+        h = h + dense(self.features, **kw)(nn.silu(emb))[:, None, None, :]
+        h = nn.silu(group_norm(self.features, self.dtype)(h))
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = conv(self.features, zero=True, **kw)(h)
+        if x.shape[-1] != self.features:
+            x = conv(self.features, kernel=1, **kw)(x)
+        return (x + h) / math.sqrt(2.0)
+
+
+class AttnBlock(nn.Module):
+    num_heads: int = 1
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, h, w, c = x.shape
+        y = group_norm(c, self.dtype)(x).reshape(b, h * w, c)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
+            out_kernel_init=nn.initializers.zeros)(y, y)
+        return (x + y.reshape(b, h, w, c)) / math.sqrt(2.0)

@@ -1,0 +1,184 @@
+"""``train(config, workdir)``: the main job, top to bottom. The config is read here and nowhere
+below: everything this calls takes typed arguments."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from diffusion_jax import parameterization as Z
+from diffusion_jax import processes
+from diffusion_jax.data import global_batch, image_pipeline
+from diffusion_jax.data.sources import get_source
+from diffusion_jax.losses import LossConfig
+from diffusion_jax.models import MLP, UNet, UNetConfig, check_image_size
+from diffusion_jax.parallel import batch_sharding, batch_size_per_shard, make_mesh
+from diffusion_jax.samplers import sample as dj_sample
+from diffusion_jax.train.checkpoint import Checkpointer
+from diffusion_jax.train.state import create_state, make_optimizer
+from diffusion_jax.train.step import make_train_step
+from diffusion_jax.utils.images import plot_curve, save_grid, save_scatter
+
+
+def data_shape(config) -> tuple[int, ...]:
+    """One example's shape: ``(dim,)`` for vector data, else ``(size, size, channels)``."""
+    d = config.data
+    return (d.dim,) if d.get("dim") else (d.image_size, d.image_size, d.channels)
+
+
+def build(config):
+    """Translate a config into typed objects: (model, process, parameterization, loss, tx)."""
+    m, d = config.model, config.data
+    if m.name == "mlp":
+        model = MLP(m.hidden, m.depth, m.time_scale)
+    elif m.name != "unet":
+        raise ValueError(f"unknown model {m.name!r}; valid: 'unet', 'mlp'")
+    else:
+        model = _unet(m, d)
+    pkw = {k: v for k, v in config.process.items() if k != "name"}
+    process = processes.make_process(config.process.name, **pkw)
+    zkw = {k: v for k, v in config.parameterization.items() if k != "name"}
+    par = Z.make_parameterization(config.parameterization.name, **zkw)
+    loss = LossConfig(**config.loss)
+    o = config.optimizer
+    tx = make_optimizer(o.lr, o.warmup_steps, config.train.steps, o.schedule, o.weight_decay,
+                        o.b2, o.grad_clip, o.grad_accum)
+    return model, process, par, loss, tx
+
+
+def _unet(m, d):
+    check_image_size(d.image_size, m.channel_mult)
+    ucfg = UNetConfig(channels=m.channels, channel_mult=tuple(m.channel_mult),
+                      num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
+                      num_heads=m.num_heads, dropout=m.dropout,
+                      num_classes=d.num_classes if m.conditional else 0, time_scale=m.time_scale)
+    return UNet(ucfg, dtype=jnp.dtype(m.dtype))
+
+
+def make_sample_fn(model, process, par, sampler: str, num_steps: int, grid: str):
+    """``fn(params, x_T, key, y=None) -> images``, jitted whole (one XLA program per shape)."""
+
+    def fn(params, x_T, key, y=None):
+        apply = lambda x, t: model.apply({"params": params}, x, t, y)
+        return dj_sample(Z.make_denoiser(apply, process, par), process, x_T, sampler=sampler,
+                         num_steps=num_steps, key=key, grid=grid)
+
+    return jax.jit(fn)
+
+
+def train(config, workdir: str) -> dict:
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tc = config.train
+    mesh = make_mesh(dict(config.mesh))
+    batch_size_per_shard(mesh, tc.batch_size)
+    model, process, par, loss_cfg, tx = build(config)
+    source = get_source(config.data.dataset, "train", config.data.data_dir or None)
+    data = image_pipeline(source, tc.batch_size, config.seed, config.data.random_flip)
+    data_iter = iter(data)
+
+    key = jax.random.key(config.seed)
+    k_init, k_train, k_sample = jax.random.split(key, 3)
+    example = (jnp.zeros((1,) + data_shape(config)), jnp.zeros((1,)))
+    state, shardings = create_state(model, tx, example, k_init, mesh)
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+    ckpt = Checkpointer(workdir, tc.keep)
+    cfg_dict = json.loads(config.to_json())
+    restored = ckpt.restore(jax.tree_util.tree_map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), state, shardings),
+        cfg_dict)
+    if restored is not None:
+        step0, state, data_state = restored
+        data_iter.set_state(data_state)
+        print(f"resumed from step {step0} in {workdir}")
+    step0 = int(state.step)
+
+    bsh = batch_sharding(mesh)
+    step_fn = jax.jit(make_train_step(model, process, par, loss_cfg, tx, tc.ema_decay,
+                                      tc.ema_start, config.model.conditional),
+                      in_shardings=(shardings, bsh, None), out_shardings=(shardings, None),
+                      donate_argnums=(0,))
+    stop = {"sig": None}
+    old = signal.signal(signal.SIGTERM, lambda sig, frame: stop.update(sig=sig))
+    log_path = workdir / "metrics.jsonl"
+    history = _read_history(log_path, step0)
+    if jax.process_index() == 0:  # drop rows logged after the checkpoint we resumed from
+        log_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    t_start, last_t, last_step = time.time(), time.time(), step0
+    print(f"model: {n_params / 1e6:.2f}M parameters; mesh {dict(mesh.shape)}; "
+          f"{tc.steps} steps of batch {tc.batch_size}")
+    bar = tqdm(total=tc.steps, initial=step0, desc="train", dynamic_ncols=True,
+               disable=jax.process_index() != 0)
+    status = "done"
+    try:
+        for step in range(step0, tc.steps):
+            data_state = data_iter.get_state()
+            batch = global_batch(next(data_iter), bsh)
+            state, metrics = step_fn(state, batch, k_train)
+            if (step + 1) % tc.log_every == 0 or step + 1 == tc.steps:
+                m = {k: float(v) for k, v in metrics.items()}
+                if not math.isfinite(m["loss"]):
+                    status = "nan"
+                    raise FloatingPointError(
+                        f"loss is {m['loss']} at step {step + 1}; stopping. The last good "
+                        f"checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.dir}")
+                now = time.time()
+                m.update(step=step + 1, img_per_s=(step + 1 - last_step) * tc.batch_size / (now - last_t),
+                         elapsed_s=now - t_start)
+                last_t, last_step = now, step + 1
+                history.append(m)
+                if jax.process_index() == 0:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(m) + "\n")
+                bar.set_postfix(loss=f"{m['loss']:.4f}", img_s=f"{m['img_per_s']:.0f}")
+            bar.update(1)
+            if (step + 1) % tc.ckpt_every == 0:
+                ckpt.save(step + 1, state, data_iter.get_state(), cfg_dict)
+            if tc.sample_every and (step + 1) % tc.sample_every == 0:
+                write_samples(config, model, process, par, state.ema_params, workdir,
+                              f"samples_{step + 1:06d}.png", k_sample)
+            over_time = tc.time_limit_minutes and (time.time() - t_start) > 60 * tc.time_limit_minutes
+            if stop["sig"] is not None or over_time:
+                status = "preempted" if stop["sig"] is not None else "time_limit"
+                break
+    finally:
+        bar.close()
+        signal.signal(signal.SIGTERM, old)
+        if status != "nan" and ckpt.latest_step() != int(state.step):
+            ckpt.save(int(state.step), state, data_iter.get_state(), cfg_dict, force=True)
+        ckpt.wait()
+    if history and jax.process_index() == 0:
+        plot_curve([h["step"] for h in history], [h["loss"] for h in history],
+                   workdir / "loss.png")
+    out = {"status": status, "step": int(state.step), "workdir": str(workdir)}
+    if status in ("done", "time_limit"):
+        out["samples"] = str(write_samples(config, model, process, par, state.ema_params, workdir,
+                                           "samples.png", k_sample))
+    print(json.dumps(out))
+    return out
+
+
+def write_samples(config, model, process, par, params, workdir, name, key):
+    sc = config.sample
+    fn = make_sample_fn(model, process, par, sc.sampler, sc.num_steps, sc.grid)
+    x_T = process.prior_sample(key, (sc.num,) + data_shape(config))
+    images = np.asarray(fn(params, x_T, key))
+    path = Path(workdir) / name
+    if jax.process_index() == 0:
+        save_scatter(images, path) if images.ndim == 2 else save_grid(images, path)
+    return path
+
+
+def _read_history(path: Path, upto: int) -> list:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= upto]

@@ -1,0 +1,70 @@
+"""The train state pytree and its creation, already sharded, from abstract shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from diffusion_jax.parallel import DEFAULT_RULES
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+
+
+def make_optimizer(lr: float, warmup_steps: int, total_steps: int, schedule: str = "constant",
+                   weight_decay: float = 0.0, b2: float = 0.999, grad_clip: float = 1.0,
+                   grad_accum: int = 1) -> optax.GradientTransformation:
+    """AdamW with linear warm-up, then constant or cosine decay; global-norm clipping;
+    ``grad_accum`` micro-batches per update through ``optax.MultiSteps``."""
+    if schedule == "constant":
+        sched = optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup_steps, 1)),
+                                      optax.constant_schedule(lr)], [max(warmup_steps, 1)])
+    elif schedule == "cosine":
+        sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup_steps, 1),
+                                                   max(total_steps, warmup_steps + 1))
+    else:
+        raise ValueError(f"unknown lr schedule {schedule!r}; valid: constant, cosine")
+    tx = optax.chain(optax.clip_by_global_norm(grad_clip) if grad_clip > 0 else optax.identity(),
+                     optax.adamw(sched, b2=b2, weight_decay=weight_decay))
+    return optax.MultiSteps(tx, grad_accum) if grad_accum > 1 else tx
+
+
+def create_state(model: nn.Module, tx: optax.GradientTransformation, example: tuple, key,
+                 mesh: Mesh, rules=DEFAULT_RULES) -> tuple[TrainState, Any]:
+    """Initialise the state inside ``jit`` with ``out_shardings`` derived from the models'
+    logical axis names, so that no full copy is ever materialised on one device.
+    Returns ``(state, state_shardings)``."""
+
+    def init(key):
+        boxed = model.init({"params": key}, *example)["params"]
+        params = nn.meta.unbox(boxed)
+        return TrainState(jnp.zeros((), jnp.int32), boxed, boxed, tx.init(params)), boxed
+
+    abstract, boxed = jax.eval_shape(init, key)
+    spec = nn.get_partition_spec(boxed)
+    with nn.logical_axis_rules(rules):
+        param_sh = nn.logical_to_mesh_sharding(spec, mesh, rules)
+    rep = NamedSharding(mesh, jax.sharding.PartitionSpec())
+    # Optimizer moments take their parameter's layout; counts and other scalars are replicated.
+    opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, nn.meta.unbox(abstract.opt_state),
+                                   param_sh, transform_non_params=lambda _: rep)
+    shardings = TrainState(rep, param_sh, param_sh, opt_sh)
+
+    def init_unboxed(key):
+        st, _ = init(key)
+        return TrainState(st.step, nn.meta.unbox(st.params), nn.meta.unbox(st.ema_params),
+                          st.opt_state)
+
+    state = jax.jit(init_unboxed, out_shardings=shardings)(key)
+    return state, shardings

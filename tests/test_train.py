@@ -1,0 +1,164 @@
+"""Training: loss decreases, purity, EMA, exact resume, iterator state, SIGTERM, experiments."""
+
+import glob
+import json
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion_jax.config import apply_override, load_config
+from diffusion_jax.data.sources import ArraySource
+from diffusion_jax.parallel import make_mesh
+from diffusion_jax.train import create_state, make_train_step
+from diffusion_jax.train.ema import ema_update
+from diffusion_jax.train.loop import build, data_shape, train
+
+
+def tiny_config(tmp_path, steps=4, n_images=64):
+    cfg = load_config("experiments/fashion_mnist_ddpm.py")
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, size=(n_images, 8, 8, 1), dtype=np.uint8)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, images=imgs, labels=rng.integers(0, 10, n_images))
+    for o in [f"data.dataset=npz:{path}", "data.image_size=8", "model.channels=8",
+              "model.channel_mult=(1, 2)", "model.attn_resolutions=()", f"train.steps={steps}",
+              "train.batch_size=8", "train.log_every=1", "train.ckpt_every=2", "train.ema_start=0",
+              "sample.num=4", "sample.num_steps=2", "optimizer.warmup_steps=1",
+              "train.time_limit_minutes=0.0"]:
+        apply_override(cfg, o)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_step():
+    import pathlib, tempfile
+    cfg = tiny_config(pathlib.Path(tempfile.mkdtemp()))
+    model, process, par, loss, tx = build(cfg)
+    mesh = make_mesh({"data": -1, "fsdp": 1})
+    state, sh = create_state(model, tx, (jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,))),
+                             jax.random.key(0), mesh)
+    step = jax.jit(make_train_step(model, process, par, loss, tx, 0.9))
+    batch = {"image": jax.random.uniform(jax.random.key(1), (8, 8, 8, 1), minval=-1, maxval=1),
+             "label": jnp.zeros((8,), jnp.int32)}
+    return step, state, batch
+
+
+def test_loss_decreases_on_a_tiny_batch(tiny_step):
+    step, state, batch = tiny_step
+    losses = []
+    for _ in range(40):
+        state, m = step(state, batch, jax.random.key(0))
+        losses.append(float(m["loss"]))
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+
+
+def test_train_step_is_pure(tiny_step):
+    step, state, batch = tiny_step
+    a, ma = step(state, batch, jax.random.key(3))
+    b, mb = step(state, batch, jax.random.key(3))
+    assert float(ma["loss"]) == float(mb["loss"])
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_ema_math():
+    e = ema_update({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, 6.0])}, 0.75)
+    np.testing.assert_allclose(e["w"], [1.5, 3.0])
+
+
+def _params(workdir):
+    from diffusion_jax.train.checkpoint import Checkpointer
+    import orbax.checkpoint as ocp
+    ck = Checkpointer(workdir)
+    step = ck.latest_step()
+    out = ck.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                           data=ocp.args.JsonRestore()))
+    return step, out["state"], out["data"]
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    cfg = tiny_config(tmp_path, steps=4)
+    train(cfg, str(tmp_path / "full"))
+    cfg2 = tiny_config(tmp_path, steps=2)
+    train(cfg2, str(tmp_path / "split"))
+    apply_override(cfg2, "train.steps=4")
+    out = train(cfg2, str(tmp_path / "split"))
+    assert out["step"] == 4
+    s1, full, d1 = _params(tmp_path / "full")
+    s2, split, d2 = _params(tmp_path / "split")
+    assert s1 == s2 == 4 and d1 == d2 and d1 == {"next_index": 4}  # iterator state is stored
+    for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(split)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    rows = [json.loads(l) for l in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert (tmp_path / "full" / "samples.png").exists() and (tmp_path / "full" / "loss.png").exists()
+
+
+class _KillAt(ArraySource):
+    """A source that sends this process SIGTERM when example ``at`` is read."""
+
+    def __init__(self, images, at):
+        super().__init__(images)
+        self.at, self.count = at, 0
+
+    def __getitem__(self, i):
+        self.count += 1
+        if self.count == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().__getitem__(i)
+
+
+def test_sigterm_leaves_a_restorable_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, steps=50)
+    apply_override(cfg, "train.ckpt_every=1000")
+    src = _KillAt(np.zeros((64, 8, 8, 1), np.uint8), at=8 * 3 + 1)  # during the 4th batch
+    monkeypatch.setattr("diffusion_jax.train.loop.get_source", lambda *a, **k: src)
+    out = train(cfg, str(tmp_path / "run"))
+    assert out["status"] == "preempted" and 3 <= out["step"] < 50
+    step, _, data = _params(tmp_path / "run")
+    assert step == out["step"] and data["next_index"] == step
+
+
+def test_incompatible_checkpoint_is_named(tmp_path):
+    cfg = tiny_config(tmp_path, steps=2)
+    train(cfg, str(tmp_path / "run"))
+    apply_override(cfg, "model.channels=16")
+    with pytest.raises(ValueError, match="model.channels: checkpoint 8 vs config 16"):
+        train(cfg, str(tmp_path / "run"))
+
+
+def test_bad_config_input(tmp_path):
+    cfg = tiny_config(tmp_path)
+    with pytest.raises(KeyError, match="did you mean 'train.steps'"):
+        apply_override(cfg, "train.stpes=3")
+    apply_override(cfg, "data.image_size=10")
+    with pytest.raises(ValueError, match="image_size 10 is not divisible by 2\\*\\*1"):
+        build(cfg)
+    from diffusion_jax.data.sources import find_fashion_mnist
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        find_fashion_mnist(str(tmp_path))
+    with pytest.raises(ValueError, match="not divisible by the batch-sharding size 8"):
+        from diffusion_jax.parallel import batch_size_per_shard
+        batch_size_per_shard(make_mesh({"data": 8}), 12)
+    with pytest.raises(ValueError, match="has 4 devices but 8 are available"):
+        make_mesh({"data": 4, "fsdp": 1})
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob("experiments/*.py")))
+def test_every_experiment_builds_and_steps(path):
+    cfg = load_config(path)
+    if cfg.model.name == "unet":  # smoke size: same code, smaller numbers
+        for o in ["model.channels=8", "model.dtype='float32'"]:
+            apply_override(cfg, o)
+    model, process, par, loss, tx = build(cfg)
+    shape = data_shape(cfg)
+    state, sh = create_state(model, tx, (jnp.zeros((1,) + shape), jnp.zeros((1,))),
+                             jax.random.key(0), make_mesh({"data": -1}))
+    step = jax.jit(make_train_step(model, process, par, loss, tx, 0.99))
+    batch = {"image": jnp.zeros((2,) + shape), "label": jnp.zeros((2,), jnp.int32)}
+    state, m = step(state, batch, jax.random.key(0))
+    assert np.isfinite(float(m["loss"])) and int(state.step) == 1
