@@ -5,12 +5,35 @@
     x0 = dj.sample(denoise, process, x_T, sampler="dpmpp_2m", num_steps=10, key=key)
 """
 
-from diffusion_jax import parameterization, processes, samplers
+from diffusion_jax import guidance, likelihood, parameterization, processes, samplers
 from diffusion_jax.bench import gmm
+from diffusion_jax.config import load_config
 from diffusion_jax.parameterization import make_denoiser
 from diffusion_jax.samplers import GRIDS, SAMPLERS, make_grid, sample, total_nfe
 
+
+def build_experiment(config):
+    """``(model, process, parameterization, loss_config, optimizer)`` from an experiment config."""
+    from diffusion_jax.train.loop import build
+
+    return build(config)
+
+
+def train_experiment(config, workdir: str) -> dict:
+    """Run (or resume) an experiment; returns ``{"status", "step", "samples", "state", ...}``."""
+    from diffusion_jax.train.loop import train
+
+    return train(config, workdir)
+
+
+def sampler_fn(model, process, parameterization, sampler: str, num_steps: int, grid: str = "logsnr"):
+    """A jitted ``fn(params, x_T, key) -> samples`` for a trained flax model."""
+    from diffusion_jax.train.loop import make_sample_fn
+
+    return make_sample_fn(model, process, parameterization, sampler, num_steps, grid)
+
 __version__ = "0.1.0"
 
-__all__ = ["processes", "parameterization", "samplers", "gmm", "sample", "SAMPLERS", "GRIDS",
-           "make_grid", "total_nfe", "make_denoiser", "__version__"]
+__all__ = ["processes", "parameterization", "samplers", "gmm", "guidance", "likelihood", "sample",
+           "SAMPLERS", "GRIDS", "make_grid", "total_nfe", "make_denoiser", "load_config",
+           "build_experiment", "train_experiment", "sampler_fn", "__version__"]

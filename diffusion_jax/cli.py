@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,9 @@ def main(argv=None) -> int:
     t = sub.add_parser("train", help="train a model (resumes from the workdir's checkpoints)")
     t.add_argument("--config", required=True)
     t.add_argument("--workdir", required=True)
+    t.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (multi-host TPU pods; also "
+                        "when JAX_COORDINATOR_ADDRESS is set)")
     s = sub.add_parser("sample", help="sample from a trained workdir")
     s.add_argument("--workdir", required=True)
     s.add_argument("--sampler", default=None)
@@ -40,6 +44,16 @@ def main(argv=None) -> int:
     bt = sub.add_parser("bench-train", help="train-step throughput and FLOP utilisation")
     bt.add_argument("--config", required=True)
     bt.add_argument("--steps", type=int, default=10)
+    tc = sub.add_parser("train-classifier", help="train the feature / guidance classifier")
+    tc.add_argument("--config", required=True)
+    tc.add_argument("--workdir", required=True)
+    ev = sub.add_parser("eval", help="FD/KID/precision/recall of samplers x NFE")
+    ev.add_argument("--workdir", required=True)
+    ev.add_argument("--classifier", required=True, help="workdir of train-classifier")
+    ev.add_argument("--samplers", default="ddim,dpmpp_2m,unipc,heun")
+    ev.add_argument("--nfe", default="5,10,20")
+    ev.add_argument("--num", type=int, default=2000)
+    ev.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
     if args.cmd == "train":
@@ -47,10 +61,36 @@ def main(argv=None) -> int:
         from diffusion_jax.train.loop import train
 
         config = load_config(args.config, overrides)
+        if args.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+            import jax
+
+            jax.distributed.initialize()  # arguments come from the TPU / cluster environment
         out = train(config, args.workdir)
         return 0 if out["status"] in ("done", "preempted", "time_limit") else 1
     if args.cmd == "sample":
         return _sample(args)
+    if args.cmd == "eval":
+        from diffusion_jax.eval.sample_eval import evaluate
+
+        evaluate(args.workdir, args.classifier, args.samplers.split(","),
+                 [int(v) for v in args.nfe.split(",")], args.num, out=args.out)
+        return 0
+    if args.cmd == "train-classifier":
+        from diffusion_jax.config import load_config
+        from diffusion_jax.data import get_source
+        from diffusion_jax.models.classifier import Classifier
+        from diffusion_jax.processes import make_process
+        from diffusion_jax.train.classifier import train_classifier
+
+        c = load_config(args.config, overrides)
+        model = Classifier(10, c.model.channels, c.model.feature_dim, c.model.noise_conditional)
+        d = c.data.data_dir or None
+        train_classifier(model, get_source(c.data.dataset, "train", d),
+                         get_source(c.data.dataset, "test", d), c.train.steps, c.train.batch_size,
+                         c.train.lr, c.seed, args.workdir,
+                         make_process(c.process.name) if c.process.name else None,
+                         c.data.random_flip)
+        return 0
     if args.cmd == "bench-train":
         from diffusion_jax.bench.train import bench_train
         from diffusion_jax.config import load_config

@@ -162,3 +162,25 @@ def test_every_experiment_builds_and_steps(path):
     batch = {"image": jnp.zeros((2,) + shape), "label": jnp.zeros((2,), jnp.int32)}
     state, m = step(state, batch, jax.random.key(0))
     assert np.isfinite(float(m["loss"])) and int(state.step) == 1
+
+
+def test_cli_train_then_sample(tmp_path):
+    from diffusion_jax.cli import main
+
+    cfg = tiny_config(tmp_path, steps=2)
+    overrides = [f"--config.data.dataset={cfg.data.dataset}", "--config.data.image_size=8",
+                 "--config.model.channels=8", "--config.model.channel_mult=(1,2)",
+                 "--config.model.attn_resolutions=()", "--config.train.steps=2",
+                 "--config.train.batch_size=8", "--config.sample.num=4",
+                 "--config.sample.num_steps=2", "--config.train.time_limit_minutes=0.0"]
+    wd = str(tmp_path / "cli")
+    assert main(["train", "--config", "experiments/fashion_mnist_ddpm.py", "--workdir", wd]
+                + overrides) == 0
+    assert main(["sample", "--workdir", wd, "--sampler", "unipc", "--steps", "3", "--num", "4",
+                 "--out", str(tmp_path / "g.png")]) == 0
+    assert main(["sample", "--workdir", wd, "--num", "4", "--out", str(tmp_path / "g.npz")]) == 0
+    with np.load(tmp_path / "g.npz", allow_pickle=False) as f:
+        assert f["images"].shape == (4, 8, 8, 1) and np.all(np.isfinite(f["images"]))
+    assert (tmp_path / "g.png").stat().st_size > 100
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        main(["sample", "--workdir", str(tmp_path / "empty"), "--out", str(tmp_path / "x.png")])

@@ -96,6 +96,22 @@ class GaussianMixture:
         return denoise
 
 
+def labelled_denoiser(mixture: GaussianMixture, process: Process):
+    """``denoise(x, t, y)``: the exact class-conditional denoiser for labels ``y [B]`` in
+    ``0..K-1``, and the unconditional one for ``y = K`` (the null label of guidance)."""
+    k = mixture.num_components
+
+    def denoise(x, t, y):
+        t = jnp.asarray(t, x.dtype)
+        ll, xf, mu, var, a, tot = mixture._component_loglik(process, x, t)
+        allowed = jax.nn.one_hot(y, k, dtype=x.dtype) + (y == k)[:, None].astype(x.dtype)
+        r = jax.nn.softmax(jnp.where(allowed > 0, ll, -jnp.inf), axis=-1)[..., None]
+        cond_mean = mu + a * var / tot * (xf - a * mu)
+        return jnp.sum(r * cond_mean, axis=1).reshape(x.shape)
+
+    return denoise
+
+
 def ring(num_modes: int = 8, radius: float = 2.0, std: float = 0.05) -> GaussianMixture:
     """2-D ring of equal-weight isotropic modes."""
     ang = 2 * np.pi * np.arange(num_modes) / num_modes

@@ -163,6 +163,7 @@ def train(config, workdir: str) -> dict:
         out["samples"] = str(write_samples(config, model, process, par, state.ema_params, workdir,
                                            "samples.png", k_sample))
     print(json.dumps(out))
+    out["state"] = state  # for callers in Python (not part of the printed summary)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import flax.linen as nn
@@ -55,6 +56,7 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, example: tu
     spec = nn.get_partition_spec(boxed)
     with nn.logical_axis_rules(rules):
         param_sh = nn.logical_to_mesh_sharding(spec, mesh, rules)
+    param_sh = _replicate_indivisible(nn.meta.unbox(boxed), param_sh, mesh)
     rep = NamedSharding(mesh, jax.sharding.PartitionSpec())
     # Optimizer moments take their parameter's layout; counts and other scalars are replicated.
     opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, nn.meta.unbox(abstract.opt_state),
@@ -68,3 +70,27 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, example: tu
 
     state = jax.jit(init_unboxed, out_shardings=shardings)(key)
     return state, shardings
+
+
+def _replicate_indivisible(params, shardings, mesh: Mesh):
+    """Replicate the dimensions a mesh axis does not divide (e.g. a 1-channel output conv under
+    fsdp=8), and say which parameters that affects."""
+    changed = []
+
+    def fix(path, leaf, sh):
+        spec = list(sh.spec) + [None] * (leaf.ndim - len(sh.spec))
+        for i, ax in enumerate(spec):
+            axes = ax if isinstance(ax, tuple) else (ax,) if ax else ()
+            size = 1
+            for a in axes:
+                size *= mesh.shape[a]
+            if size > 1 and leaf.shape[i] % size:
+                changed.append(f"{jax.tree_util.keystr(path)} dim {i} ({leaf.shape[i]}) by {ax}")
+                spec[i] = None
+        return NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+
+    out = jax.tree_util.tree_map_with_path(fix, params, shardings)
+    if changed:
+        logging.warning("replicating %d parameter dimensions not divisible by their mesh axes: %s",
+                        len(changed), "; ".join(changed[:8]) + (" ..." if len(changed) > 8 else ""))
+    return out

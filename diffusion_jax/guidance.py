@@ -1,0 +1,116 @@
+"""Control as denoiser wrappers: each takes a denoiser and returns another, so it works with every
+sampler unchanged.
+
+* ``classifier_free_guidance``: ``x0 = x0_u + w (x0_c - x0_u)`` (Ho & Salimans 2022), one batched
+  call for both halves, optional guidance interval (Kynkaanniemi et al. 2024) and rescale
+  (Lin et al. 2024);
+* ``classifier_guidance``: ``score + w grad log p(y | x_t)`` (Dhariwal & Nichol 2021), i.e.
+  ``x0 + w sigma^2/alpha grad log p(y | x_t)`` in the denoiser contract;
+* ``inpaint``: known entries replaced by the forward-noised original before each call and by the
+  original in the output (the "replacement" method of Song et al. 2021b, App. I.2);
+* ``sdedit``: start from a noised input at ``strength`` in ``[0, 1]`` (Meng et al. 2022).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from diffusion_jax.processes import Process
+from diffusion_jax.samplers import make_grid, sample
+
+Array = jax.Array
+
+
+def _check_labels(y, num_classes: int | None):
+    if num_classes is not None and not isinstance(y, jax.core.Tracer):
+        y = jnp.asarray(y)
+        lo, hi = int(jnp.min(y)), int(jnp.max(y))
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"labels must be in [0, {num_classes}), got values in [{lo}, {hi}]")
+
+
+def classifier_free_guidance(denoise: Callable, y: Array, null_label: int, scale: float,
+                             interval: tuple[float, float] | None = None, rescale: float = 0.0,
+                             num_classes: int | None = None) -> Callable:
+    """``denoise(x, t, y) -> x0_hat`` (``y = null_label`` is unconditional) -> ``(x, t) -> x0``.
+
+    ``scale``: 0 unconditional, 1 conditional, > 1 guided. ``interval=(t_lo, t_hi)``: guide only
+    there (conditional elsewhere). ``rescale`` in [0, 1]: blend toward the guided prediction
+    rescaled to the conditional one's per-example std."""
+    if num_classes is None:
+        num_classes = null_label
+    _check_labels(y, num_classes)
+    if not 0.0 <= rescale <= 1.0:
+        raise ValueError(f"rescale must be in [0, 1], got {rescale}")
+
+    def guided(x, t):
+        b = x.shape[0]
+        both = denoise(jnp.concatenate([x, x]), t,
+                       jnp.concatenate([jnp.asarray(y), jnp.full((b,), null_label, jnp.int32)]))
+        cond, uncond = both[:b], both[b:]
+        w = scale
+        if interval is not None:
+            w = jnp.where((t >= interval[0]) & (t <= interval[1]), scale, 1.0)
+        out = uncond + w * (cond - uncond)
+        if rescale > 0:
+            axes = tuple(range(1, x.ndim))
+            ratio = jnp.std(cond, axis=axes, keepdims=True) / (jnp.std(out, axis=axes, keepdims=True) + 1e-8)
+            out = rescale * out * ratio + (1 - rescale) * out
+        return out
+
+    return guided
+
+
+def classifier_guidance(denoise: Callable, log_prob: Callable, y: Array, scale: float,
+                        process: Process, num_classes: int | None = None) -> Callable:
+    """``log_prob(x_t, t) -> [B, K]`` log-probabilities of a noise-conditional classifier."""
+    _check_labels(y, num_classes)
+
+    def guided(x, t):
+        def logp_y(xx):
+            lp = log_prob(xx, t)
+            return jnp.sum(jnp.take_along_axis(lp, jnp.asarray(y)[:, None], axis=1))
+
+        grad = jax.grad(logp_y)(x)
+        a, s = process.alpha(t), process.sigma(t)
+        return denoise(x, t) + scale * (s**2 / a) * grad
+
+    return guided
+
+
+def inpaint(denoise: Callable, process: Process, x_known: Array, mask: Array, key: Array) -> Callable:
+    """``mask`` (1 = known, broadcastable to ``x_known``); the noise for the known part is drawn
+    once from ``key``. The returned denoiser's output equals ``x_known`` where ``mask = 1``."""
+    try:
+        jnp.broadcast_shapes(mask.shape, x_known.shape)
+    except ValueError:
+        raise ValueError(f"mask of shape {mask.shape} does not broadcast to the image shape "
+                         f"{x_known.shape}") from None
+    m = jnp.broadcast_to(mask, x_known.shape).astype(x_known.dtype)
+    eps = jax.random.normal(key, x_known.shape, x_known.dtype)
+
+    def guided(x, t):
+        noised = process.alpha(t) * x_known + process.sigma(t) * eps
+        x0 = denoise(m * noised + (1 - m) * x, t)
+        return m * x_known + (1 - m) * x0
+
+    return guided
+
+
+def sdedit(denoise: Callable, process: Process, x_init: Array, strength: float, key: Array,
+           sampler="ddpm", num_steps: int = 50, grid: str = "logsnr") -> Array:
+    """Noise ``x_init`` to ``t = t_min + strength (t_max - t_min)`` and sample back to data.
+    Strength 0 returns ``x_init``; strength 1 starts from (almost) pure noise."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    if strength == 0.0:
+        return x_init
+    t0 = process.t_min + strength * (process.t_max - process.t_min)
+    k_noise, k_sample = jax.random.split(key)
+    eps = jax.random.normal(k_noise, x_init.shape, x_init.dtype)
+    x_t = process.alpha(t0) * x_init + process.sigma(t0) * eps
+    ts = make_grid(process, num_steps, grid, t_max=t0)
+    return sample(denoise, process, x_t, sampler=sampler, ts=ts, key=k_sample)

@@ -1,0 +1,81 @@
+"""Training the CNN classifier: the offline FID feature extractor (clean images) or the
+noise-conditional classifier of classifier guidance (``process`` given: images noised at
+uniform random ``t``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tqdm import tqdm
+
+from diffusion_jax.data import image_pipeline
+from diffusion_jax.models.classifier import Classifier
+
+
+def _batches(source, batch: int):
+    for i in range(0, len(source), batch):
+        idx = np.arange(i, min(i + batch, len(source)))
+        ex = [source[int(j)] for j in idx]
+        x = np.stack([e["image"] for e in ex]).astype(np.float32) / 127.5 - 1.0
+        yield (x if x.ndim == 4 else x[..., None]), np.array([e["label"] for e in ex])
+
+
+def accuracy(model: Classifier, params, source, batch: int = 1000) -> float:
+    f = jax.jit(lambda x: jnp.argmax(model.apply({"params": params}, x,
+                                                 jnp.zeros(x.shape[:1])), -1))
+    correct = sum(int(np.sum(np.asarray(f(x)) == y)) for x, y in _batches(source, batch))
+    return correct / len(source)
+
+
+def train_classifier(model: Classifier, train_source, test_source, steps: int, batch_size: int,
+                     lr: float, seed: int, workdir: str | Path, process=None,
+                     random_flip: bool = False) -> dict:
+    workdir = Path(workdir).absolute()
+    data = iter(image_pipeline(train_source, batch_size, seed, random_flip))
+    key = jax.random.key(seed)
+    params = model.init(key, jnp.zeros((1, 28, 28, 1)), jnp.zeros((1,)))["params"]
+    tx = optax.adamw(optax.warmup_cosine_decay_schedule(0, lr, 100, steps), weight_decay=1e-4)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, opt, x, y, k):
+        k_t, k_e, k_d = jax.random.split(k, 3)
+        t = jnp.zeros(x.shape[:1])
+        if process is not None:
+            t = jax.random.uniform(k_t, x.shape[:1], minval=process.t_min, maxval=process.t_max)
+            a, s = process.alpha(t)[:, None, None, None], process.sigma(t)[:, None, None, None]
+            x = a * x + s * jax.random.normal(k_e, x.shape)
+
+        def loss_fn(p):
+            logits = model.apply({"params": p}, x, t, train=True, rngs={"dropout": k_d})
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, g = jax.value_and_grad(loss_fn)(params)
+        upd, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, upd), opt, loss
+
+    for i in (bar := tqdm(range(steps), desc="classifier", dynamic_ncols=True)):
+        b = next(data)
+        params, opt, loss = step(params, opt, b["image"], b["label"], jax.random.fold_in(key, i))
+        if i % 50 == 0:
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+    acc = accuracy(model, params, test_source) if process is None else None
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(workdir / "params", params, force=True)
+    ckpt.wait_until_finished()
+    info = {"test_accuracy": acc, "steps": steps, "noise_conditional": process is not None}
+    (workdir / "classifier.json").write_text(json.dumps(info))
+    print(json.dumps(info))
+    return {"params": params, **info}
+
+
+def load_classifier(model: Classifier, workdir: str | Path):
+    target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)),
+                                               jnp.zeros((1,)))["params"])
+    return ocp.StandardCheckpointer().restore(Path(workdir).absolute() / "params", target)
