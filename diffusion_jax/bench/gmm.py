@@ -71,8 +71,11 @@ class GaussianMixture:
 
     def class_posterior(self, process: Process, x: Array, t) -> Array:
         """``p(k | x_t)``, shape ``[B, K]``; ``t`` a scalar."""
-        ll = self._component_loglik(process, x, t)[0]
-        return jax.nn.softmax(ll, axis=-1)
+        return jnp.exp(self.class_log_posterior(process, x, t))
+
+    def class_log_posterior(self, process: Process, x: Array, t) -> Array:
+        """``log p(k | x_t)``, shape ``[B, K]``: the exact noisy classifier of guidance."""
+        return jax.nn.log_softmax(self._component_loglik(process, x, t)[0], axis=-1)
 
     def logp(self, process: Process, x: Array, t) -> Array:
         """Exact ``log p_t(x)`` of the marginal at time ``t`` (scalar), shape ``[B]``."""

@@ -31,6 +31,16 @@ def make_mesh(axes: dict[str, int], devices=None) -> Mesh:
                          axis_types=(jax.sharding.AxisType.Auto,) * len(sizes))
 
 
+def rules_for_mesh(rules, mesh: Mesh):
+    """Drop the mesh axes a mesh does not have (e.g. ``fsdp`` on a ``data``-only mesh)."""
+    out = []
+    for logical, axes in rules:
+        axes_t = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+        kept = tuple(a for a in axes_t if a in mesh.axis_names)
+        out.append((logical, kept if len(kept) > 1 else kept[0] if kept else None))
+    return tuple(out)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
     return NamedSharding(mesh, P(axes))

@@ -40,7 +40,8 @@ def train_classifier(model: Classifier, train_source, test_source, steps: int, b
     data = iter(image_pipeline(train_source, batch_size, seed, random_flip))
     key = jax.random.key(seed)
     params = model.init(key, jnp.zeros((1, 28, 28, 1)), jnp.zeros((1,)))["params"]
-    tx = optax.adamw(optax.warmup_cosine_decay_schedule(0, lr, 100, steps), weight_decay=1e-4)
+    tx = optax.adamw(optax.warmup_cosine_decay_schedule(0, lr, min(100, max(steps // 10, 1)),
+                                                         max(steps, 2)), weight_decay=1e-4)
     opt = tx.init(params)
 
     @jax.jit

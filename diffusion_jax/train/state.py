@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from diffusion_jax.parallel import DEFAULT_RULES
+from diffusion_jax.parallel import DEFAULT_RULES, rules_for_mesh
 
 
 @flax.struct.dataclass
@@ -54,6 +54,7 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, example: tu
 
     abstract, boxed = jax.eval_shape(init, key)
     spec = nn.get_partition_spec(boxed)
+    rules = rules_for_mesh(rules, mesh)
     with nn.logical_axis_rules(rules):
         param_sh = nn.logical_to_mesh_sharding(spec, mesh, rules)
     param_sh = _replicate_indivisible(nn.meta.unbox(boxed), param_sh, mesh)
