@@ -51,6 +51,11 @@ def bench_train(config, steps: int = 10) -> dict:
     compiled = step.lower(state, batch, key).compile()
     compile_s = time.perf_counter() - t0
     flops = _flops(compiled)
+    mem = compiled.memory_analysis()
+    per_device_mb = None
+    if mem is not None:  # bytes XLA allocates per device: arguments + outputs + temporaries
+        per_device_mb = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                         - mem.alias_size_in_bytes + mem.temp_size_in_bytes) / 2**20
     state, m = compiled(state, batch, key)
     jax.block_until_ready(m)
     t0 = time.perf_counter()
@@ -63,6 +68,7 @@ def bench_train(config, steps: int = 10) -> dict:
     out = {"params_M": n_params / 1e6, "batch": b, "compile_s": compile_s, "step_s": dt,
            "img_per_s": b / dt, "gflop_per_step": flops / 1e9, "achieved_gflops": flops / dt / 1e9,
            "matmul_gflops": peak, "utilization": flops / dt / 1e9 / peak,
-           "devices": jax.device_count()}
+           "devices": jax.device_count(), "mesh": dict(mesh.shape),
+           "per_device_mb": per_device_mb}
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}))
     return out

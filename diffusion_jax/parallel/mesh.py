@@ -12,8 +12,15 @@ DEFAULT_RULES = (("batch", ("data", "fsdp")), ("conv_out", "fsdp"), ("mlp", "fsd
                  ("conv_in", None), ("embed", None))
 
 
+MESH_AXES = ("data", "fsdp")  # the mesh axes DEFAULT_RULES map logical names to
+
+
 def make_mesh(axes: dict[str, int], devices=None) -> Mesh:
     """``{"data": -1, "fsdp": 1}`` -> a Mesh over all devices (``-1``: the devices left over)."""
+    unknown = [a for a in axes if a not in MESH_AXES]
+    if unknown:
+        raise ValueError(f"mesh axes {unknown} are not known to the sharding rules; "
+                         f"valid axes: {', '.join(MESH_AXES)}")
     devices = jax.devices() if devices is None else devices
     names, sizes = list(axes), [int(v) for v in axes.values()]
     if sizes.count(-1) > 1:
