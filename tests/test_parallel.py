@@ -117,7 +117,6 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
     worker = Path(__file__).with_name("multiprocess_worker.py")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

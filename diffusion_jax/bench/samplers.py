@@ -160,11 +160,12 @@ def _plot(out: Path, rows):
     cases = list(dict.fromkeys(r["case"] for r in rows))
     fig, axes = plt.subplots(1, len(cases), figsize=(5.5 * len(cases), 4.5), squeeze=False)
     for ax, case in zip(axes[0], cases):
-        for s in dict.fromkeys(r["sampler"] for r in rows if r["case"] == case):
+        for j, s in enumerate(dict.fromkeys(r["sampler"] for r in rows if r["case"] == case)):
             pts = [(r["nfe"], r["rmse"]) for r in rows
                    if r["case"] == case and r["sampler"] == s and r["rmse"] is not None]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, lw=1, label=s)
+            if pts:  # 10 colours cycle: the line style tells the cycles apart
+                ax.plot(*zip(*pts), marker="os^"[j // 10 % 3], ms=3, lw=1,
+                        ls=("-", "--", ":")[j // 10 % 3], label=s)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("NFE")

@@ -50,7 +50,8 @@ def bench_train(config, steps: int = 10) -> dict:
     t0 = time.perf_counter()
     compiled = step.lower(state, batch, key).compile()
     compile_s = time.perf_counter() - t0
-    flops = _flops(compiled)
+    # XLA's cost analysis of an SPMD program counts one device's share: scale to the whole step.
+    flops = _flops(compiled) * mesh.size
     mem = compiled.memory_analysis()
     per_device_mb = None
     if mem is not None:  # bytes XLA allocates per device: arguments + outputs + temporaries
