@@ -22,7 +22,7 @@ from typing import Callable, Literal
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.parameterization import Parameterization
+from diffusion_jax.parameterization import EDMPrecond, Parameterization
 from diffusion_jax.processes import Process, _bcast
 
 Array = jax.Array
@@ -34,6 +34,7 @@ class LossConfig:
     t_sampler: Literal["uniform", "antithetic", "lognormal"] = "uniform"
     p_mean: float = -1.2
     p_std: float = 1.2
+    sigma_data: float = 0.5  # EDM weighting for non-EDM parameterizations
 
     def __post_init__(self):
         if self.weighting not in ("simple", "edm", "likelihood"):
@@ -63,19 +64,12 @@ def weight(cfg: LossConfig, process: Process, parameterization: Parameterization
         return jnp.ones_like(t)
     x0_scale = parameterization.loss_scale(a, s)  # output error -> x0 error
     if cfg.weighting == "edm":
-        return jnp.ones_like(t) if _is_edm(parameterization) else x0_scale * (
-            (s / a) ** 2 + parameterization_sd(parameterization) ** 2) / (
-            (s / a) ** 2 * parameterization_sd(parameterization) ** 2)
+        if isinstance(parameterization, EDMPrecond):
+            return jnp.ones_like(t)  # lambda(sigma) c_out^2 = 1
+        sd2, s2 = cfg.sigma_data**2, (s / a) ** 2
+        return x0_scale * (s2 + sd2) / (s2 * sd2)
     # likelihood: g^2 |score - score_hat|^2 = g^2 alpha^2 / sigma^4 |x0 - x0_hat|^2
     return x0_scale * process.g2(t) * a**2 / s**4
-
-
-def _is_edm(par) -> bool:
-    return type(par).__name__ == "EDMPrecond"
-
-
-def parameterization_sd(par) -> float:
-    return getattr(par, "sigma_data", 0.5)
 
 
 def denoising_loss(apply_fn: Callable, params, x0: Array, key: Array, process: Process,

@@ -7,16 +7,13 @@ another size are rejected by the U-Net's size check), then on every host:
         --distributed --config.mesh.data=-1 --config.mesh.fsdp=4
 """
 
-import importlib.util
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location("fm_ddpm", Path(__file__).with_name("fashion_mnist_ddpm.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from diffusion_jax.config import load_config
 
 
 def get_config():
-    c = _base.get_config()
+    c = load_config(str(Path(__file__).with_name("fashion_mnist_ddpm.py")))
     c.data.dataset = "tfds:celeb_a"
     c.data.image_size = 64
     c.data.channels = 3

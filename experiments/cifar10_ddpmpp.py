@@ -6,16 +6,13 @@ then on every host of the pod slice:
     python -m diffusion_jax train --config experiments/cifar10_ddpmpp.py --workdir gs://BUCKET/c10
 """
 
-import importlib.util
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location("fm_ddpm", Path(__file__).with_name("fashion_mnist_ddpm.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from diffusion_jax.config import load_config
 
 
 def get_config():
-    c = _base.get_config()
+    c = load_config(str(Path(__file__).with_name("fashion_mnist_ddpm.py")))
     c.data.dataset = "tfds:cifar10"
     c.data.image_size = 32
     c.data.channels = 3

@@ -3,16 +3,13 @@
     python -m diffusion_jax train --config experiments/fashion_mnist_edm.py --workdir runs/fm_edm
 """
 
-import importlib.util
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location("fm_ddpm", Path(__file__).with_name("fashion_mnist_ddpm.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from diffusion_jax.config import load_config
 
 
 def get_config():
-    c = _base.get_config()
+    c = load_config(str(Path(__file__).with_name("fashion_mnist_ddpm.py")))
     c.process.name = "edm"
     c.parameterization.name = "edm"
     c.model.time_scale = 250.0  # c_noise = log(sigma)/4 spans ~[-1.6, 1.1]
