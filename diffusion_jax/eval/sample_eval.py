@@ -19,14 +19,11 @@ from ml_collections import ConfigDict
 from diffusion_jax.bench.samplers import steps_for_budget
 from diffusion_jax.data import get_source
 from diffusion_jax.eval import metrics as M
-from diffusion_jax.models.classifier import Classifier
 from diffusion_jax.parallel import make_mesh
 from diffusion_jax.train.checkpoint import Checkpointer
-from diffusion_jax.train.classifier import _batches, load_classifier
+from diffusion_jax.train.classifier import image_batches, load_classifier
 from diffusion_jax.train.loop import build, data_shape, make_sample_fn
 from diffusion_jax.train.state import create_state
-
-EXTRACTOR = "fashion-mnist CNN classifier (penultimate, 128-d)"
 
 
 def _restore(workdir):
@@ -47,12 +44,13 @@ def _restore(workdir):
 def evaluate(workdir: str, classifier_dir: str, samplers, nfes, num: int, batch: int = 500,
              out: str | None = None) -> list[dict]:
     config, model, process, par, state, step = _restore(workdir)
-    clf = Classifier()
-    cparams = load_classifier(clf, classifier_dir)
+    clf, cparams = load_classifier(classifier_dir)
+    extractor = f"CNN classifier of {classifier_dir} (penultimate layer, {clf.feature_dim}-d)"
+    batch = min(batch, num)
     feat_fn = jax.jit(lambda x: clf.apply({"params": cparams}, x, jnp.zeros(x.shape[:1]),
                                           return_features=True))
     test = get_source(config.data.dataset, "test", config.data.data_dir or None)
-    real = [feat_fn(x) for x, _ in _batches(test, 1000)]
+    real = [feat_fn(x) for x, _ in image_batches(test, 1000)]
     real_feats = np.concatenate([np.asarray(f[1]) for f in real])
     shape = data_shape(config)
     rows = []
@@ -77,13 +75,13 @@ def evaluate(workdir: str, classifier_dir: str, samplers, nfes, num: int, batch:
             row = {"sampler": s_name, "nfe": nfe, "steps": steps, "num": num,
                    "fd": M.fd_from_features(feats, real_feats), "kid": kid_m, "kid_std": kid_s,
                    "precision": p, "recall": r, "class_score": M.inception_score(probs)[0],
-                   "seconds": secs, "extractor": EXTRACTOR, "checkpoint_step": step}
+                   "seconds": secs, "extractor": extractor, "checkpoint_step": step}
             rows.append(row)
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
     out = Path(out or Path(workdir) / "eval")
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(rows, indent=1))
-    lines = [f"FD/KID with {EXTRACTOR}, {num} samples vs the {len(real_feats)}-image test split; "
+    lines = [f"FD/KID with the {extractor}, {num} samples vs the {len(real_feats)}-image test split; "
              f"checkpoint step {step}\n", "| sampler | NFE | FD | KID | precision | recall | s |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['sampler']} | {r['nfe']} | {r['fd']:.3f} | {r['kid']:.4f} | {r['precision']:.3f} "

@@ -18,7 +18,7 @@ from diffusion_jax.data import image_pipeline
 from diffusion_jax.models.classifier import Classifier
 
 
-def _batches(source, batch: int):
+def image_batches(source, batch: int):
     for i in range(0, len(source), batch):
         idx = np.arange(i, min(i + batch, len(source)))
         ex = [source[int(j)] for j in idx]
@@ -29,7 +29,7 @@ def _batches(source, batch: int):
 def accuracy(model: Classifier, params, source, batch: int = 1000) -> float:
     f = jax.jit(lambda x: jnp.argmax(model.apply({"params": params}, x,
                                                  jnp.zeros(x.shape[:1])), -1))
-    correct = sum(int(np.sum(np.asarray(f(x)) == y)) for x, y in _batches(source, batch))
+    correct = sum(int(np.sum(np.asarray(f(x)) == y)) for x, y in image_batches(source, batch))
     return correct / len(source)
 
 
@@ -70,13 +70,19 @@ def train_classifier(model: Classifier, train_source, test_source, steps: int, b
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(workdir / "params", params, force=True)
     ckpt.wait_until_finished()
-    info = {"test_accuracy": acc, "steps": steps, "noise_conditional": process is not None}
+    info = {"test_accuracy": acc, "steps": steps, "noise_conditional": process is not None,
+            "channels": model.channels, "feature_dim": model.feature_dim,
+            "num_classes": model.num_classes}
     (workdir / "classifier.json").write_text(json.dumps(info))
     print(json.dumps(info))
     return {"params": params, **info}
 
 
-def load_classifier(model: Classifier, workdir: str | Path):
+def load_classifier(workdir: str | Path) -> tuple[Classifier, dict]:
+    """The classifier a ``train_classifier`` run saved in ``workdir``: ``(model, params)``."""
+    info = json.loads((Path(workdir) / "classifier.json").read_text())
+    model = Classifier(info["num_classes"], info["channels"], info["feature_dim"],
+                       info["noise_conditional"])
     target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)),
                                                jnp.zeros((1,)))["params"])
-    return ocp.StandardCheckpointer().restore(Path(workdir).absolute() / "params", target)
+    return model, ocp.StandardCheckpointer().restore(Path(workdir).absolute() / "params", target)
