@@ -120,7 +120,6 @@ def train(config, workdir: str) -> dict:
     status = "done"
     try:
         for step in range(step0, tc.steps):
-            data_state = data_iter.get_state()
             batch = global_batch(next(data_iter), bsh)
             state, metrics = step_fn(state, batch, k_train)
             if (step + 1) % tc.log_every == 0 or step + 1 == tc.steps:
