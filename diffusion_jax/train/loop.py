@@ -122,7 +122,10 @@ def train(config, workdir: str) -> dict:
         for step in range(step0, tc.steps):
             batch = global_batch(next(data_iter), bsh)
             state, metrics = step_fn(state, batch, k_train)
-            if (step + 1) % tc.log_every == 0 or step + 1 == tc.steps:
+            # Check the loss at every log step and before every checkpoint, so that a NaN state
+            # is never saved even when ckpt_every is not a multiple of log_every.
+            if ((step + 1) % tc.log_every == 0 or step + 1 == tc.steps
+                    or (step + 1) % tc.ckpt_every == 0):
                 m = {k: float(v) for k, v in metrics.items()}
                 if not math.isfinite(m["loss"]):
                     status = "nan"
