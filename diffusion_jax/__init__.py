@@ -14,7 +14,7 @@ from diffusion_jax.samplers import GRIDS, SAMPLERS, make_grid, sample, total_nfe
 
 def build_experiment(config):
     """``(model, process, parameterization, loss_config, optimizer)`` from an experiment config."""
-    from diffusion_jax.train.loop import build
+    from diffusion_jax.experiment import build
 
     return build(config)
 
@@ -26,11 +26,14 @@ def train_experiment(config, workdir: str) -> dict:
     return train(config, workdir)
 
 
-def sampler_fn(model, process, parameterization, sampler: str, num_steps: int, grid: str = "logsnr"):
-    """A jitted ``fn(params, x_T, key) -> samples`` for a trained flax model."""
-    from diffusion_jax.train.loop import make_sample_fn
+def sampler_fn(model, process, parameterization, sampler: str, num_steps: int, grid: str = "logsnr",
+               guidance_scale: float | None = None):
+    """A jitted ``fn(params, x_T, key, cond=None, known=None, mask=None) -> samples`` for a trained
+    flax model (``cond={"y": labels}`` with ``guidance_scale``: classifier-free guidance;
+    ``known``/``mask``: inpainting). See ``diffusion_jax.generate``."""
+    from diffusion_jax.generate import make_sample_fn
 
-    return make_sample_fn(model, process, parameterization, sampler, num_steps, grid)
+    return make_sample_fn(model, process, parameterization, sampler, num_steps, grid, guidance_scale)
 
 __version__ = "0.1.0"
 

@@ -35,6 +35,24 @@ def main(argv=None) -> int:
     s.add_argument("--num", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="samples.png", help=".png grid or .npz (float32 images)")
+    s.add_argument("--labels", default=None,
+                   help="class-conditional models: 'all' (one row per class), 'K', or 'a,b,c,...'")
+    s.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (0 unconditional, 1 conditional, >1 guided)")
+    s.add_argument("--classifier", default=None,
+                   help="workdir of a noise-conditional classifier: classifier guidance")
+    s.add_argument("--classifier-scale", type=float, default=1.0)
+    s.add_argument("--init-image", default=None,
+                   help="image(s) for --mask / --strength: .png, .npz/.npy, or 'test' (test split)")
+    s.add_argument("--mask", default=None,
+                   help="inpaint: unknown region center|left|right|top|bottom|random, or a "
+                        ".png/.npy (white/1 = known)")
+    s.add_argument("--resample", type=int, default=1,
+                   help="with --mask: RePaint resamplings per step (1: replacement, any sampler)")
+    s.add_argument("--strength", type=float, default=None,
+                   help="SDEdit / img2img from --init-image: 0 returns it, 1 ignores it")
+    s.add_argument("--low-res", default=None,
+                   help="super-resolution models: low-res image(s) (.png/.npz) or 'test'")
     b = sub.add_parser("bench-samplers", help="sampler accuracy vs NFE on exact-score problems")
     b.add_argument("--out", default="bench_out")
     b.add_argument("--nfe", default="5,8,10,15,20,50,100")
@@ -89,7 +107,7 @@ def main(argv=None) -> int:
                          get_source(c.data.dataset, "test", d), c.train.steps, c.train.batch_size,
                          c.train.lr, c.seed, args.workdir,
                          make_process(c.process.name) if c.process.name else None,
-                         c.data.random_flip)
+                         c.data.random_flip, c.process.name or None)
         return 0
     if args.cmd == "bench-train":
         from diffusion_jax.bench.train import bench_train
@@ -106,39 +124,132 @@ def main(argv=None) -> int:
 
 def _sample(args) -> int:
     import jax
+    import jax.numpy as jnp
     import numpy as np
-    from ml_collections import ConfigDict
 
-    from diffusion_jax.parallel import make_mesh
-    from diffusion_jax.train.checkpoint import Checkpointer
-    from diffusion_jax.train.loop import build, data_shape, make_sample_fn
-    from diffusion_jax.train.state import create_state
-    from diffusion_jax.utils.images import save_grid, save_scatter
+    from diffusion_jax.conditioning import downsample
+    from diffusion_jax.data import get_source
+    from diffusion_jax.experiment import conditioning, data_shape
+    from diffusion_jax.generate import (load_workdir, make_repaint_fn, make_sample_fn,
+                                        make_sdedit_fn)
+    from diffusion_jax.utils.images import load_images, make_mask, save_grid, save_scatter
 
-    ckpt = Checkpointer(args.workdir)
-    if ckpt.latest_step() is None:
-        raise SystemExit(f"no checkpoint in {ckpt.dir}: train first with "
-                         f"`python -m diffusion_jax train --config ... --workdir {args.workdir}`")
-    config = ConfigDict(ckpt.read_config())
-    model, process, par, _, tx = build(config)
-    mesh = make_mesh(dict(config.mesh))
-    shape = data_shape(config)
-    example = (jax.numpy.zeros((1,) + shape), jax.numpy.zeros((1,)))
-    state, sh = create_state(model, tx, example, jax.random.key(0), mesh)
-    abstract = jax.tree_util.tree_map(
-        lambda x, shd: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shd), state, sh)
-    step, state, _ = ckpt.restore(abstract)
+    # Flag combinations first: nothing is loaded or compiled for a command that cannot run.
+    if args.strength is not None and not 0.0 <= args.strength <= 1.0:
+        raise SystemExit(f"--strength must be in [0, 1], got {args.strength}")
+    if (args.strength is not None or args.mask) and not args.init_image:
+        raise SystemExit("--mask and --strength edit an image: pass --init-image FILE (or 'test')")
+    if args.strength is not None and args.mask:
+        raise SystemExit("choose one of --mask (inpainting) and --strength (SDEdit)")
+    if args.resample != 1 and not args.mask:
+        raise SystemExit("--resample is RePaint's option for inpainting: pass --mask too")
+    if args.resample < 1:
+        raise SystemExit(f"--resample must be >= 1, got {args.resample}")
+    config, model, process, par, state, step = load_workdir(args.workdir)
+    shape, cc = data_shape(config), conditioning(config)
+    test = lambda: get_source(config.data.dataset, "test", config.data.data_dir or None)
+    n, nrow, cond = args.num, None, {}
+    classifier = None
+    if args.classifier:
+        from diffusion_jax.train.classifier import load_classifier
+
+        clf, cparams, info = load_classifier(args.classifier, with_info=True)
+        if not info["noise_conditional"]:
+            raise SystemExit(f"the classifier in {args.classifier} was trained on clean images; "
+                             "classifier guidance needs a noise-conditional one (train-classifier "
+                             "with --config.process.name=" + config.process.name + ")")
+        if info.get("process") not in (None, config.process.name):
+            raise SystemExit(f"the classifier was trained on process {info['process']!r} but the "
+                             f"model uses {config.process.name!r}: their times do not match")
+        log_prob = lambda x, t: jax.nn.log_softmax(
+            clf.apply({"params": cparams}, x, jnp.broadcast_to(t, x.shape[:1])))
+        classifier = (log_prob, args.classifier_scale, info["num_classes"])
+    if args.labels is not None:
+        k = cc.num_classes or (classifier[2] if classifier else 0)
+        if not k:
+            raise SystemExit("--labels needs a class-conditional model (this one was trained with "
+                             "model.conditional=False) or a guidance --classifier")
+        if args.labels == "all":
+            per = max(n // k, 1)
+            n, nrow, y = per * k, per, np.repeat(np.arange(k), per)
+        else:
+            vals = [int(v) for v in args.labels.split(",")]
+            bad = [v for v in vals if not 0 <= v < k]
+            if bad:
+                raise SystemExit(f"labels {bad} out of range: this model has classes 0..{k - 1}")
+            y = np.resize(np.array(vals), n)
+        cond["y"] = jnp.asarray(y, jnp.int32)
+    elif args.guidance is not None or classifier is not None:
+        raise SystemExit("guidance needs --labels (e.g. --labels all)")
+    if args.guidance is not None and not cc.num_classes:
+        raise SystemExit("--guidance (classifier-free) needs a class-conditional model; this one "
+                         "has no class conditioning. Use --classifier DIR for classifier guidance")
+    inputs = None
+    if cc.low_res_size:
+        if not args.low_res:
+            raise SystemExit(f"this is a super-resolution model ({cc.low_res_size} -> {shape[0]}): "
+                             "pass --low-res FILE or --low-res test")
+        if args.low_res == "test":
+            src = test()
+            hi = np.stack([src[i]["image"] for i in range(n)]).astype(np.float32) / 127.5 - 1
+            low = np.asarray(downsample(jnp.asarray(hi.reshape((n,) + shape)), cc.low_res_size))
+        else:
+            low = load_images(args.low_res, shape[-1])
+            if low.shape[1] != cc.low_res_size:
+                raise SystemExit(f"--low-res images are {low.shape[1]}x{low.shape[2]}; this model "
+                                 f"takes {cc.low_res_size}x{cc.low_res_size}")
+            n = len(low) if len(low) > 1 else n
+            low = np.resize(low, (n,) + low.shape[1:])
+        cond["low_res"] = jnp.asarray(low)
+        inputs = np.asarray(jax.image.resize(low, (n,) + shape, "nearest"))
+    elif args.low_res:
+        raise SystemExit("--low-res is for super-resolution models; this model has "
+                         "model.low_res_size=0")
+    if "y" in cond and len(cond["y"]) != n:
+        cond["y"] = jnp.resize(cond["y"], (n,))
+    init = None
+    if args.init_image:
+        if args.init_image == "test":
+            src = test()
+            init = np.stack([src[i]["image"] for i in range(n)]).astype(np.float32) / 127.5 - 1
+            init = init.reshape((n,) + shape)
+        else:
+            init = load_images(args.init_image, shape[-1])
+            if init.shape[1:] != tuple(shape):
+                raise SystemExit(f"--init-image is {init.shape[1:]}, the model makes {tuple(shape)}")
+            init = np.resize(init, (n,) + init.shape[1:])
     sc = config.sample
-    fn = make_sample_fn(model, process, par, args.sampler or sc.sampler, args.steps or sc.num_steps,
-                        args.grid or sc.grid)
+    sampler, steps, grid = args.sampler or sc.sampler, args.steps or sc.num_steps, args.grid or sc.grid
     key = jax.random.key(args.seed)
-    x_T = process.prior_sample(key, (args.num,) + shape)
-    images = np.asarray(fn(state.ema_params, x_T, key))
+    params = state.ema_params
+    if args.mask:
+        mask = make_mask(args.mask, shape, args.seed)
+        inputs = init * mask + (1 - mask) * 0.0  # unknown pixels shown mid-grey
+        if args.resample > 1:
+            fn = make_repaint_fn(model, process, par, steps, args.resample, grid, args.guidance)
+            images = fn(params, jnp.asarray(init), jnp.asarray(mask), key, cond or None)
+        else:
+            fn = make_sample_fn(model, process, par, sampler, steps, grid, args.guidance, classifier)
+            x_T = process.prior_sample(key, (n,) + shape)
+            images = fn(params, x_T, key, cond or None, jnp.asarray(init), jnp.asarray(mask))
+    elif args.strength is not None:
+        inputs = init
+        fn = make_sdedit_fn(model, process, par, sampler, steps, grid, args.strength, args.guidance)
+        images = fn(params, jnp.asarray(init), key, cond or None)
+    else:
+        fn = make_sample_fn(model, process, par, sampler, steps, grid, args.guidance, classifier)
+        x_T = process.prior_sample(key, (n,) + shape)
+        images = fn(params, x_T, key, cond or None)
+    images = np.asarray(images)
+    out = {"step": step, "out": args.out, "num": n}
     if args.out.endswith(".npz"):
-        np.savez(args.out, images=images)
+        np.savez(args.out, images=images, **({"labels": np.asarray(cond["y"])} if "y" in cond else {}))
     elif images.ndim == 2:
         save_scatter(images, args.out)
     else:
-        save_grid(images, args.out)
-    print(json.dumps({"step": step, "out": args.out, "num": args.num}))
+        save_grid(images, args.out, nrow=nrow)
+        if inputs is not None:
+            out["inputs"] = str(Path(args.out).with_name(Path(args.out).stem + "_input.png"))
+            save_grid(inputs, out["inputs"], nrow=nrow)
+    print(json.dumps(out))
     return 0

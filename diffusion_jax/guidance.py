@@ -8,6 +8,9 @@ sampler unchanged.
   ``x0 + w sigma^2/alpha grad log p(y | x_t)`` in the denoiser contract;
 * ``inpaint``: known entries replaced by the forward-noised original before each call and by the
   original in the output (the "replacement" method of Song et al. 2021b, App. I.2);
+* ``repaint``: inpainting with RePaint's resampling (Lugmayr et al. 2022): every ancestral step is
+  repeated ``resample`` times, jumping back by one forward-noising step in between, so the
+  generated part has time to agree with the known part;
 * ``sdedit``: start from a noised input at ``strength`` in ``[0, 1]`` (Meng et al. 2022).
 """
 
@@ -81,15 +84,20 @@ def classifier_guidance(denoise: Callable, log_prob: Callable, y: Array, scale: 
     return guided
 
 
-def inpaint(denoise: Callable, process: Process, x_known: Array, mask: Array, key: Array) -> Callable:
-    """``mask`` (1 = known, broadcastable to ``x_known``); the noise for the known part is drawn
-    once from ``key``. The returned denoiser's output equals ``x_known`` where ``mask = 1``."""
+def _broadcast_mask(mask, x_known):
+    mask = jnp.asarray(mask)
     try:
         jnp.broadcast_shapes(mask.shape, x_known.shape)
     except ValueError:
         raise ValueError(f"mask of shape {mask.shape} does not broadcast to the image shape "
                          f"{x_known.shape}") from None
-    m = jnp.broadcast_to(mask, x_known.shape).astype(x_known.dtype)
+    return jnp.broadcast_to(mask, x_known.shape).astype(x_known.dtype)
+
+
+def inpaint(denoise: Callable, process: Process, x_known: Array, mask: Array, key: Array) -> Callable:
+    """``mask`` (1 = known, broadcastable to ``x_known``); the noise for the known part is drawn
+    once from ``key``. The returned denoiser's output equals ``x_known`` where ``mask = 1``."""
+    m = _broadcast_mask(mask, x_known)
     eps = jax.random.normal(key, x_known.shape, x_known.dtype)
 
     def guided(x, t):
@@ -98,6 +106,50 @@ def inpaint(denoise: Callable, process: Process, x_known: Array, mask: Array, ke
         return m * x_known + (1 - m) * x0
 
     return guided
+
+
+def repaint(denoise: Callable, process: Process, x_known: Array, mask: Array, key: Array,
+            num_steps: int = 100, resample: int = 10, grid: str = "logsnr") -> Array:
+    """Inpaint with RePaint's resampling; returns samples equal to ``x_known`` where ``mask = 1``.
+
+    One ``lax.scan`` over the grid; at each step ``t -> s``, ``resample`` times: replace the known
+    entries of ``x_t`` by ``alpha_t x_known + sigma_t z``, take the ancestral (DDPM posterior)
+    step to ``s``, and (all but the last time) noise back to ``t`` with the forward transition.
+    ``resample=1`` is the replacement method with ancestral steps. NFE = num_steps * resample + 1.
+    """
+    if resample < 1:
+        raise ValueError(f"resample must be >= 1, got {resample}")
+    m = _broadcast_mask(mask, x_known)
+    ts = make_grid(process, num_steps, grid)
+    k_prior, k_steps = jax.random.split(key)
+    x_T = process.prior_sample(k_prior, x_known.shape).astype(x_known.dtype)
+    normal = lambda k: jax.random.normal(k, x_known.shape, x_known.dtype)
+
+    def step(x, inp):
+        t, s, k = inp
+        a_t, s_t, a_s, s_s = process.alpha(t), process.sigma(t), process.alpha(s), process.sigma(s)
+        var_ts = jnp.maximum(s_t**2 - (a_t / a_s) ** 2 * s_s**2, 0.0)  # q(x_t | x_s) variance
+        c2 = var_ts * s_s**2 / s_t**2                                   # posterior variance
+
+        def down(x, k):
+            k1, k2 = jax.random.split(k)
+            x = m * (a_t * x_known + s_t * normal(k1)) + (1 - m) * x
+            x0 = denoise(x, t)
+            eps = (x - a_t * x0) / s_t
+            return a_s * x0 + jnp.sqrt(jnp.maximum(s_s**2 - c2, 0.0)) * eps + jnp.sqrt(c2) * normal(k2)
+
+        def down_up(u, x):
+            k_down, k_up = jax.random.split(jax.random.fold_in(k_u, u))
+            return (a_t / a_s) * down(x, k_down) + jnp.sqrt(var_ts) * normal(k_up)
+
+        k_u, k_last = jax.random.split(k)
+        x = jax.lax.fori_loop(0, resample - 1, down_up, x)
+        return down(x, k_last), None
+
+    keys = jax.random.split(k_steps, num_steps)
+    x, _ = jax.lax.scan(step, x_T, (ts[:-1], ts[1:], keys))
+    x0 = denoise(x, ts[-1])
+    return m * x_known + (1 - m) * x0
 
 
 def sdedit(denoise: Callable, process: Process, x_init: Array, strength: float, key: Array,

@@ -73,11 +73,12 @@ def weight(cfg: LossConfig, process: Process, parameterization: Parameterization
 
 
 def denoising_loss(apply_fn: Callable, params, x0: Array, key: Array, process: Process,
-                   parameterization: Parameterization, cfg: LossConfig, y=None,
+                   parameterization: Parameterization, cfg: LossConfig, cond=None,
                    train: bool = True) -> tuple[Array, dict]:
     """Mean weighted denoising loss over the batch ``x0 [B, ...]``.
 
-    ``apply_fn(params, net_x, net_t, y, train, rngs) -> out``. Returns ``(loss, aux)`` with the
+    ``apply_fn(params, net_x, net_t, cond, train, rngs) -> out`` (``cond``: the conditioning
+    kwargs, see ``diffusion_jax.conditioning``). Returns ``(loss, aux)`` with the
     per-example losses and times in ``aux`` (for diagnostics).
     """
     k_t, k_eps, k_drop = jax.random.split(key, 3)
@@ -86,7 +87,7 @@ def denoising_loss(apply_fn: Callable, params, x0: Array, key: Array, process: P
     a, s = _bcast(process.alpha(t), x0), _bcast(process.sigma(t), x0)
     x_t = a * x0 + s * eps
     net_x, net_t = parameterization.inputs(x_t, t, a, s)
-    out = apply_fn(params, net_x, jnp.reshape(net_t, t.shape), y, train, {"dropout": k_drop})
+    out = apply_fn(params, net_x, jnp.reshape(net_t, t.shape), cond, train, {"dropout": k_drop})
     target = parameterization.target(x0, eps, a, s, t)
     per_ex = jnp.mean(jnp.reshape((out - target) ** 2, (x0.shape[0], -1)), axis=1)
     w = weight(cfg, process, parameterization, t)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.parallel import batch_sharding, make_mesh
-from diffusion_jax.train.loop import build, data_shape
+from diffusion_jax.experiment import build, conditioning, data_shape, example_inputs
 from diffusion_jax.train.state import create_state
 from diffusion_jax.train.step import make_train_step
 
@@ -39,12 +39,12 @@ def bench_train(config, steps: int = 10) -> dict:
     mesh = make_mesh(dict(config.mesh))
     model, process, par, loss, tx = build(config)
     shape, b = data_shape(config), config.train.batch_size
-    state, sh = create_state(model, tx, (jnp.zeros((1,) + shape), jnp.zeros((1,))),
-                             jax.random.key(0), mesh)
+    state, sh = create_state(model, tx, example_inputs(config), jax.random.key(0), mesh)
     bsh = batch_sharding(mesh)
     batch = {"image": jax.device_put(jnp.zeros((b,) + shape), bsh),
              "label": jax.device_put(jnp.zeros((b,), jnp.int32), bsh)}
-    step = jax.jit(make_train_step(model, process, par, loss, tx, config.train.ema_decay),
+    step = jax.jit(make_train_step(model, process, par, loss, tx, config.train.ema_decay,
+                                   conditioning=conditioning(config)),
                    in_shardings=(sh, bsh, None), out_shardings=(sh, None), donate_argnums=(0,))
     key = jax.random.key(1)
     t0 = time.perf_counter()

@@ -14,36 +14,18 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ml_collections import ConfigDict
 
 from diffusion_jax.bench.samplers import steps_for_budget
 from diffusion_jax.data import get_source
 from diffusion_jax.eval import metrics as M
-from diffusion_jax.parallel import make_mesh
-from diffusion_jax.train.checkpoint import Checkpointer
+from diffusion_jax.experiment import data_shape
+from diffusion_jax.generate import load_workdir, make_sample_fn
 from diffusion_jax.train.classifier import image_batches, load_classifier
-from diffusion_jax.train.loop import build, data_shape, make_sample_fn
-from diffusion_jax.train.state import create_state
-
-
-def _restore(workdir):
-    ckpt = Checkpointer(workdir)
-    if ckpt.latest_step() is None:
-        raise SystemExit(f"no checkpoint in {ckpt.dir}: nothing to evaluate")
-    config = ConfigDict(ckpt.read_config())
-    model, process, par, _, tx = build(config)
-    shape = data_shape(config)
-    state, sh = create_state(model, tx, (jnp.zeros((1,) + shape), jnp.zeros((1,))),
-                             jax.random.key(0), make_mesh(dict(config.mesh)))
-    abstract = jax.tree_util.tree_map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sh)
-    step, state, _ = ckpt.restore(abstract)
-    return config, model, process, par, state, step
 
 
 def evaluate(workdir: str, classifier_dir: str, samplers, nfes, num: int, batch: int = 500,
              out: str | None = None) -> list[dict]:
-    config, model, process, par, state, step = _restore(workdir)
+    config, model, process, par, state, step = load_workdir(workdir)
     clf, cparams = load_classifier(classifier_dir)
     extractor = f"CNN classifier of {classifier_dir} (penultimate layer, {clf.feature_dim}-d)"
     batch = min(batch, num)

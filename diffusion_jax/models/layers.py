@@ -73,3 +73,22 @@ class AttnBlock(nn.Module):
             num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
             out_kernel_init=nn.initializers.zeros)(y, y)
         return (x + y.reshape(b, h, w, c)) / math.sqrt(2.0)
+
+
+class CrossAttnBlock(nn.Module):
+    """Image positions attend to a conditioning sequence ``context [B, L, D]`` (e.g. text-encoder
+    outputs computed elsewhere), as in latent diffusion's transformer blocks (Rombach et al. 2022).
+    The output projection starts at zero, so a new block is the identity."""
+    num_heads: int = 1
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, context):
+        b, h, w, c = x.shape
+        q = group_norm(c, self.dtype)(x).reshape(b, h * w, c)
+        kv = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype)(context.astype(self.dtype))
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, qkv_features=c, out_features=c, dtype=self.dtype,
+            param_dtype=self.param_dtype, out_kernel_init=nn.initializers.zeros)(q, kv)
+        return x + y.reshape(b, h, w, c)

@@ -35,7 +35,7 @@ def accuracy(model: Classifier, params, source, batch: int = 1000) -> float:
 
 def train_classifier(model: Classifier, train_source, test_source, steps: int, batch_size: int,
                      lr: float, seed: int, workdir: str | Path, process=None,
-                     random_flip: bool = False) -> dict:
+                     random_flip: bool = False, process_name: str | None = None) -> dict:
     workdir = Path(workdir).absolute()
     data = iter(image_pipeline(train_source, batch_size, seed, random_flip))
     key = jax.random.key(seed)
@@ -71,6 +71,7 @@ def train_classifier(model: Classifier, train_source, test_source, steps: int, b
     ckpt.save(workdir / "params", params, force=True)
     ckpt.wait_until_finished()
     info = {"test_accuracy": acc, "steps": steps, "noise_conditional": process is not None,
+            "process": process_name,
             "channels": model.channels, "feature_dim": model.feature_dim,
             "num_classes": model.num_classes}
     (workdir / "classifier.json").write_text(json.dumps(info))
@@ -78,11 +79,18 @@ def train_classifier(model: Classifier, train_source, test_source, steps: int, b
     return {"params": params, **info}
 
 
-def load_classifier(workdir: str | Path) -> tuple[Classifier, dict]:
-    """The classifier a ``train_classifier`` run saved in ``workdir``: ``(model, params)``."""
-    info = json.loads((Path(workdir) / "classifier.json").read_text())
+def load_classifier(workdir: str | Path, with_info: bool = False):
+    """The classifier a ``train_classifier`` run saved in ``workdir``: ``(model, params)``, and its
+    ``classifier.json`` record with ``with_info=True``."""
+    path = Path(workdir) / "classifier.json"
+    if not path.exists():
+        raise SystemExit(f"no classifier in {workdir} ({path.name} missing): train one with "
+                         "`python -m diffusion_jax train-classifier --config "
+                         f"experiments/fashion_mnist_classifier.py --workdir {workdir}`")
+    info = json.loads(path.read_text())
     model = Classifier(info["num_classes"], info["channels"], info["feature_dim"],
                        info["noise_conditional"])
     target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)),
                                                jnp.zeros((1,)))["params"])
-    return model, ocp.StandardCheckpointer().restore(Path(workdir).absolute() / "params", target)
+    params = ocp.StandardCheckpointer().restore(Path(workdir).absolute() / "params", target)
+    return (model, params, info) if with_info else (model, params)

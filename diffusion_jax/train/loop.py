@@ -1,5 +1,5 @@
-"""``train(config, workdir)``: the main job, top to bottom. The config is read here and nowhere
-below: everything this calls takes typed arguments."""
+"""``train(config, workdir)``: the main job, top to bottom. The config is read here and in
+``diffusion_jax.experiment``, nowhere below: everything this calls takes typed arguments."""
 
 from __future__ import annotations
 
@@ -14,64 +14,16 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from diffusion_jax import parameterization as Z
-from diffusion_jax import processes
+from diffusion_jax.conditioning import downsample
 from diffusion_jax.data import global_batch, image_pipeline
 from diffusion_jax.data.sources import get_source
-from diffusion_jax.losses import LossConfig
-from diffusion_jax.models import MLP, UNet, UNetConfig, check_image_size
+from diffusion_jax.experiment import build, conditioning, data_shape, example_inputs
+from diffusion_jax.generate import make_sample_fn
 from diffusion_jax.parallel import batch_sharding, batch_size_per_shard, make_mesh
-from diffusion_jax.samplers import sample as dj_sample
 from diffusion_jax.train.checkpoint import Checkpointer
-from diffusion_jax.train.state import create_state, make_optimizer
+from diffusion_jax.train.state import create_state
 from diffusion_jax.train.step import make_train_step
 from diffusion_jax.utils.images import plot_curve, save_grid, save_scatter
-
-
-def data_shape(config) -> tuple[int, ...]:
-    """One example's shape: ``(dim,)`` for vector data, else ``(size, size, channels)``."""
-    d = config.data
-    return (d.dim,) if d.get("dim") else (d.image_size, d.image_size, d.channels)
-
-
-def build(config):
-    """Translate a config into typed objects: (model, process, parameterization, loss, tx)."""
-    m, d = config.model, config.data
-    if m.name == "mlp":
-        model = MLP(m.hidden, m.depth, m.time_scale)
-    elif m.name != "unet":
-        raise ValueError(f"unknown model {m.name!r}; valid: 'unet', 'mlp'")
-    else:
-        model = _unet(m, d)
-    pkw = {k: v for k, v in config.process.items() if k != "name"}
-    process = processes.make_process(config.process.name, **pkw)
-    zkw = {k: v for k, v in config.parameterization.items() if k != "name"}
-    par = Z.make_parameterization(config.parameterization.name, **zkw)
-    loss = LossConfig(**config.loss)
-    o = config.optimizer
-    tx = make_optimizer(o.lr, o.warmup_steps, config.train.steps, o.schedule, o.weight_decay,
-                        o.b2, o.grad_clip, o.grad_accum)
-    return model, process, par, loss, tx
-
-
-def _unet(m, d):
-    check_image_size(d.image_size, m.channel_mult)
-    ucfg = UNetConfig(channels=m.channels, channel_mult=tuple(m.channel_mult),
-                      num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
-                      num_heads=m.num_heads, dropout=m.dropout,
-                      num_classes=d.num_classes if m.conditional else 0, time_scale=m.time_scale)
-    return UNet(ucfg, dtype=jnp.dtype(m.dtype))
-
-
-def make_sample_fn(model, process, par, sampler: str, num_steps: int, grid: str):
-    """``fn(params, x_T, key, y=None) -> images``, jitted whole (one XLA program per shape)."""
-
-    def fn(params, x_T, key, y=None):
-        apply = lambda x, t: model.apply({"params": params}, x, t, y)
-        return dj_sample(Z.make_denoiser(apply, process, par), process, x_T, sampler=sampler,
-                         num_steps=num_steps, key=key, grid=grid)
-
-    return jax.jit(fn)
 
 
 def train(config, workdir: str) -> dict:
@@ -87,8 +39,7 @@ def train(config, workdir: str) -> dict:
 
     key = jax.random.key(config.seed)
     k_init, k_train, k_sample = jax.random.split(key, 3)
-    example = (jnp.zeros((1,) + data_shape(config)), jnp.zeros((1,)))
-    state, shardings = create_state(model, tx, example, k_init, mesh)
+    state, shardings = create_state(model, tx, example_inputs(config), k_init, mesh)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
     ckpt = Checkpointer(workdir, tc.keep)
     cfg_dict = json.loads(config.to_json())
@@ -103,7 +54,7 @@ def train(config, workdir: str) -> dict:
 
     bsh = batch_sharding(mesh)
     step_fn = jax.jit(make_train_step(model, process, par, loss_cfg, tx, tc.ema_decay,
-                                      tc.ema_start, config.model.conditional),
+                                      tc.ema_start, conditioning(config)),
                       in_shardings=(shardings, bsh, None), out_shardings=(shardings, None),
                       donate_argnums=(0,))
     stop = {"sig": None}
@@ -170,13 +121,31 @@ def train(config, workdir: str) -> dict:
 
 
 def write_samples(config, model, process, par, params, workdir, name, key):
+    """A grid of ``config.sample.num`` samples; class-conditional models get one row per class
+    (at ``config.sample.guidance``), super-resolution models upsample test images."""
     sc = config.sample
-    fn = make_sample_fn(model, process, par, sc.sampler, sc.num_steps, sc.grid)
-    x_T = process.prior_sample(key, (sc.num,) + data_shape(config))
-    images = np.asarray(fn(params, x_T, key))
+    shape = data_shape(config)
+    cond = conditioning(config)
+    n, nrow, kw = sc.num, None, {}
+    if cond.num_classes:
+        per = max(n // cond.num_classes, 1)
+        n, nrow = per * cond.num_classes, per
+        kw["cond"] = {"y": jnp.repeat(jnp.arange(cond.num_classes), per)}
+    if cond.low_res_size:
+        test = get_source(config.data.dataset, "test", config.data.data_dir or None)
+        hi = np.stack([test[i]["image"] for i in range(n)]).astype(np.float32) / 127.5 - 1
+        kw["cond"] = {**kw.get("cond", {}), "low_res": downsample(jnp.asarray(hi), cond.low_res_size)}
+    if cond.context_dim:
+        raise ValueError("sample writing for context-conditioned models needs contexts; set "
+                         "train.sample_every=0 and sample with your own contexts")
+    guide = sc.get("guidance", None) if cond.num_classes else None
+    fn = make_sample_fn(model, process, par, sc.sampler, sc.num_steps, sc.grid,
+                        guidance_scale=guide)
+    x_T = process.prior_sample(key, (n,) + shape)
+    images = np.asarray(fn(params, x_T, key, **kw))
     path = Path(workdir) / name
     if jax.process_index() == 0:
-        save_scatter(images, path) if images.ndim == 2 else save_grid(images, path)
+        save_scatter(images, path) if images.ndim == 2 else save_grid(images, path, nrow=nrow)
     return path
 
 

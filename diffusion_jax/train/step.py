@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from diffusion_jax.conditioning import Conditioning
 from diffusion_jax.losses import LossConfig, denoising_loss
 from diffusion_jax.parameterization import Parameterization
 from diffusion_jax.processes import Process
@@ -16,25 +17,28 @@ from diffusion_jax.train.state import TrainState
 
 
 def make_apply(model) -> Callable:
-    def apply(params, x, t, y, train, rngs):
-        return model.apply({"params": params}, x, t, y, train=train, rngs=rngs)
+    """``apply(params, x, t, cond, train, rngs)`` with ``cond`` a dict of conditioning kwargs."""
+    def apply(params, x, t, cond, train, rngs):
+        return model.apply({"params": params}, x, t, train=train, rngs=rngs, **(cond or {}))
     return apply
 
 
 def make_train_step(model, process: Process, parameterization: Parameterization,
                     loss_cfg: LossConfig, tx: optax.GradientTransformation, ema_decay: float,
-                    ema_start: int = 0, conditional: bool = False) -> Callable:
+                    ema_start: int = 0, conditioning: Conditioning | None = None) -> Callable:
     """Build ``train_step(state, batch, key)``; the per-step key is ``fold_in(key, step)``, so a
     resumed run draws exactly the noise the uninterrupted run would have drawn."""
     apply = make_apply(model)
 
     def train_step(state: TrainState, batch: dict, key: jax.Array):
         key = jax.random.fold_in(key, state.step)
-        y = batch["label"] if conditional else None
+        cond = None
+        if conditioning is not None:  # its own stream: the loss's noise is unchanged by it
+            cond = conditioning(batch, jax.random.fold_in(key, 0x7FFFFFFF))
 
         def loss_fn(params):
             return denoising_loss(apply, params, batch["image"], key, process, parameterization,
-                                  loss_cfg, y=y, train=True)
+                                  loss_cfg, cond=cond, train=True)
 
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -66,3 +66,64 @@ def save_scatter(points, path: str | Path, title: str = ""):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def load_images(path: str | Path, channels: int) -> np.ndarray:
+    """Images from a ``.png``/``.jpg`` (one image) or an ``.npz``/``.npy`` (``images`` [N, H, W, C]
+    uint8 in [0, 255] or float in [-1, 1]) as float32 ``[N, H, W, channels]`` in ``[-1, 1]``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"image file {path} does not exist")
+    if path.suffix in (".npz", ".npy"):
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                if "images" not in f:
+                    raise ValueError(f"{path} has no 'images' array (found: {list(f.keys())})")
+                x = f["images"]
+        else:
+            x = np.load(path, allow_pickle=False)
+        x = x[None] if x.ndim == 3 else x
+        x = x.astype(np.float32) / 127.5 - 1.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    else:
+        img = Image.open(path).convert("L" if channels == 1 else "RGB")
+        x = np.asarray(img, np.float32)[None] / 127.5 - 1.0
+        x = x[..., None] if x.ndim == 3 else x
+    if x.ndim != 4 or x.shape[-1] != channels:
+        raise ValueError(f"{path}: expected images [N, H, W, {channels}], got shape {x.shape}")
+    if x.min() < -1.001 or x.max() > 1.001:
+        raise ValueError(f"{path}: float images must be in [-1, 1], got [{x.min():.3g}, "
+                         f"{x.max():.3g}]; store uint8 in [0, 255] or rescale with x / 127.5 - 1")
+    return x
+
+
+MASKS = ("center", "left", "right", "top", "bottom", "random")
+
+
+def make_mask(spec: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """A known-pixel mask (1 = keep) ``[H, W, 1]``: a named region that is *unknown* (``center``:
+    the middle half square; ``left``/``right``/``top``/``bottom``: that half; ``random``: 75% of
+    pixels) or a file (white = known; ``.png``, or ``.npy`` of 0/1)."""
+    h, w = shape[:2]
+    m = np.ones((h, w, 1), np.float32)
+    if spec == "center":
+        m[h // 4: h - h // 4, w // 4: w - w // 4] = 0
+    elif spec == "left":
+        m[:, : w // 2] = 0
+    elif spec == "right":
+        m[:, w // 2:] = 0
+    elif spec == "top":
+        m[: h // 2] = 0
+    elif spec == "bottom":
+        m[h // 2:] = 0
+    elif spec == "random":
+        m = (np.random.default_rng(seed).random((h, w, 1)) > 0.75).astype(np.float32)
+    elif Path(spec).suffix in (".png", ".npy"):
+        if not Path(spec).exists():
+            raise FileNotFoundError(f"mask file {spec} does not exist")
+        m = (np.load(spec) if spec.endswith(".npy")
+             else np.asarray(Image.open(spec).convert("L"), np.float32) / 255.0)
+        m = (np.asarray(m, np.float32) > 0.5).astype(np.float32)
+        m = m[..., None] if m.ndim == 2 else m
+    else:
+        raise ValueError(f"unknown mask {spec!r}; valid: {', '.join(MASKS)}, or a .png/.npy file")
+    return m
