@@ -131,7 +131,7 @@ def _sample(args) -> int:
     from diffusion_jax.data import get_source
     from diffusion_jax.experiment import conditioning, data_shape
     from diffusion_jax.generate import (load_workdir, make_repaint_fn, make_sample_fn,
-                                        make_sdedit_fn)
+                                        make_sdedit_fn, workdir_config)
     from diffusion_jax.utils.images import load_images, make_mask, save_grid, save_scatter
 
     # Flag combinations first: nothing is loaded or compiled for a command that cannot run.
@@ -145,7 +145,7 @@ def _sample(args) -> int:
         raise SystemExit("--resample is RePaint's option for inpainting: pass --mask too")
     if args.resample < 1:
         raise SystemExit(f"--resample must be >= 1, got {args.resample}")
-    config, model, process, par, state, step = load_workdir(args.workdir)
+    config = workdir_config(args.workdir)  # the checks below need only the config
     shape, cc = data_shape(config), conditioning(config)
     test = lambda: get_source(config.data.dataset, "test", config.data.data_dir or None)
     n, nrow, cond = args.num, None, {}
@@ -218,6 +218,7 @@ def _sample(args) -> int:
             if init.shape[1:] != tuple(shape):
                 raise SystemExit(f"--init-image is {init.shape[1:]}, the model makes {tuple(shape)}")
             init = np.resize(init, (n,) + init.shape[1:])
+    config, model, process, par, state, step = load_workdir(args.workdir)
     sc = config.sample
     sampler, steps, grid = args.sampler or sc.sampler, args.steps or sc.num_steps, args.grid or sc.grid
     key = jax.random.key(args.seed)

@@ -22,22 +22,25 @@ from diffusion_jax.experiment import build, example_inputs
 from diffusion_jax.parallel import make_mesh
 from diffusion_jax.samplers import sample as dj_sample
 from diffusion_jax.train.checkpoint import Checkpointer
-from diffusion_jax.train.state import create_state
+from diffusion_jax.train.state import state_shardings
 
 
-def load_workdir(workdir: str):
-    """``(config, model, process, parameterization, state, step)`` of a workdir's newest
-    checkpoint, restored onto the mesh its config declares."""
+def workdir_config(workdir: str) -> ConfigDict:
+    """The config stored with a workdir's newest checkpoint (cheap: nothing is restored)."""
     ckpt = Checkpointer(workdir)
     if ckpt.latest_step() is None:
         raise SystemExit(f"no checkpoint in {ckpt.dir}: train first with "
                          f"`python -m diffusion_jax train --config ... --workdir {workdir}`")
-    config = ConfigDict(ckpt.read_config())
+    return ConfigDict(ckpt.read_config())
+
+
+def load_workdir(workdir: str):
+    """``(config, model, process, parameterization, state, step)`` of a workdir's newest
+    checkpoint, restored straight onto the mesh its config declares (no initialisation)."""
+    config = workdir_config(workdir)
+    ckpt = Checkpointer(workdir)
     model, process, par, _, tx = build(config)
-    state, sh = create_state(model, tx, example_inputs(config), jax.random.key(0),
-                             make_mesh(dict(config.mesh)))
-    abstract = jax.tree_util.tree_map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sh)
+    abstract, _ = state_shardings(model, tx, example_inputs(config), make_mesh(dict(config.mesh)))
     step, state, _ = ckpt.restore(abstract)
     return config, model, process, par, state, step
 

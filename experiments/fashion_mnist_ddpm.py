@@ -17,7 +17,10 @@ def get_config() -> ConfigDict:
                              random_flip=False, num_classes=10))
     c.model = ConfigDict(dict(name="unet", channels=16, channel_mult=(1, 2, 2), num_res_blocks=1,
                               attn_resolutions=(7,), num_heads=1, dropout=0.0, dtype="float32",
-                              conditional=False, time_scale=1000.0))
+                              conditional=False, time_scale=1000.0,
+                              cond_drop=0.1,     # CFG: labels/contexts dropped to the null one
+                              context_dim=0,     # > 0: cross-attention to a [B, L, D] context
+                              low_res_size=0))   # > 0: super-resolution from this size
     c.process = ConfigDict(dict(name="vp_cosine"))
     c.parameterization = ConfigDict(dict(name="v"))
     c.loss = ConfigDict(dict(weighting="simple", t_sampler="antithetic"))
@@ -26,5 +29,6 @@ def get_config() -> ConfigDict:
     c.train = ConfigDict(dict(steps=1500, batch_size=64, ema_decay=0.995, ema_start=200,
                               log_every=20, ckpt_every=400, sample_every=0, keep=3,
                               time_limit_minutes=13.0))
-    c.sample = ConfigDict(dict(sampler="dpmpp_2m", num_steps=20, num=64, grid="logsnr"))
+    c.sample = ConfigDict(dict(sampler="dpmpp_2m", num_steps=20, num=64, grid="logsnr",
+                               guidance=None))  # CFG scale for class-conditional models
     return c

@@ -41,18 +41,19 @@ def make_optimizer(lr: float, warmup_steps: int, total_steps: int, schedule: str
     return optax.MultiSteps(tx, grad_accum) if grad_accum > 1 else tx
 
 
-def create_state(model: nn.Module, tx: optax.GradientTransformation, example: tuple, key,
-                 mesh: Mesh, rules=DEFAULT_RULES) -> tuple[TrainState, Any]:
-    """Initialise the state inside ``jit`` with ``out_shardings`` derived from the models'
-    logical axis names, so that no full copy is ever materialised on one device.
-    Returns ``(state, state_shardings)``."""
-
+def _init_fn(model: nn.Module, tx: optax.GradientTransformation, example: tuple):
     def init(key):
         boxed = model.init({"params": key}, *example)["params"]
         params = nn.meta.unbox(boxed)
         return TrainState(jnp.zeros((), jnp.int32), boxed, boxed, tx.init(params)), boxed
+    return init
 
-    abstract, boxed = jax.eval_shape(init, key)
+
+def state_shardings(model: nn.Module, tx: optax.GradientTransformation, example: tuple,
+                    mesh: Mesh, rules=DEFAULT_RULES) -> tuple[TrainState, TrainState]:
+    """``(abstract_state, shardings)`` from shapes alone (nothing is computed): the layout comes
+    from the model's logical axis names; the abstract state is what a checkpoint restores into."""
+    abstract, boxed = jax.eval_shape(_init_fn(model, tx, example), jax.random.key(0))
     spec = nn.get_partition_spec(boxed)
     rules = rules_for_mesh(rules, mesh)
     with nn.logical_axis_rules(rules):
@@ -63,6 +64,20 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, example: tu
     opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, nn.meta.unbox(abstract.opt_state),
                                    param_sh, transform_non_params=lambda _: rep)
     shardings = TrainState(rep, param_sh, param_sh, opt_sh)
+    unboxed = TrainState(abstract.step, nn.meta.unbox(abstract.params),
+                         nn.meta.unbox(abstract.ema_params), nn.meta.unbox(abstract.opt_state))
+    abstract = jax.tree_util.tree_map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), unboxed, shardings)
+    return abstract, shardings
+
+
+def create_state(model: nn.Module, tx: optax.GradientTransformation, example: tuple, key,
+                 mesh: Mesh, rules=DEFAULT_RULES) -> tuple[TrainState, Any]:
+    """Initialise the state inside ``jit`` with ``out_shardings`` derived from the models'
+    logical axis names, so that no full copy is ever materialised on one device.
+    Returns ``(state, state_shardings)``."""
+    _, shardings = state_shardings(model, tx, example, mesh, rules)
+    init = _init_fn(model, tx, example)
 
     def init_unboxed(key):
         st, _ = init(key)
