@@ -67,7 +67,14 @@ def main(argv=None) -> int:
     tc.add_argument("--workdir", required=True)
     ev = sub.add_parser("eval", help="FD/KID/precision/recall of samplers x NFE")
     ev.add_argument("--workdir", required=True)
-    ev.add_argument("--classifier", required=True, help="workdir of train-classifier")
+    ev.add_argument("--classifier", default=None,
+                    help="workdir of train-classifier: the feature extractor (and the judge of "
+                         "class agreement for class-conditional models)")
+    ev.add_argument("--inception", default=None,
+                    help="Inception-v3 weights .npz (scripts/convert_fid_inception.py): FID "
+                         "features instead of the classifier's")
+    ev.add_argument("--guidance", type=float, default=None,
+                    help="classifier-free guidance scale for class-conditional models")
     ev.add_argument("--samplers", default="ddim,dpmpp_2m,unipc,heun")
     ev.add_argument("--nfe", default="5,10,20")
     ev.add_argument("--num", type=int, default=2000)
@@ -90,8 +97,12 @@ def main(argv=None) -> int:
     if args.cmd == "eval":
         from diffusion_jax.eval.sample_eval import evaluate
 
+        if not args.classifier and not args.inception:
+            raise SystemExit("eval needs a feature extractor: --classifier DIR (train-classifier) "
+                             "or --inception WEIGHTS.npz")
         evaluate(args.workdir, args.classifier, args.samplers.split(","),
-                 [int(v) for v in args.nfe.split(",")], args.num, out=args.out)
+                 [int(v) for v in args.nfe.split(",")], args.num, out=args.out,
+                 inception=args.inception, guidance=args.guidance)
         return 0
     if args.cmd == "train-classifier":
         from diffusion_jax.config import load_config

@@ -1,0 +1,70 @@
+"""Feature extractors for FD/KID/precision-recall: the project's Fashion-MNIST classifier
+(penultimate layer; offline, trained by ``experiments/fashion_mnist_classifier.py``) or the FID
+Inception-v3 with user-provided weights. Each is ``extract(images) -> (features, class_probs)``
+jitted, with a ``name`` that every reported number carries."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax.eval.metrics import check_image_range
+
+
+@dataclasses.dataclass
+class Extractor:
+    name: str
+    fn: Callable  # images [B, H, W, C] in [-1, 1] -> (features [B, D], class probabilities [B, K])
+    batch: int = 500
+
+    def __call__(self, images) -> tuple[np.ndarray, np.ndarray]:
+        images = np.asarray(images)
+        check_image_range(images)
+        feats, probs = [], []
+        for i in range(0, len(images), self.batch):
+            f, p = self.fn(jnp.asarray(images[i: i + self.batch]))
+            feats.append(np.asarray(f))
+            probs.append(np.asarray(p))
+        return np.concatenate(feats), np.concatenate(probs)
+
+
+def classifier_extractor(workdir: str) -> Extractor:
+    from diffusion_jax.train.classifier import load_classifier
+
+    clf, params, info = load_classifier(workdir, with_info=True)
+    acc = info.get("test_accuracy")
+    name = (f"CNN classifier {workdir} (penultimate layer, {clf.feature_dim}-d"
+            + (f", test accuracy {acc:.4f})" if acc is not None else ")"))
+
+    @jax.jit
+    def fn(x):
+        logits, feats = clf.apply({"params": params}, x, jnp.zeros(x.shape[:1]), return_features=True)
+        return feats, jax.nn.softmax(logits)
+
+    return Extractor(name, fn)
+
+
+def inception_extractor(weights: str, expected_sha256: str | None = None) -> Extractor:
+    from diffusion_jax.eval.inception import load_inception
+
+    model, variables = load_inception(weights, expected_sha256)
+
+    @jax.jit
+    def fn(x):
+        feats, logits = model.apply(variables, x)
+        return feats, jax.nn.softmax(logits[:, 1:1001])  # the 1000 ImageNet classes
+
+    return Extractor(f"Inception-v3 pool3 (2048-d, weights {weights})", fn, batch=100)
+
+
+def make_extractor(classifier: str | None = None, inception: str | None = None) -> Extractor:
+    if inception:
+        return inception_extractor(inception)
+    if classifier:
+        return classifier_extractor(classifier)
+    raise ValueError("no feature extractor: pass a classifier workdir (train-classifier) or an "
+                     "Inception weights .npz")
