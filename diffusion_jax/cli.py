@@ -79,6 +79,14 @@ def main(argv=None) -> int:
     ev.add_argument("--nfe", default="5,10,20")
     ev.add_argument("--num", type=int, default=2000)
     ev.add_argument("--out", default=None)
+    lk = sub.add_parser("likelihood", help="bits/dim on the test split (PF-ODE, dequantised)")
+    lk.add_argument("--workdir", required=True)
+    lk.add_argument("--num", type=int, default=512)
+    lk.add_argument("--batch", type=int, default=128)
+    lk.add_argument("--trace", default="rademacher", choices=["rademacher", "gaussian", "exact"])
+    lk.add_argument("--rtol", type=float, default=1e-4)
+    lk.add_argument("--seed", type=int, default=0)
+    lk.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
     if args.cmd == "train":
@@ -103,6 +111,12 @@ def main(argv=None) -> int:
         evaluate(args.workdir, args.classifier, args.samplers.split(","),
                  [int(v) for v in args.nfe.split(",")], args.num, out=args.out,
                  inception=args.inception, guidance=args.guidance)
+        return 0
+    if args.cmd == "likelihood":
+        from diffusion_jax.eval.bpd import test_bits_per_dim
+
+        test_bits_per_dim(args.workdir, args.num, args.batch, args.trace, args.rtol, args.rtol,
+                          args.seed, args.out)
         return 0
     if args.cmd == "train-classifier":
         from diffusion_jax.config import load_config

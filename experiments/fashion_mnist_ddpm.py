@@ -28,7 +28,9 @@ def get_config() -> ConfigDict:
                                   grad_clip=1.0, grad_accum=1, b2=0.99))
     c.train = ConfigDict(dict(steps=1500, batch_size=64, ema_decay=0.995, ema_start=200,
                               log_every=20, ckpt_every=400, sample_every=0, keep=3,
-                              time_limit_minutes=13.0))
+                              time_limit_minutes=13.0,
+                              fid_every=0, fid_num=500,          # training-time FD (0: off)
+                              fid_classifier="", fid_inception=""))  # its feature extractor
     c.sample = ConfigDict(dict(sampler="dpmpp_2m", num_steps=20, num=64, grid="logsnr",
                                guidance=None))  # CFG scale for class-conditional models
     return c

@@ -1,4 +1,5 @@
-"""End to end: train 2 steps on Fashion-MNIST, train a 2-step classifier, run `eval`."""
+"""End to end: a 2-step classifier, 2 training steps on Fashion-MNIST with training-time FD,
+`eval` and `likelihood`."""
 
 import json
 import os
@@ -14,15 +15,31 @@ FM = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
                     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_eval_cli_writes_table(tmp_path):
     wd, clf = str(tmp_path / "fm"), str(tmp_path / "clf")
+    assert main(["train-classifier", "--config", "experiments/fashion_mnist_classifier.py",
+                 "--workdir", clf, "--config.train.steps=2", "--config.train.batch_size=8"]) == 0
     assert main(["train", "--config", "experiments/fashion_mnist_ddpm.py", "--workdir", wd,
                  "--config.train.steps=2", "--config.model.channels=8",
                  "--config.model.attn_resolutions=()", "--config.train.batch_size=8",
-                 "--config.sample.num=4", "--config.sample.num_steps=2"]) == 0
-    assert main(["train-classifier", "--config", "experiments/fashion_mnist_classifier.py",
-                 "--workdir", clf, "--config.train.steps=2", "--config.train.batch_size=8"]) == 0
+                 "--config.sample.num=4", "--config.sample.num_steps=2",
+                 "--config.train.fid_every=2", "--config.train.fid_num=32",
+                 f"--config.train.fid_classifier={clf}"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "fm" / "metrics.jsonl").read_text().splitlines()]
+    fd_rows = [r for r in rows if "fd" in r]  # training-time FD, logged with the metrics
+    assert len(fd_rows) == 1 and fd_rows[0]["step"] == 2 and fd_rows[0]["fd"] > 0
+    assert (tmp_path / "fm" / "fd.png").exists()
     assert main(["eval", "--workdir", wd, "--classifier", clf, "--samplers", "ddim",
                  "--nfe", "3", "--num", "64"]) == 0
     rows = json.loads((tmp_path / "fm" / "eval" / "eval.json").read_text())
     assert len(rows) == 1 and rows[0]["fd"] > 0 and "classifier" in rows[0]["extractor"]
     assert (tmp_path / "fm" / "eval" / "fd_vs_nfe.png").exists()
     assert "| ddim | 3 |" in (tmp_path / "fm" / "eval" / "eval.md").read_text()
+    assert (tmp_path / "fm" / "eval" / "reference_features.npz").exists()
+    # bits/dim on the test split: PF-ODE with dequantisation, mean and standard error.
+    assert main(["likelihood", "--workdir", wd, "--num", "16", "--batch", "8", "--rtol", "1e-2"]) == 0
+    res = json.loads((tmp_path / "fm" / "eval" / "likelihood.json").read_text())
+    assert res["num"] == 16 and 0 < res["bits_per_dim"] < 20 and res["standard_error"] > 0
+    assert len(res["nfe_per_batch"]) == 2 and min(res["nfe_per_batch"]) > 0
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        main(["eval", "--workdir", str(tmp_path / "empty"), "--classifier", clf])
+    with pytest.raises(SystemExit, match="needs a feature extractor"):
+        main(["eval", "--workdir", wd])

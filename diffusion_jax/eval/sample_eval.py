@@ -38,6 +38,24 @@ def reference_features(extractor: Extractor, config, cache: Path | None = None) 
     return feats
 
 
+def sample_fd(config, model, process, par, params, extractor: Extractor, real_feats: np.ndarray,
+              num: int, key, batch: int = 250) -> float:
+    """FD of ``num`` samples (the experiment's own sampler; class-balanced labels at
+    ``sample.guidance`` for class-conditional models) against ``real_feats``: the training-time
+    FID of ``train.fid_every``."""
+    cc, sc, shape = conditioning(config), config.sample, data_shape(config)
+    guide = sc.get("guidance", None) if cc.num_classes else None
+    fn = make_sample_fn(model, process, par, sc.sampler, sc.num_steps, sc.grid, guidance_scale=guide)
+    images = []
+    for i in range(0, num, batch):
+        k = jax.random.fold_in(key, i)
+        n = min(batch, num - i)
+        cond = {"y": jnp.arange(i, i + n) % cc.num_classes} if cc.num_classes else None
+        images.append(np.asarray(jnp.clip(fn(params, process.prior_sample(k, (n,) + shape), k,
+                                             cond), -1, 1)))
+    return M.fd_from_features(extractor(np.concatenate(images))[0], real_feats)
+
+
 def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int, batch: int = 500,
              out: str | None = None, inception: str | None = None,
              guidance: float | None = None) -> list[dict]:

@@ -17,6 +17,8 @@ from tqdm import tqdm
 from diffusion_jax.conditioning import downsample
 from diffusion_jax.data import global_batch, image_pipeline
 from diffusion_jax.data.sources import get_source
+from diffusion_jax.eval.features import make_extractor
+from diffusion_jax.eval.sample_eval import reference_features, sample_fd
 from diffusion_jax.experiment import build, conditioning, data_shape, example_inputs
 from diffusion_jax.generate import make_sample_fn
 from diffusion_jax.parallel import batch_sharding, batch_size_per_shard, make_mesh
@@ -68,7 +70,7 @@ def train(config, workdir: str) -> dict:
           f"{tc.steps} steps of batch {tc.batch_size}")
     bar = tqdm(total=tc.steps, initial=step0, desc="train", dynamic_ncols=True,
                disable=jax.process_index() != 0)
-    status = "done"
+    status, fid = "done", None
     try:
         for step in range(step0, tc.steps):
             batch = global_batch(next(data_iter), bsh)
@@ -95,6 +97,16 @@ def train(config, workdir: str) -> dict:
             bar.update(1)
             if (step + 1) % tc.ckpt_every == 0:
                 ckpt.save(step + 1, state, data_iter.get_state(), cfg_dict)
+            if tc.get("fid_every") and (step + 1) % tc.fid_every == 0:
+                fid = fid or _fid_setup(config, workdir)
+                fd = sample_fd(config, model, process, par, state.ema_params, fid[0], fid[1],
+                               tc.fid_num, jax.random.fold_in(k_sample, step + 1))
+                row = {"step": step + 1, "fd": fd, "fd_num": tc.fid_num, "extractor": fid[0].name}
+                history.append(row)
+                if jax.process_index() == 0:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                tqdm.write(f"step {step + 1}: FD {fd:.3f} ({tc.fid_num} samples, {fid[0].name})")
             if tc.sample_every and (step + 1) % tc.sample_every == 0:
                 write_samples(config, model, process, par, state.ema_params, workdir,
                               f"samples_{step + 1:06d}.png", k_sample)
@@ -109,8 +121,11 @@ def train(config, workdir: str) -> dict:
             ckpt.save(int(state.step), state, data_iter.get_state(), cfg_dict, force=True)
         ckpt.wait()
     if history and jax.process_index() == 0:
-        plot_curve([h["step"] for h in history], [h["loss"] for h in history],
-                   workdir / "loss.png")
+        rows = [h for h in history if "loss" in h]
+        plot_curve([h["step"] for h in rows], [h["loss"] for h in rows], workdir / "loss.png")
+        fds = [h for h in history if "fd" in h]
+        if fds:
+            plot_curve([h["step"] for h in fds], [h["fd"] for h in fds], workdir / "fd.png", "FD")
     out = {"status": status, "step": int(state.step), "workdir": str(workdir)}
     if status in ("done", "time_limit"):
         out["samples"] = str(write_samples(config, model, process, par, state.ema_params, workdir,
@@ -147,6 +162,15 @@ def write_samples(config, model, process, par, params, workdir, name, key):
     if jax.process_index() == 0:
         save_scatter(images, path) if images.ndim == 2 else save_grid(images, path, nrow=nrow)
     return path
+
+
+def _fid_setup(config, workdir):
+    """The extractor (``train.fid_classifier`` workdir or ``train.fid_inception`` weights) and the
+    test split's features, computed once and cached in ``workdir/eval``."""
+    tc = config.train
+    extractor = make_extractor(tc.get("fid_classifier") or None, tc.get("fid_inception") or None)
+    return extractor, reference_features(extractor, config,
+                                         Path(workdir) / "eval" / "reference_features.npz")
 
 
 def _read_history(path: Path, upto: int) -> list:
