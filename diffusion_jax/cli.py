@@ -126,7 +126,9 @@ def main(argv=None) -> int:
         from diffusion_jax.train.classifier import train_classifier
 
         c = load_config(args.config, overrides)
-        model = Classifier(10, c.model.channels, c.model.feature_dim, c.model.noise_conditional)
+        # A process makes it a guidance classifier: noisy inputs, so it must see t.
+        model = Classifier(10, c.model.channels, c.model.feature_dim,
+                           bool(c.process.name) or c.model.noise_conditional)
         d = c.data.data_dir or None
         train_classifier(model, get_source(c.data.dataset, "train", d),
                          get_source(c.data.dataset, "test", d), c.train.steps, c.train.batch_size,

@@ -35,7 +35,7 @@ def tiny_unet(**kw):
 def test_cross_attention_uses_the_context_and_checks_its_width():
     model = tiny_unet(context_dim=6)
     ctx = jax.random.normal(jax.random.key(0), (2, 3, 6))
-    params = model.init(jax.random.key(1), X, T, context=ctx)["params"]
+    params = jax.jit(lambda k, c: model.init(k, X, T, context=c))(jax.random.key(1), ctx)["params"]
     assert any("CrossAttnBlock" in k for k in params)
     params = _perturb(params, jax.random.key(2))
     x = jax.random.normal(jax.random.key(3), X.shape)
@@ -55,7 +55,8 @@ def test_cross_attention_uses_the_context_and_checks_its_width():
 def test_low_res_concatenation_and_class_checks():
     model = tiny_unet(low_res_size=4)
     low = jnp.ones((2, 4, 4, 1))
-    params = _perturb(model.init(jax.random.key(0), X, T, low_res=low)["params"], jax.random.key(1))
+    params = jax.jit(lambda k, lr: model.init(k, X, T, low_res=lr))(jax.random.key(0), low)["params"]
+    params = _perturb(params, jax.random.key(1))
     a = model.apply({"params": params}, X, T, low_res=low)
     b = model.apply({"params": params}, X, T, low_res=-low)
     assert a.shape == X.shape and float(jnp.abs(a - b).max()) > 1e-3
@@ -156,3 +157,24 @@ def test_sample_cli_inpainting_and_sdedit(cond_sr_workdir, tmp_path, capsys):
 def test_sample_cli_bad_input(cond_sr_workdir, flags, message):
     with pytest.raises(SystemExit, match=message):
         main(["sample", "--workdir", str(cond_sr_workdir), *flags])
+
+
+def test_sample_cli_classifier_guidance(cond_sr_workdir, tmp_path):
+    from diffusion_jax.data.sources import ArraySource
+    from diffusion_jax.models.classifier import Classifier
+    from diffusion_jax.processes import make_process
+    from diffusion_jax.train.classifier import train_classifier
+
+    rng = np.random.default_rng(0)
+    src = ArraySource(rng.integers(0, 256, (32, 8, 8, 1), dtype=np.uint8), rng.integers(0, 10, 32))
+    train_classifier(Classifier(10, 8, 16, True), src, src, 2, 8, 1e-3, 0, tmp_path / "noisy",
+                     make_process("vp_cosine"), process_name="vp_cosine")
+    out = tmp_path / "cg.npz"
+    assert main(["sample", "--workdir", str(cond_sr_workdir), "--classifier", str(tmp_path / "noisy"),
+                 "--classifier-scale", "2", "--labels", "all", "--low-res", "test", "--num", "10",
+                 "--steps", "2", "--out", str(out)]) == 0
+    assert np.isfinite(np.load(out)["images"]).all()
+    train_classifier(Classifier(10, 8, 16, False), src, src, 2, 8, 1e-3, 0, tmp_path / "clean")
+    with pytest.raises(SystemExit, match="trained on clean images"):
+        main(["sample", "--workdir", str(cond_sr_workdir), "--classifier", str(tmp_path / "clean"),
+              "--labels", "all", "--low-res", "test"])
