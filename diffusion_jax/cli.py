@@ -134,7 +134,7 @@ def main(argv=None) -> int:
                          get_source(c.data.dataset, "test", d), c.train.steps, c.train.batch_size,
                          c.train.lr, c.seed, args.workdir,
                          make_process(c.process.name) if c.process.name else None,
-                         c.data.random_flip, c.process.name or None)
+                         c.data.random_flip, c.process.name or None, c.train.get("shift", 0))
         return 0
     if args.cmd == "bench-train":
         from diffusion_jax.bench.train import bench_train

@@ -251,3 +251,10 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     out = train(cfg, str(tmp_path / "run"))
     assert "checkpoint step 4 is unreadable" in capsys.readouterr().out
     assert out["step"] == 6
+
+
+def test_training_fd_without_an_extractor_is_refused_before_compiling(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg.train.fid_every = 2
+    with pytest.raises(ValueError, match="fid_every=2 needs a feature extractor"):
+        train(cfg, str(tmp_path / "run"))

@@ -26,6 +26,15 @@ def image_batches(source, batch: int):
         yield (x if x.ndim == 4 else x[..., None]), np.array([e["label"] for e in ex])
 
 
+def random_shift(x, shift: int, key):
+    """Translate each image by up to ``shift`` pixels in each direction, filling with -1."""
+    b, h, w, c = x.shape
+    padded = jnp.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)), constant_values=-1.0)
+    off = jax.random.randint(key, (b, 2), 0, 2 * shift + 1)
+    crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c))
+    return jax.vmap(crop)(padded, off)
+
+
 def accuracy(model: Classifier, params, source, batch: int = 1000) -> float:
     f = jax.jit(lambda x: jnp.argmax(model.apply({"params": params}, x,
                                                  jnp.zeros(x.shape[:1])), -1))
@@ -35,7 +44,10 @@ def accuracy(model: Classifier, params, source, batch: int = 1000) -> float:
 
 def train_classifier(model: Classifier, train_source, test_source, steps: int, batch_size: int,
                      lr: float, seed: int, workdir: str | Path, process=None,
-                     random_flip: bool = False, process_name: str | None = None) -> dict:
+                     random_flip: bool = False, process_name: str | None = None,
+                     shift: int = 0) -> dict:
+    """``shift``: random translations by up to that many pixels (background-filled), the
+    augmentation that takes the small CNN past 93% on Fashion-MNIST."""
     workdir = Path(workdir).absolute()
     data = iter(image_pipeline(train_source, batch_size, seed, random_flip))
     key = jax.random.key(seed)
@@ -46,7 +58,9 @@ def train_classifier(model: Classifier, train_source, test_source, steps: int, b
 
     @jax.jit
     def step(params, opt, x, y, k):
-        k_t, k_e, k_d = jax.random.split(k, 3)
+        k_t, k_e, k_d, k_s = jax.random.split(k, 4)
+        if shift:
+            x = random_shift(x, shift, k_s)
         t = jnp.zeros(x.shape[:1])
         if process is not None:
             t = jax.random.uniform(k_t, x.shape[:1], minval=process.t_min, maxval=process.t_max)

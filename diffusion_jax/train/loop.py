@@ -32,6 +32,9 @@ def train(config, workdir: str) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     tc = config.train
+    if tc.get("fid_every") and not (tc.get("fid_classifier") or tc.get("fid_inception")):
+        raise ValueError(f"train.fid_every={tc.fid_every} needs a feature extractor: set "
+                         "train.fid_classifier=DIR (train-classifier) or train.fid_inception=W.npz")
     mesh = make_mesh(dict(config.mesh))
     batch_size_per_shard(mesh, tc.batch_size)
     model, process, par, loss_cfg, tx = build(config)
