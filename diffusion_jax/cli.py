@@ -128,7 +128,8 @@ def main(argv=None) -> int:
         c = load_config(args.config, overrides)
         # A process makes it a guidance classifier: noisy inputs, so it must see t.
         model = Classifier(10, c.model.channels, c.model.feature_dim,
-                           bool(c.process.name) or c.model.noise_conditional)
+                           bool(c.process.name) or c.model.noise_conditional,
+                           head=c.model.get("head", "mean"))
         d = c.data.data_dir or None
         train_classifier(model, get_source(c.data.dataset, "train", d),
                          get_source(c.data.dataset, "test", d), c.train.steps, c.train.batch_size,

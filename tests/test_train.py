@@ -15,6 +15,7 @@ from diffusion_jax.data.sources import ArraySource
 from diffusion_jax.parallel import make_mesh
 from diffusion_jax.train import create_state, make_train_step
 from diffusion_jax.train.ema import ema_update
+from diffusion_jax.experiment import conditioning, example_inputs
 from diffusion_jax.train.loop import build, data_shape, train
 
 
@@ -165,7 +166,7 @@ def test_bad_config_input(tmp_path):
 
 
 @pytest.mark.parametrize("path", sorted(set(glob.glob("experiments/*.py"))
-                                        - {"experiments/fashion_mnist_classifier.py"}))
+                                        - set(glob.glob("experiments/*classifier*.py"))))
 def test_every_experiment_builds_and_steps(path):
     cfg = load_config(path)
     if cfg.model.name == "unet":  # smoke size: same code, smaller numbers
@@ -173,9 +174,10 @@ def test_every_experiment_builds_and_steps(path):
             apply_override(cfg, o)
     model, process, par, loss, tx = build(cfg)
     shape = data_shape(cfg)
-    state, sh = create_state(model, tx, (jnp.zeros((1,) + shape), jnp.zeros((1,))),
-                             jax.random.key(0), make_mesh({"data": -1}))
-    step = jax.jit(make_train_step(model, process, par, loss, tx, 0.99))
+    state, sh = create_state(model, tx, example_inputs(cfg), jax.random.key(0),
+                             make_mesh({"data": -1}))
+    step = jax.jit(make_train_step(model, process, par, loss, tx, 0.99,
+                                   conditioning=conditioning(cfg)))
     batch = {"image": jnp.zeros((2,) + shape), "label": jnp.zeros((2,), jnp.int32)}
     state, m = step(state, batch, jax.random.key(0))
     assert np.isfinite(float(m["loss"])) and int(state.step) == 1
@@ -201,19 +203,6 @@ def test_cli_train_then_sample(tmp_path):
     assert (tmp_path / "g.png").stat().st_size > 100
     with pytest.raises(SystemExit, match="no checkpoint"):
         main(["sample", "--workdir", str(tmp_path / "empty"), "--out", str(tmp_path / "x.png")])
-
-
-def test_classifier_experiment_builds_and_steps(tmp_path):
-    from diffusion_jax.models.classifier import Classifier
-    from diffusion_jax.train.classifier import accuracy, train_classifier
-
-    cfg = load_config("experiments/fashion_mnist_classifier.py")
-    rng = np.random.default_rng(0)
-    src = ArraySource(rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 64))
-    model = Classifier(10, 8, 16, cfg.model.noise_conditional)
-    out = train_classifier(model, src, src, steps=2, batch_size=16, lr=cfg.train.lr, seed=0,
-                           workdir=tmp_path)
-    assert 0.0 <= out["test_accuracy"] <= 1.0 and (tmp_path / "classifier.json").exists()
 
 
 class _NaNAfter(ArraySource):
@@ -258,3 +247,21 @@ def test_training_fd_without_an_extractor_is_refused_before_compiling(tmp_path):
     cfg.train.fid_every = 2
     with pytest.raises(ValueError, match="fid_every=2 needs a feature extractor"):
         train(cfg, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob("experiments/*classifier*.py")))
+def test_classifier_experiments_build_and_step(path, tmp_path):
+    from diffusion_jax.models.classifier import Classifier
+    from diffusion_jax.processes import make_process
+    from diffusion_jax.train.classifier import load_classifier, train_classifier
+
+    cfg = load_config(path)
+    rng = np.random.default_rng(0)
+    src = ArraySource(rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 64))
+    model = Classifier(10, 8, 16, cfg.model.noise_conditional, head=cfg.model.head)
+    process = make_process(cfg.process.name) if cfg.process.name else None
+    out = train_classifier(model, src, src, steps=2, batch_size=16, lr=cfg.train.lr, seed=0,
+                           workdir=tmp_path, process=process, shift=cfg.train.shift)
+    assert (out["test_accuracy"] is None) == (process is not None)
+    clf, params = load_classifier(tmp_path)
+    assert clf.head == cfg.model.head and clf.noise_conditional == cfg.model.noise_conditional

@@ -16,6 +16,7 @@ class Classifier(nn.Module):
     feature_dim: int = 128
     noise_conditional: bool = False
     time_scale: float = 1000.0
+    head: str = "mean"  # "mean": global average pool; "flatten": keep the 7x7 layout (28x28 input)
 
     @nn.compact
     def __call__(self, x, t=None, train: bool = False, return_features: bool = False):
@@ -32,7 +33,12 @@ class Classifier(nn.Module):
             h = nn.silu(nn.GroupNorm(num_groups=8)(h))
             if i < 2:
                 h = nn.avg_pool(h, (2, 2), (2, 2))
-        h = jnp.mean(h, axis=(1, 2))
+        if self.head == "flatten":
+            h = h.reshape(h.shape[0], -1)
+        elif self.head == "mean":
+            h = jnp.mean(h, axis=(1, 2))
+        else:
+            raise ValueError(f"unknown classifier head {self.head!r}; valid: 'mean', 'flatten'")
         feats = nn.silu(dense(self.feature_dim)(h))
         feats = nn.Dropout(0.2, deterministic=not train)(feats)
         logits = dense(self.num_classes)(feats)

@@ -86,7 +86,7 @@ def train_classifier(model: Classifier, train_source, test_source, steps: int, b
     ckpt.wait_until_finished()
     info = {"test_accuracy": acc, "steps": steps, "noise_conditional": process is not None,
             "process": process_name,
-            "channels": model.channels, "feature_dim": model.feature_dim,
+            "channels": model.channels, "feature_dim": model.feature_dim, "head": model.head,
             "num_classes": model.num_classes}
     (workdir / "classifier.json").write_text(json.dumps(info))
     print(json.dumps(info))
@@ -103,7 +103,7 @@ def load_classifier(workdir: str | Path, with_info: bool = False):
                          f"experiments/fashion_mnist_classifier.py --workdir {workdir}`")
     info = json.loads(path.read_text())
     model = Classifier(info["num_classes"], info["channels"], info["feature_dim"],
-                       info["noise_conditional"])
+                       info["noise_conditional"], head=info.get("head", "mean"))
     target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)),
                                                jnp.zeros((1,)))["params"])
     params = ocp.StandardCheckpointer().restore(Path(workdir).absolute() / "params", target)
