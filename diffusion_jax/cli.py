@@ -157,6 +157,7 @@ def _sample(args) -> int:
 
     from diffusion_jax.conditioning import downsample
     from diffusion_jax.data import get_source
+    from diffusion_jax.data.sources import first_images
     from diffusion_jax.experiment import conditioning, data_shape
     from diffusion_jax.generate import (load_workdir, make_repaint_fn, make_sample_fn,
                                         make_sdedit_fn, workdir_config)
@@ -218,9 +219,7 @@ def _sample(args) -> int:
             raise SystemExit(f"this is a super-resolution model ({cc.low_res_size} -> {shape[0]}): "
                              "pass --low-res FILE or --low-res test")
         if args.low_res == "test":
-            src = test()
-            hi = np.stack([src[i]["image"] for i in range(n)]).astype(np.float32) / 127.5 - 1
-            low = np.asarray(downsample(jnp.asarray(hi.reshape((n,) + shape)), cc.low_res_size))
+            low = np.asarray(downsample(jnp.asarray(first_images(test(), n, shape)), cc.low_res_size))
         else:
             low = load_images(args.low_res, shape[-1])
             if low.shape[1] != cc.low_res_size:
@@ -238,9 +237,7 @@ def _sample(args) -> int:
     init = None
     if args.init_image:
         if args.init_image == "test":
-            src = test()
-            init = np.stack([src[i]["image"] for i in range(n)]).astype(np.float32) / 127.5 - 1
-            init = init.reshape((n,) + shape)
+            init = first_images(test(), n, shape)
         else:
             init = load_images(args.init_image, shape[-1])
             if init.shape[1:] != tuple(shape):

@@ -123,7 +123,7 @@ def make_sample_fn(model, process, par, sampler: str, num_steps: int, grid: str,
     def checked(params, x_T, key, cond=None, known=None, mask=None):
         check_sample_inputs(model, cond, guidance_scale, classifier, x_T.shape)
         if known is not None:
-            mask = G._broadcast_mask(mask, known)
+            mask = G.broadcast_mask(mask, known)
         return jitted(params, x_T, key, cond, known, mask)
 
     return checked
@@ -141,7 +141,7 @@ def make_repaint_fn(model, process, par, num_steps: int, resample: int, grid: st
 
     def checked(params, known, mask, key, cond=None):
         check_sample_inputs(model, cond, guidance_scale, None, known.shape)
-        return jitted(params, known, G._broadcast_mask(mask, known), key, cond)
+        return jitted(params, known, G.broadcast_mask(mask, known), key, cond)
 
     return checked
 

@@ -84,7 +84,7 @@ def classifier_guidance(denoise: Callable, log_prob: Callable, y: Array, scale: 
     return guided
 
 
-def _broadcast_mask(mask, x_known):
+def broadcast_mask(mask, x_known):
     mask = jnp.asarray(mask)
     try:
         jnp.broadcast_shapes(mask.shape, x_known.shape)
@@ -97,7 +97,7 @@ def _broadcast_mask(mask, x_known):
 def inpaint(denoise: Callable, process: Process, x_known: Array, mask: Array, key: Array) -> Callable:
     """``mask`` (1 = known, broadcastable to ``x_known``); the noise for the known part is drawn
     once from ``key``. The returned denoiser's output equals ``x_known`` where ``mask = 1``."""
-    m = _broadcast_mask(mask, x_known)
+    m = broadcast_mask(mask, x_known)
     eps = jax.random.normal(key, x_known.shape, x_known.dtype)
 
     def guided(x, t):
@@ -119,7 +119,7 @@ def repaint(denoise: Callable, process: Process, x_known: Array, mask: Array, ke
     """
     if resample < 1:
         raise ValueError(f"resample must be >= 1, got {resample}")
-    m = _broadcast_mask(mask, x_known)
+    m = broadcast_mask(mask, x_known)
     ts = make_grid(process, num_steps, grid)
     k_prior, k_steps = jax.random.split(key)
     x_T = process.prior_sample(k_prior, x_known.shape).astype(x_known.dtype)

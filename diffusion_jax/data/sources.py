@@ -116,6 +116,12 @@ def gmm_source(name: str, split: str = "train") -> MixtureSource:
     return MixtureSource(m, seed=0 if split == "train" else 1)
 
 
+def first_images(source, n: int, shape: tuple[int, ...]):
+    """The first ``n`` images of a uint8 source as float32 ``[n, *shape]`` in ``[-1, 1]``."""
+    x = np.stack([source[i]["image"] for i in range(n)]).astype(np.float32) / 127.5 - 1.0
+    return x.reshape((n,) + tuple(shape))
+
+
 def get_source(dataset: str, split: str = "train", data_dir: str | None = None):
     """Resolve a dataset name of the forms listed in the module docstring."""
     if dataset.startswith("gmm:"):

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from diffusion_jax.conditioning import downsample
 from diffusion_jax.data import global_batch, image_pipeline
-from diffusion_jax.data.sources import get_source
+from diffusion_jax.data.sources import first_images, get_source
 from diffusion_jax.eval.features import make_extractor
 from diffusion_jax.eval.sample_eval import reference_features, sample_fd
 from diffusion_jax.experiment import build, conditioning, data_shape, example_inputs
@@ -151,7 +151,7 @@ def write_samples(config, model, process, par, params, workdir, name, key):
         kw["cond"] = {"y": jnp.repeat(jnp.arange(cond.num_classes), per)}
     if cond.low_res_size:
         test = get_source(config.data.dataset, "test", config.data.data_dir or None)
-        hi = np.stack([test[i]["image"] for i in range(n)]).astype(np.float32) / 127.5 - 1
+        hi = first_images(test, n, shape)
         kw["cond"] = {**kw.get("cond", {}), "low_res": downsample(jnp.asarray(hi), cond.low_res_size)}
     if cond.context_dim:
         raise ValueError("sample writing for context-conditioned models needs contexts; set "
