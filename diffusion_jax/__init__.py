@@ -5,33 +5,45 @@
     x0 = dj.sample(denoise, process, x_T, sampler="dpmpp_2m", num_steps=10, key=key)
 """
 
+from diffusion_jax import cpu_flags as _cpu_flags
+
+_cpu_flags.apply()  # before anything below imports jax: XLA reads XLA_FLAGS once, at backend start
+
 from diffusion_jax import guidance, likelihood, parameterization, processes, samplers
-from diffusion_jax.bench import gmm
+from diffusion_jax import gmm
 from diffusion_jax.config import load_config
 from diffusion_jax.parameterization import make_denoiser
 from diffusion_jax.samplers import GRIDS, SAMPLERS, make_grid, sample, total_nfe
 
 
 def build_experiment(config):
-    """``(model, process, parameterization, loss_config, optimizer)`` from an experiment config."""
-    from diffusion_jax.experiment import build
+    """The typed ``Experiment`` (data, mesh, optimizer, train, sample settings and its method)
+    of an experiment ``ConfigDict``."""
+    from diffusion_jax.experiment import from_config
 
-    return build(config)
+    return from_config(config)
 
 
 def train_experiment(config, workdir: str) -> dict:
     """Run (or resume) an experiment; returns ``{"status", "step", "samples", "state", ...}``."""
+    from diffusion_jax.experiment import from_config
     from diffusion_jax.train.loop import train
 
-    return train(config, workdir)
+    exp = from_config(config)
+    periodic = None
+    if exp.train.fid_every:
+        from diffusion_jax.eval.sample_eval import training_fd
+
+        periodic = training_fd(exp, workdir)
+    return train(exp, workdir, periodic)
 
 
 def sampler_fn(model, process, parameterization, sampler: str, num_steps: int, grid: str = "logsnr",
                guidance_scale: float | None = None):
     """A jitted ``fn(params, x_T, key, cond=None, known=None, mask=None) -> samples`` for a trained
     flax model (``cond={"y": labels}`` with ``guidance_scale``: classifier-free guidance;
-    ``known``/``mask``: inpainting). See ``diffusion_jax.generate``."""
-    from diffusion_jax.generate import make_sample_fn
+    ``known``/``mask``: inpainting). See ``diffusion_jax.methods.diffusion``."""
+    from diffusion_jax.methods.diffusion import make_sample_fn
 
     return make_sample_fn(model, process, parameterization, sampler, num_steps, grid, guidance_scale)
 

@@ -1,74 +1,259 @@
-"""An experiment config translated into typed objects. The config is read here (and in the loop
-that calls this) and nowhere below: models, processes, losses and samplers take typed arguments."""
+"""An experiment config (``ConfigDict``) translated, once, into frozen dataclasses and a method.
+
+This is the only module that reads a ``ConfigDict``: the loop, the workdir reader, evaluation and
+the CLI receive an ``Experiment``. Defaults live in the dataclasses below (and in the model and
+loss dataclasses they wrap); an experiment file sets values. Unknown keys get a "did you mean"
+error and missing required keys are named, before anything is compiled.
+
+Sections: ``seed``, ``method`` (a name in ``METHODS``), ``mesh`` ({axis: size}),
+``sharding_rules`` (optional logical-axis rules; ``DEFAULT_RULES``), ``data``, ``model``,
+``optimizer``, ``train``, ``sample``, and per method: diffusion ``process``, ``parameterization``,
+``loss``; classifier ``process`` (``name=""``: a clean-image classifier), ``augment``.
+"""
 
 from __future__ import annotations
 
-import jax.numpy as jnp
+import dataclasses
+import difflib
+import json
+from typing import Any
 
-from diffusion_jax import parameterization as Z
+import flax.linen as nn
+import jax.numpy as jnp
+from ml_collections import ConfigDict
+
+from diffusion_jax import parameterization as parameterizations
 from diffusion_jax import processes
 from diffusion_jax.conditioning import Conditioning
 from diffusion_jax.losses import LossConfig
+from diffusion_jax.methods import ClassifierMethod, Diffusion, Method
 from diffusion_jax.models import MLP, UNet, UNetConfig, check_image_size
-from diffusion_jax.train.state import make_optimizer
+from diffusion_jax.models.classifier import Classifier
+from diffusion_jax.optim import make_optimizer
+
+# Logical axis names used by the models -> mesh axes. An experiment may replace them
+# (``config.sharding_rules``); mesh axes absent from a mesh are dropped for that mesh.
+DEFAULT_RULES = (("batch", ("data", "fsdp")), ("conv_out", "fsdp"), ("mlp", "fsdp"),
+                 ("conv_in", None), ("embed", None))
 
 
-def data_shape(config) -> tuple[int, ...]:
-    """One example's shape: ``(dim,)`` for vector data, else ``(size, size, channels)``."""
-    d = config.data
-    return (d.dim,) if d.get("dim") else (d.image_size, d.image_size, d.channels)
+class ConfigError(ValueError):
+    """An experiment that cannot be built: the message names the field and the fix."""
 
 
-def build(config):
-    """``(model, process, parameterization, loss_config, optimizer)``."""
-    m, d = config.model, config.data
-    if m.name == "mlp":
-        model = MLP(m.hidden, m.depth, m.time_scale)
-    elif m.name != "unet":
-        raise ValueError(f"unknown model {m.name!r}; valid: 'unet', 'mlp'")
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    dataset: str
+    data_dir: str = ""
+    image_size: int = 0
+    channels: int = 0
+    dim: int = 0              # > 0: vector data of this size (synthetic mixtures)
+    num_classes: int = 0
+    random_flip: bool = False
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One example's shape: ``(dim,)`` for vector data, else ``(size, size, channels)``."""
+        return (self.dim,) if self.dim else (self.image_size, self.image_size, self.channels)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+    axes: tuple[tuple[str, int], ...] = (("data", -1),)
+    rules: tuple = DEFAULT_RULES
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    lr: float
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    b2: float = 0.999
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    steps: int
+    batch_size: int
+    ema_decay: float = 0.999
+    ema_start: int = 0
+    log_every: int = 50
+    ckpt_every: int = 1000
+    sample_every: int = 0
+    keep: int = 3
+    time_limit_minutes: float = 0.0
+    fid_every: int = 0          # training-time FD every this many steps (0: off)
+    fid_num: int = 500
+    fid_classifier: str = ""    # its feature extractor: a classifier workdir ...
+    fid_inception: str = ""     # ... or Inception-v3 weights (.npz)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSpec:
+    sampler: str = "dpmpp_2m"
+    num_steps: int = 20
+    num: int = 64
+    grid: str = "logsnr"
+    guidance: float | None = None   # classifier-free guidance scale (class-conditional models)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    method_name: str
+    seed: int
+    data: DataSpec
+    mesh: MeshSpec
+    optimizer: OptimizerSpec
+    train: TrainSpec
+    sample: SampleSpec
+    method: Method
+    config: dict  # the config as JSON data: stored with every checkpoint
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+
+def _plain(v):
+    if isinstance(v, ConfigDict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return tuple(_plain(x) for x in v)
+    return v
+
+
+def _typed(cls, section, where: str, **fixed):
+    """``cls(**section, **fixed)`` with unknown keys ("did you mean") and missing required keys
+    named as ``where.key``."""
+    given = {} if section is None else _plain(section)
+    skip = set(fixed) | ({"parent", "name"} if issubclass(cls, nn.Module) else set())
+    fields = [f for f in dataclasses.fields(cls) if f.name not in skip]
+    names = [f.name for f in fields]
+    for key in given:
+        if key not in names:
+            near = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {where}.{near[0]}?" if near else ""
+            raise ConfigError(f"unknown config key {where}.{key}{hint} (valid: {', '.join(names)})")
+    for f in fields:
+        if (f.name not in given and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING):
+            raise ConfigError(f"the experiment is missing the required field {where}.{f.name}")
+    return cls(**given, **fixed)
+
+
+def _section(config: ConfigDict, name: str, required: bool = True):
+    if name in config:
+        return config[name]
+    if required:
+        raise ConfigError(f"the experiment is missing the required section {name!r}")
+    return None
+
+
+def _split(section, keys: tuple[str, ...]) -> tuple[dict, dict]:
+    d = _plain(section) if section is not None else {}
+    return {k: d[k] for k in keys if k in d}, {k: v for k, v in d.items() if k not in keys}
+
+
+def _mesh(config: ConfigDict) -> MeshSpec:
+    axes = tuple((str(k), int(v)) for k, v in _plain(_section(config, "mesh", False) or {}).items())
+    rules = _plain(config.get("sharding_rules")) or DEFAULT_RULES
+    mesh_axes = {a for a, _ in axes} if axes else {"data"}
+    if "sharding_rules" in config:  # the user's own rules must name axes the mesh has
+        for logical, target in rules:
+            for ax in (target if isinstance(target, tuple) else (target,) if target else ()):
+                if ax not in mesh_axes:
+                    raise ConfigError(f"sharding rule {logical!r} -> {ax!r} names a mesh axis the "
+                                      f"mesh {dict(axes)} does not have; mesh axes: "
+                                      f"{', '.join(sorted(mesh_axes))}")
+    return MeshSpec(axes or MeshSpec.axes, tuple(rules))
+
+
+def _diffusion_model(section, data: DataSpec):
+    common, arch = _split(section, ("name", "dtype", "conditional", "cond_drop"))
+    name = common.get("name", "unet")
+    conditional = common.get("conditional", False)
+    if conditional and not data.num_classes:
+        raise ConfigError("model.conditional=True needs data.num_classes > 0")
+    num_classes = data.num_classes if conditional else 0
+    if name == "mlp":
+        model = _typed(MLP, arch, "model")
+    elif name == "unet":
+        ucfg = _typed(UNetConfig, arch, "model", num_classes=num_classes)
+        check_image_size(data.image_size, ucfg.channel_mult)
+        if ucfg.low_res_size and data.image_size % ucfg.low_res_size:
+            raise ConfigError(f"model.low_res_size={ucfg.low_res_size} must divide "
+                              f"data.image_size={data.image_size}")
+        model = UNet(ucfg, dtype=jnp.dtype(common.get("dtype", "float32")))
     else:
-        model = _unet(m, d)
-    pkw = {k: v for k, v in config.process.items() if k != "name"}
-    process = processes.make_process(config.process.name, **pkw)
-    zkw = {k: v for k, v in config.parameterization.items() if k != "name"}
-    par = Z.make_parameterization(config.parameterization.name, **zkw)
-    loss = LossConfig(**config.loss)
-    o = config.optimizer
-    tx = make_optimizer(o.lr, o.warmup_steps, config.train.steps, o.schedule, o.weight_decay,
-                        o.b2, o.grad_clip, o.grad_accum)
-    return model, process, par, loss, tx
+        raise ConfigError(f"unknown model {name!r}; valid: 'unet', 'mlp'")
+    cond = Conditioning(num_classes=num_classes, context_dim=arch.get("context_dim", 0),
+                        low_res_size=arch.get("low_res_size", 0),
+                        **({"drop_prob": common["cond_drop"]} if "cond_drop" in common else {}))
+    return model, cond
 
 
-def _unet(m, d):
-    check_image_size(d.image_size, m.channel_mult)
-    low = m.get("low_res_size", 0)
-    if low and d.image_size % low:
-        raise ValueError(f"model.low_res_size={low} must divide data.image_size={d.image_size}")
-    ucfg = UNetConfig(channels=m.channels, channel_mult=tuple(m.channel_mult),
-                      num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
-                      num_heads=m.num_heads, dropout=m.dropout,
-                      num_classes=d.num_classes if m.conditional else 0, time_scale=m.time_scale,
-                      context_dim=m.get("context_dim", 0), low_res_size=low)
-    return UNet(ucfg, dtype=jnp.dtype(m.dtype))
+def _build_diffusion(config, data, opt, train, sample, tx) -> Diffusion:
+    model, cond = _diffusion_model(_section(config, "model"), data)
+    pkw, pz = _plain(_section(config, "process")), _plain(_section(config, "parameterization"))
+    process = processes.make_process(pkw.pop("name"), **pkw)
+    par = parameterizations.make_parameterization(pz.pop("name"), **pz)
+    loss = _typed(LossConfig, _section(config, "loss", False), "loss")
+    return Diffusion(model, process, par, loss, tx, data.shape, cond, train.ema_decay,
+                     train.ema_start, sample.sampler, sample.num_steps, sample.grid,
+                     sample.guidance)
 
 
-def conditioning(config) -> Conditioning:
-    """What the training step feeds the model besides ``(x_t, t)``: labels (with CFG dropout
-    ``model.cond_drop``, default 0.1), a context from the batch, a downsampled low-res image."""
-    m, d = config.model, config.data
-    return Conditioning(num_classes=d.num_classes if m.get("conditional") else 0,
-                        context_dim=m.get("context_dim", 0), low_res_size=m.get("low_res_size", 0),
-                        drop_prob=m.get("cond_drop", 0.1))
+def _build_classifier(config, data, opt, train, sample, tx) -> ClassifierMethod:
+    if not data.num_classes:
+        raise ConfigError("a classifier needs data.num_classes > 0")
+    pname = _plain(_section(config, "process", False) or {}).get("name", "")
+    process = processes.make_process(pname) if pname else None
+    model = _typed(Classifier, _section(config, "model"), "model", num_classes=data.num_classes,
+                   noise_conditional=process is not None)
+    aug = _plain(_section(config, "augment", False) or {})
+    return ClassifierMethod(model, tx, data.shape, process, aug.get("shift", 0), train.ema_decay)
 
 
-def example_inputs(config) -> tuple:
-    """Positional arguments for ``model.init``: ``(x, t[, y, train, context, low_res])``."""
-    shape = data_shape(config)
-    x, t = jnp.zeros((1,) + shape), jnp.zeros((1,))
-    c = conditioning(config)
-    if not c.active:
-        return x, t
-    y = jnp.zeros((1,), jnp.int32) if c.num_classes else None
-    ctx = jnp.zeros((1, 1, c.context_dim)) if c.context_dim else None
-    low = jnp.zeros((1, c.low_res_size, c.low_res_size, shape[-1])) if c.low_res_size else None
-    return x, t, y, False, ctx, low
+# The one name -> builder table of methods (the CLI and ``from_config`` use it).
+METHODS = {"diffusion": _build_diffusion, "classifier": _build_classifier}
+
+
+def from_config(config: ConfigDict) -> Experiment:
+    """The typed experiment; every error is raised here, before anything is compiled."""
+    name = config.get("method", "diffusion")
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
+    data = _typed(DataSpec, _section(config, "data"), "data")
+    opt = _typed(OptimizerSpec, _section(config, "optimizer"), "optimizer")
+    train = _typed(TrainSpec, _section(config, "train"), "train")
+    sample = _typed(SampleSpec, _section(config, "sample", False), "sample")
+    _check_train(train)
+    tx = make_optimizer(opt.lr, opt.warmup_steps, train.steps, opt.schedule, opt.weight_decay,
+                        opt.b2, opt.grad_clip, opt.grad_accum)
+    method = METHODS[name](config, data, opt, train, sample, tx)
+    return Experiment(name, int(config.get("seed", 0)), data, _mesh(config), opt, train, sample,
+                      method, json.loads(config.to_json()))
+
+
+def _check_train(t: TrainSpec) -> None:
+    for field in ("steps", "batch_size", "log_every", "ckpt_every", "keep"):
+        if getattr(t, field) < (0 if field == "steps" else 1):
+            raise ConfigError(f"train.{field}={getattr(t, field)} must be >= 1")
+    if t.fid_every and not (t.fid_classifier or t.fid_inception):
+        raise ConfigError(f"train.fid_every={t.fid_every} needs a feature extractor: set "
+                          "train.fid_classifier=DIR (a classifier workdir) or "
+                          "train.fid_inception=W.npz")
+
+
+def stored(config_json: dict) -> Any:
+    """The ``ConfigDict`` of a config stored as JSON with a checkpoint (tuples restored)."""
+    def fix(v):
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return tuple(fix(x) for x in v)
+        return v
+    return ConfigDict(fix(config_json))

@@ -1,165 +1,244 @@
-"""A trained network -> samples, with its conditioning and every control the library has:
-labels with classifier-free guidance, a noise-conditional classifier's guidance, a context, a
-low-resolution image, inpainting (replacement, or RePaint resampling), SDEdit.
+"""A trained workdir -> samples, with every control the library has: labels with classifier-free
+guidance, a noise-conditional classifier's guidance, a low-resolution image, inpainting
+(replacement, or RePaint resampling), SDEdit. What the ``sample`` command's flags mean lives here,
+tested without a subprocess; the CLI only parses them.
 
-    config, model, process, par, params, step = load_workdir("runs/fm")
-    fn = make_sample_fn(model, process, par, "dpmpp_2m", 20, "logsnr", guidance_scale=2.0)
-    images = fn(params, x_T, key, cond={"y": labels})
+    req = SampleRequest(num=16, labels="all", guidance=2.0)
+    result = generate("runs/fm_cond", req)       # .images, .inputs, .nrow, .labels, .step
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ml_collections import ConfigDict
 
-from diffusion_jax import guidance as G
-from diffusion_jax import parameterization as Z
-from diffusion_jax.experiment import build, example_inputs
-from diffusion_jax.parallel import make_mesh
-from diffusion_jax.samplers import sample as dj_sample
-from diffusion_jax.train.checkpoint import Checkpointer
-from diffusion_jax.train.state import state_shardings
-
-
-def workdir_config(workdir: str) -> ConfigDict:
-    """The config stored with a workdir's newest checkpoint (cheap: nothing is restored)."""
-    ckpt = Checkpointer(workdir)
-    if ckpt.latest_step() is None:
-        raise SystemExit(f"no checkpoint in {ckpt.dir}: train first with "
-                         f"`python -m diffusion_jax train --config ... --workdir {workdir}`")
-    return ConfigDict(ckpt.read_config())
+from diffusion_jax import guidance
+from diffusion_jax.conditioning import downsample
+from diffusion_jax.data.sources import first_images, get_source
+from diffusion_jax.experiment import Experiment
+from diffusion_jax.methods.diffusion import Diffusion, check_sample_inputs, model_denoiser
+from diffusion_jax.utils.images import load_images, make_mask
+from diffusion_jax.workdir import load, load_classifier, read_experiment
 
 
-def load_workdir(workdir: str):
-    """``(config, model, process, parameterization, state, step)`` of a workdir's newest
-    checkpoint, restored straight onto the mesh its config declares (no initialisation)."""
-    config = workdir_config(workdir)
-    ckpt = Checkpointer(workdir)
-    model, process, par, _, tx = build(config)
-    abstract, _ = state_shardings(model, tx, example_inputs(config), make_mesh(dict(config.mesh)))
-    step, state, _ = ckpt.restore(abstract)
-    return config, model, process, par, state, step
+@dataclasses.dataclass(frozen=True)
+class SampleRequest:
+    """The ``sample`` command's options (``None``: the experiment's own setting)."""
+    num: int = 64
+    seed: int = 0
+    sampler: str | None = None
+    steps: int | None = None
+    grid: str | None = None
+    labels: str | None = None          # "all" (one row per class), "K" or "a,b,c"
+    guidance: float | None = None      # classifier-free guidance scale
+    classifier: str | None = None      # a noise-conditional classifier workdir
+    classifier_scale: float = 1.0
+    init_image: str | None = None      # .png / .npz / .npy, or "test"
+    mask: str | None = None            # center|left|right|top|bottom|random or a file
+    resample: int = 1                  # RePaint resamplings per step (1: replacement)
+    strength: float | None = None      # SDEdit
+    low_res: str | None = None         # super-resolution input: file or "test"
 
 
-def _num_classes(model) -> int:
-    return getattr(getattr(model, "config", None), "num_classes", 0)
+@dataclasses.dataclass
+class Generated:
+    images: np.ndarray
+    inputs: np.ndarray | None   # what the samples were made from (masked / upsampled images)
+    nrow: int | None
+    labels: np.ndarray | None
+    step: int
 
 
-def model_denoiser(model, process, par, params, cond: dict | None = None,
-                   guidance_scale: float | None = None, classifier: tuple | None = None) -> Callable:
-    """The network as ``denoise(x, t) -> x0_hat`` with its conditioning bound.
-
-    ``guidance_scale``: classifier-free guidance over ``cond["y"]`` (null label = num_classes);
-    ``classifier=(log_prob, scale)``: classifier guidance with ``log_prob(x_t, t) -> [B, K]`` and
-    labels ``cond["y"]`` (for an unconditional model the labels are not passed to the network)."""
-    cond = dict(cond or {})
-    net = lambda x, t, **c: model.apply({"params": params}, x, t, **c)
-    denoise = Z.make_denoiser(net, process, par)
-    k = _num_classes(model)
-    y = cond.get("y")
-    if not k:
-        cond.pop("y", None)
-    if guidance_scale is None:
-        out = lambda x, t: denoise(x, t, **cond)
-    else:
-        rest = {n: v for n, v in cond.items() if n != "y"}
-
-        def labelled(x, t, labels):  # x is [2B]: tile the other conditioning to match
-            tiled = {n: jnp.concatenate([v] * (x.shape[0] // v.shape[0])) for n, v in rest.items()}
-            return denoise(x, t, y=labels, **tiled)
-
-        out = G.classifier_free_guidance(labelled, y, k, guidance_scale)
-    if classifier is not None:
-        log_prob, scale = classifier
-        out = G.classifier_guidance(out, log_prob, y, scale, process)
-    return out
+def check_request(req: SampleRequest) -> None:
+    """Flag combinations that cannot run, before anything is loaded or compiled."""
+    if req.num < 1:
+        raise ValueError(f"--num must be >= 1, got {req.num}")
+    if req.steps is not None and req.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {req.steps} (omit it for the experiment's "
+                         "own number of steps)")
+    if req.strength is not None and not 0.0 <= req.strength <= 1.0:
+        raise ValueError(f"--strength must be in [0, 1], got {req.strength}")
+    if (req.strength is not None or req.mask) and not req.init_image:
+        raise ValueError("--mask and --strength edit an image: pass --init-image FILE (or 'test')")
+    if req.strength is not None and req.mask:
+        raise ValueError("choose one of --mask (inpainting) and --strength (SDEdit)")
+    if req.resample < 1:
+        raise ValueError(f"--resample must be >= 1, got {req.resample}")
+    if req.resample != 1 and not req.mask:
+        raise ValueError("--resample is RePaint's option for inpainting: pass --mask too")
 
 
-def check_sample_inputs(model, cond: dict | None, guidance_scale, classifier, x_shape) -> None:
-    """Errors a user can make, raised before anything is compiled."""
-    k, cond = _num_classes(model), cond or {}
-    y = cond.get("y")
-    if guidance_scale is not None and not k:
-        raise ValueError("classifier-free guidance needs a class-conditional model, but this one "
-                         "has no class conditioning (model.conditional=False); train one with "
-                         "--config.model.conditional=True, or use classifier guidance")
-    if (guidance_scale is not None or classifier is not None) and y is None:
-        raise ValueError("guidance needs labels: pass cond={'y': labels} (CLI: --labels)")
-    if y is not None:
-        y = np.asarray(y)
-        if y.shape != (x_shape[0],):
-            raise ValueError(f"labels must have shape [{x_shape[0]}] (one per sample), got {y.shape}")
-        if k and (y.min() < 0 or y.max() > k):
-            raise ValueError(f"labels must be in [0, {k}] ({k} = unconditional), got values in "
-                             f"[{y.min()}, {y.max()}]")
-        if classifier is not None and (y.min() < 0 or y.max() >= classifier[2]):
-            raise ValueError(f"labels must be in [0, {classifier[2]}) for the guidance "
-                             f"classifier, got values in [{y.min()}, {y.max()}]")
-        if not k and classifier is None:
-            raise ValueError("labels were given but the model has no class conditioning "
-                             "(model.conditional=False): drop them or pass a guidance classifier")
+def parse_labels(spec: str, num_classes: int, n: int) -> tuple[np.ndarray, int | None]:
+    """``"all"``: ``n // K`` per class, one row each -> ``(labels, nrow)``; ``"K"``/``"a,b"``:
+    those labels repeated to ``n``."""
+    if spec == "all":
+        per = max(n // num_classes, 1)
+        return np.repeat(np.arange(num_classes), per), per
+    try:
+        vals = [int(v) for v in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"--labels {spec!r}: give 'all', a class number 0..{num_classes - 1}, "
+                         "or numbers separated by commas") from None
+    guidance.check_labels(np.array(vals), num_classes)
+    return np.resize(np.array(vals), n), None
 
 
-def make_sample_fn(model, process, par, sampler: str, num_steps: int, grid: str,
-                   guidance_scale: float | None = None, classifier: tuple | None = None):
-    """``fn(params, x_T, key, cond=None, known=None, mask=None) -> images``, jitted whole (one
-    XLA program per shape). ``known``/``mask`` (1 = known): inpainting by replacement.
-    ``classifier = (log_prob, scale, num_classes)`` adds classifier guidance."""
-    clf = None if classifier is None else classifier[:2]
-
-    def fn(params, x_T, key, cond, known, mask):
-        denoise = model_denoiser(model, process, par, params, cond, guidance_scale, clf)
-        if known is not None:
-            denoise = G.inpaint(denoise, process, known, mask, jax.random.fold_in(key, 1))
-        return dj_sample(denoise, process, x_T, sampler=sampler, num_steps=num_steps, key=key,
-                         grid=grid)
-
-    jitted = jax.jit(fn)
-
-    def checked(params, x_T, key, cond=None, known=None, mask=None):
-        check_sample_inputs(model, cond, guidance_scale, classifier, x_T.shape)
-        if known is not None:
-            mask = G.broadcast_mask(mask, known)
-        return jitted(params, x_T, key, cond, known, mask)
-
-    return checked
+def _classifier(req: SampleRequest, exp: Experiment):
+    if not req.classifier:
+        return None
+    clf, cparams, info = load_classifier(req.classifier)
+    if not info["noise_conditional"]:
+        raise ValueError(f"the classifier in {req.classifier} was trained on clean images; "
+                         "classifier guidance needs a noise-conditional one (train one with "
+                         f"--config.process.name={exp.config['process']['name']})")
+    if info["process"] != exp.config["process"]["name"]:
+        raise ValueError(f"the classifier was trained on process {info['process']!r} but the "
+                         f"model uses {exp.config['process']['name']!r}: their times do not match")
+    log_prob = lambda x, t: jax.nn.log_softmax(
+        clf.apply({"params": cparams}, x, jnp.broadcast_to(t, x.shape[:1])))
+    return log_prob, req.classifier_scale, info["num_classes"]
 
 
-def make_repaint_fn(model, process, par, num_steps: int, resample: int, grid: str = "logsnr",
+def _conditioning(req: SampleRequest, exp: Experiment, method: Diffusion, classifier, test):
+    """``(cond, n, nrow, inputs)`` from the label and low-res flags."""
+    n, nrow, cond, inputs, cc = req.num, None, {}, None, method.conditioning
+    if req.labels is not None:
+        k = cc.num_classes or (classifier[2] if classifier else 0)
+        if not k:
+            raise ValueError("--labels needs a class-conditional model (this one was trained with "
+                             "model.conditional=False) or a guidance --classifier")
+        y, nrow = parse_labels(req.labels, k, n)
+        n = len(y)
+        cond["y"] = jnp.asarray(y, jnp.int32)
+    elif req.guidance is not None or classifier is not None:
+        raise ValueError("guidance needs --labels (e.g. --labels all)")
+    if cc.low_res_size:
+        low = _low_res(req, exp, cc.low_res_size, n, test)
+        n = len(low)
+        cond["low_res"] = jnp.asarray(low)
+        inputs = np.asarray(jax.image.resize(low, (n,) + exp.shape, "nearest"))
+    elif req.low_res:
+        raise ValueError("--low-res is for super-resolution models; this model has "
+                         "model.low_res_size=0")
+    if "y" in cond and len(cond["y"]) != n:
+        cond["y"] = jnp.resize(cond["y"], (n,))
+    return cond, n, nrow, inputs
+
+
+def _low_res(req, exp, size: int, n: int, test) -> np.ndarray:
+    if not req.low_res:
+        raise ValueError(f"this is a super-resolution model ({size} -> {exp.shape[0]}): pass "
+                         "--low-res FILE or --low-res test")
+    if req.low_res == "test":
+        return np.asarray(downsample(jnp.asarray(first_images(test(), n, exp.shape)), size))
+    low = load_images(req.low_res, exp.shape[-1])
+    if low.shape[1] != size:
+        raise ValueError(f"--low-res images are {low.shape[1]}x{low.shape[2]}; this model takes "
+                         f"{size}x{size}")
+    n = len(low) if len(low) > 1 else n
+    return np.resize(low, (n,) + low.shape[1:])
+
+
+def _init_images(req: SampleRequest, exp: Experiment, n: int, test):
+    if not req.init_image:
+        return None
+    if req.init_image == "test":
+        return first_images(test(), n, exp.shape)
+    init = load_images(req.init_image, exp.shape[-1])
+    if init.shape[1:] != tuple(exp.shape):
+        raise ValueError(f"--init-image is {init.shape[1:]}, the model makes {tuple(exp.shape)}")
+    return np.resize(init, (n,) + init.shape[1:])
+
+
+def generate(workdir: str, req: SampleRequest) -> Generated:
+    """Samples from a workdir under every control of ``req``; all checks run before compiling."""
+    check_request(req)
+    exp = read_experiment(workdir)  # the checks below need only the experiment
+    method = exp.method
+    if not getattr(method, "generates", False):
+        raise ValueError(f"{workdir} holds a {exp.method_name!r} run, which does not generate "
+                         "samples")
+    test = lambda: get_source(exp.data.dataset, "test", exp.data.data_dir or None)
+    classifier = _classifier(req, exp)
+    cond, n, nrow, inputs = _conditioning(req, exp, method, classifier, test)
+    if req.guidance is not None and not method.conditioning.num_classes:
+        raise ValueError("--guidance (classifier-free) needs a class-conditional model; this one "
+                         "has no class conditioning. Use --classifier DIR for classifier guidance")
+    init = _init_images(req, exp, n, test)
+    mask = None
+    if req.mask:
+        mask = make_mask(req.mask, exp.shape, req.seed)
+        inputs = init * mask  # unknown pixels shown mid-grey
+    elif req.strength is not None:
+        inputs = init
+    check_sample_inputs(method.model, cond, req.guidance, classifier, (n,) + exp.shape)
+    _, params, step = load(workdir)
+    images = _run(method, params, req, cond or None, n, init, mask, classifier)
+    images = np.asarray(images)
+    if not np.all(np.isfinite(images)):
+        raise FloatingPointError(f"the samples from {workdir} (checkpoint step {step}) hold "
+                                 "NaN/inf: the parameters or the sampler diverged")
+    y = np.asarray(cond["y"]) if "y" in cond else None
+    return Generated(images, inputs, nrow, y, step)
+
+
+def _run(method: Diffusion, params, req: SampleRequest, cond, n, init, mask, classifier):
+    key = jax.random.key(req.seed)
+    steps = req.steps or method.num_steps
+    grid = req.grid or method.grid
+    if req.mask and req.resample > 1:
+        fn = make_repaint_fn(method, steps, req.resample, grid, req.guidance)
+        return fn(params, jnp.asarray(init), jnp.asarray(mask), key, cond)
+    if req.strength is not None:
+        fn = make_sdedit_fn(method, req.sampler or method.sampler, steps, grid, req.strength,
+                            req.guidance)
+        return fn(params, jnp.asarray(init), key, cond)
+    fn = method.sample_fn(req.sampler, steps, grid, req.guidance, classifier)
+    x_T = method.process.prior_sample(key, (n,) + method.shape)
+    if req.mask:
+        return fn(params, x_T, key, cond, jnp.asarray(init), jnp.asarray(mask))
+    return fn(params, x_T, key, cond)
+
+
+def make_repaint_fn(method: Diffusion, num_steps: int, resample: int, grid: str = "logsnr",
                     guidance_scale: float | None = None):
     """``fn(params, known, mask, key, cond=None)``: RePaint inpainting, jitted whole."""
 
     def fn(params, known, mask, key, cond):
-        denoise = model_denoiser(model, process, par, params, cond, guidance_scale)
-        return G.repaint(denoise, process, known, mask, key, num_steps, resample, grid)
+        denoise = method.denoiser(params, cond, guidance_scale)
+        return guidance.repaint(denoise, method.process, known, mask, key, num_steps, resample, grid)
 
     jitted = jax.jit(fn)
 
     def checked(params, known, mask, key, cond=None):
-        check_sample_inputs(model, cond, guidance_scale, None, known.shape)
-        return jitted(params, known, G.broadcast_mask(mask, known), key, cond)
+        check_sample_inputs(method.model, cond, guidance_scale, None, known.shape)
+        return jitted(params, known, guidance.broadcast_mask(mask, known), key, cond)
 
     return checked
 
 
-def make_sdedit_fn(model, process, par, sampler: str, num_steps: int, grid: str, strength: float,
+def make_sdedit_fn(method: Diffusion, sampler: str, num_steps: int, grid: str, strength: float,
                    guidance_scale: float | None = None):
     """``fn(params, x_init, key, cond=None)``: SDEdit at ``strength``, jitted whole."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
 
     def fn(params, x_init, key, cond):
-        denoise = model_denoiser(model, process, par, params, cond, guidance_scale)
-        return G.sdedit(denoise, process, x_init, strength, key, sampler, num_steps, grid)
+        denoise = method.denoiser(params, cond, guidance_scale)
+        return guidance.sdedit(denoise, method.process, x_init, strength, key, sampler, num_steps,
+                               grid)
 
     jitted = jax.jit(fn)
 
     def checked(params, x_init, key, cond=None):
-        check_sample_inputs(model, cond, guidance_scale, None, x_init.shape)
+        check_sample_inputs(method.model, cond, guidance_scale, None, x_init.shape)
         return jitted(params, x_init, key, cond)
 
     return checked
+
+
+__all__ = ["SampleRequest", "Generated", "generate", "check_request", "parse_labels",
+           "make_repaint_fn", "make_sdedit_fn", "model_denoiser"]

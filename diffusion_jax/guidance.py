@@ -20,6 +20,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffusion_jax.processes import Process
 from diffusion_jax.samplers import make_grid, sample
@@ -27,12 +28,25 @@ from diffusion_jax.samplers import make_grid, sample
 Array = jax.Array
 
 
-def _check_labels(y, num_classes: int | None):
-    if num_classes is not None and not isinstance(y, jax.core.Tracer):
-        y = jnp.asarray(y)
-        lo, hi = int(jnp.min(y)), int(jnp.max(y))
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(f"labels must be in [0, {num_classes}), got values in [{lo}, {hi}]")
+def check_labels(y, num_classes: int | None, allow_null: bool = False) -> None:
+    """The one label check: ``y`` in ``[0, num_classes)``, or ``[0, num_classes]`` with
+    ``allow_null`` (label ``num_classes`` = unconditional). Concrete labels fail here with a
+    ``ValueError``; traced labels (under ``jit``) fail when the program runs."""
+    if num_classes is None:
+        return
+    top = num_classes + 1 if allow_null else num_classes
+    what = (f"[0, {num_classes}] ({num_classes} = unconditional)" if allow_null
+            else f"[0, {num_classes})")
+
+    def check(v):
+        v = np.asarray(v)
+        if v.size and (v.min() < 0 or v.max() >= top):
+            raise ValueError(f"labels must be in {what}, got values in [{v.min()}, {v.max()}]")
+
+    if isinstance(y, jax.core.Tracer):
+        jax.debug.callback(check, y)
+    else:
+        check(y)
 
 
 def classifier_free_guidance(denoise: Callable, y: Array, null_label: int, scale: float,
@@ -45,7 +59,7 @@ def classifier_free_guidance(denoise: Callable, y: Array, null_label: int, scale
     rescaled to the conditional one's per-example std."""
     if num_classes is None:
         num_classes = null_label
-    _check_labels(y, num_classes)
+    check_labels(y, num_classes)
     if not 0.0 <= rescale <= 1.0:
         raise ValueError(f"rescale must be in [0, 1], got {rescale}")
 
@@ -70,7 +84,7 @@ def classifier_free_guidance(denoise: Callable, y: Array, null_label: int, scale
 def classifier_guidance(denoise: Callable, log_prob: Callable, y: Array, scale: float,
                         process: Process, num_classes: int | None = None) -> Callable:
     """``log_prob(x_t, t) -> [B, K]`` log-probabilities of a noise-conditional classifier."""
-    _check_labels(y, num_classes)
+    check_labels(y, num_classes)
 
     def guided(x, t):
         def logp_y(xx):

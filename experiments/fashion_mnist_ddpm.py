@@ -11,6 +11,7 @@ from ml_collections import ConfigDict
 
 def get_config() -> ConfigDict:
     c = ConfigDict()
+    c.method = "diffusion"
     c.seed = 0
     c.mesh = ConfigDict({"data": -1, "fsdp": 1})
     c.data = ConfigDict(dict(dataset="fashion_mnist", data_dir="", image_size=28, channels=1,

@@ -9,6 +9,7 @@ from ml_collections import ConfigDict
 
 def get_config() -> ConfigDict:
     c = ConfigDict()
+    c.method = "diffusion"
     c.seed = 0
     c.mesh = ConfigDict({"data": -1, "fsdp": 1})
     c.data = ConfigDict(dict(dataset="gmm:ring", data_dir="", dim=2, image_size=0, channels=0,

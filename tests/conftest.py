@@ -4,3 +4,67 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS = ROOT / "experiments"
+
+
+def _config(name: str, overrides):
+    from diffusion_jax.config import apply_override, load_config
+
+    cfg = load_config(str(EXPERIMENTS / name))
+    for o in overrides:
+        apply_override(cfg, o)
+    return cfg
+
+
+def toy_config(steps: int = 4):
+    """The toy experiment at smoke size: an MLP compiles in seconds, so the loop's mechanics
+    (grain iterator, orbax, resume, signals) are tested without waiting on a U-Net compile."""
+    return _config("toy_gmm.py", ["model.hidden=16", "model.depth=2", f"train.steps={steps}",
+                                  "train.batch_size=8", "train.log_every=1", "train.ckpt_every=2",
+                                  "sample.num=16", "sample.num_steps=2", "optimizer.warmup_steps=1"])
+
+
+def tiny_image_config(tmp_path, steps: int = 2, n_images: int = 64):
+    """The demo experiment on random 8x8 images with a tiny U-Net."""
+    rng = np.random.default_rng(0)
+    path = Path(tmp_path) / "tiny.npz"
+    np.savez(path, images=rng.integers(0, 256, size=(n_images, 8, 8, 1), dtype=np.uint8),
+             labels=rng.integers(0, 10, n_images))
+    return _config("fashion_mnist_ddpm.py", [
+        f"data.dataset=npz:{path}", "data.image_size=8", "model.channels=8",
+        "model.channel_mult=(1, 2)", "model.attn_resolutions=()", f"train.steps={steps}",
+        "train.batch_size=8", "train.log_every=1", "train.ckpt_every=2", "train.ema_start=0",
+        "sample.num=4", "sample.num_steps=2", "optimizer.warmup_steps=1",
+        "train.time_limit_minutes=0.0"])
+
+
+def experiment(cfg):
+    from diffusion_jax.experiment import from_config
+
+    return from_config(cfg)
+
+
+def cli_error(capsys, argv) -> str:
+    """Run the CLI on arguments that must fail; returns its one-line error."""
+    from diffusion_jax.cli import main
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+@pytest.fixture(scope="session")
+def configs():
+    """The config helpers above, for tests (no test module imports another)."""
+    import types
+    return types.SimpleNamespace(toy=toy_config, tiny_image=tiny_image_config, experiment=experiment,
+                                 cli_error=cli_error, root=ROOT)

@@ -7,7 +7,7 @@ import pytest
 
 import diffusion_jax as dj
 from diffusion_jax import guidance
-from diffusion_jax.bench.gmm import labelled_denoiser
+from diffusion_jax.gmm import labelled_denoiser
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
 """Training: loss decreases, purity, EMA, exact resume, iterator state, SIGTERM, experiments."""
 
-import glob
 import json
 import os
 import signal
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,48 +12,26 @@ import pytest
 
 from diffusion_jax.config import apply_override, load_config
 from diffusion_jax.data.sources import ArraySource
+from diffusion_jax.experiment import ConfigError, from_config
+from diffusion_jax.methods.ema import ema_update
 from diffusion_jax.parallel import make_mesh
-from diffusion_jax.train import create_state, make_train_step
-from diffusion_jax.train.ema import ema_update
-from diffusion_jax.experiment import conditioning, example_inputs
-from diffusion_jax.train.loop import build, data_shape, train
+from diffusion_jax.train.loop import train as train_exp
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 
-def tiny_config(tmp_path, steps=4, n_images=64):
-    """The toy experiment at smoke size: an MLP compiles in seconds, so the loop's mechanics
-    (grain iterator, orbax, resume, signals) are tested without waiting on a U-Net compile."""
-    cfg = load_config("experiments/toy_gmm.py")
-    for o in ["model.hidden=16", "model.depth=2", f"train.steps={steps}", "train.batch_size=8",
-              "train.log_every=1", "train.ckpt_every=2", "sample.num=16", "sample.num_steps=2",
-              "optimizer.warmup_steps=1"]:
-        apply_override(cfg, o)
-    return cfg
-
-
-def tiny_image_config(tmp_path, steps=2, n_images=64):
-    cfg = load_config("experiments/fashion_mnist_ddpm.py")
-    rng = np.random.default_rng(0)
-    imgs = rng.integers(0, 256, size=(n_images, 8, 8, 1), dtype=np.uint8)
-    path = tmp_path / "tiny.npz"
-    np.savez(path, images=imgs, labels=rng.integers(0, 10, n_images))
-    for o in [f"data.dataset=npz:{path}", "data.image_size=8", "model.channels=8",
-              "model.channel_mult=(1, 2)", "model.attn_resolutions=()", f"train.steps={steps}",
-              "train.batch_size=8", "train.log_every=1", "train.ckpt_every=2", "train.ema_start=0",
-              "sample.num=4", "sample.num_steps=2", "optimizer.warmup_steps=1",
-              "train.time_limit_minutes=0.0"]:
-        apply_override(cfg, o)
-    return cfg
+def train(cfg, workdir):
+    return train_exp(from_config(cfg), workdir)
 
 
 @pytest.fixture(scope="module")
-def tiny_step():
-    import pathlib, tempfile
-    cfg = tiny_image_config(pathlib.Path(tempfile.mkdtemp()))
-    model, process, par, loss, tx = build(cfg)
+def tiny_step(configs, tmp_path_factory):
+    exp = from_config(configs.tiny_image(tmp_path_factory.mktemp("tiny")))
+    method = exp.method
     mesh = make_mesh({"data": -1, "fsdp": 1})
-    state, sh = create_state(model, tx, (jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,))),
-                             jax.random.key(0), mesh)
-    step = jax.jit(make_train_step(model, process, par, loss, tx, 0.9))
+    _, sh = method.abstract_state(mesh, exp.mesh.rules)
+    state = jax.jit(method.init, out_shardings=sh)(jax.random.key(0))
+    step = jax.jit(method.train_step)
     pattern = jnp.tile(jnp.linspace(-1, 1, 8)[None, :, None, None], (8, 1, 8, 1))  # learnable
     batch = {"image": pattern, "label": jnp.zeros((8,), jnp.int32)}
     return step, state, batch
@@ -83,7 +61,7 @@ def test_ema_math():
 
 
 def _params(workdir):
-    from diffusion_jax.train.checkpoint import Checkpointer
+    from diffusion_jax.checkpoint import Checkpointer
     import orbax.checkpoint as ocp
     ck = Checkpointer(workdir)
     step = ck.latest_step()
@@ -92,10 +70,10 @@ def _params(workdir):
     return step, out["state"], out["data"]
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
-    cfg = tiny_config(tmp_path, steps=4)
+def test_resume_equals_uninterrupted_run(configs, tmp_path):
+    cfg = configs.toy(steps=4)
     train(cfg, str(tmp_path / "full"))
-    cfg2 = tiny_config(tmp_path, steps=2)
+    cfg2 = configs.toy(steps=2)
     train(cfg2, str(tmp_path / "split"))
     apply_override(cfg2, "train.steps=4")
     out = train(cfg2, str(tmp_path / "split"))
@@ -126,8 +104,8 @@ class _KillAt(ArraySource):
         return super().__getitem__(i)
 
 
-def test_sigterm_leaves_a_restorable_checkpoint(tmp_path, monkeypatch):
-    cfg = tiny_config(tmp_path, steps=50)
+def test_sigterm_leaves_a_restorable_checkpoint(configs, tmp_path, monkeypatch):
+    cfg = configs.toy(steps=50)
     apply_override(cfg, "train.ckpt_every=1000")
     src = _KillAt(np.zeros((64, 2), np.float32), at=8 * 3 + 1)  # during the 4th batch
     monkeypatch.setattr("diffusion_jax.train.loop.get_source", lambda *a, **k: src)
@@ -138,21 +116,21 @@ def test_sigterm_leaves_a_restorable_checkpoint(tmp_path, monkeypatch):
     assert step == out["step"] and data["next_index"] == step
 
 
-def test_incompatible_checkpoint_is_named(tmp_path):
-    cfg = tiny_config(tmp_path, steps=2)
+def test_incompatible_checkpoint_is_named(configs, tmp_path):
+    cfg = configs.toy(steps=2)
     train(cfg, str(tmp_path / "run"))
     apply_override(cfg, "model.hidden=32")
     with pytest.raises(ValueError, match="model.hidden: checkpoint 16 vs config 32"):
         train(cfg, str(tmp_path / "run"))
 
 
-def test_bad_config_input(tmp_path):
-    cfg = tiny_image_config(tmp_path)
+def test_bad_config_input(configs, tmp_path):
+    cfg = configs.tiny_image(tmp_path)
     with pytest.raises(KeyError, match="did you mean 'train.steps'"):
         apply_override(cfg, "train.stpes=3")
     apply_override(cfg, "data.image_size=9")
     with pytest.raises(ValueError, match="image_size 9 is not divisible by 2\\*\\*1"):
-        build(cfg)
+        from_config(cfg)
     from diffusion_jax.data.sources import find_fashion_mnist
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         find_fashion_mnist(str(tmp_path))
@@ -161,32 +139,48 @@ def test_bad_config_input(tmp_path):
         batch_size_per_shard(make_mesh({"data": 8}), 12)
     with pytest.raises(ValueError, match="has 4 devices but 8 are available"):
         make_mesh({"data": 4, "fsdp": 1})
-    with pytest.raises(ValueError, match="valid axes: data, fsdp"):
+    with pytest.raises(ValueError, match="has no 'data' axis"):
         make_mesh({"dta": -1})
 
 
-@pytest.mark.parametrize("path", sorted(set(glob.glob("experiments/*.py"))
-                                        - set(glob.glob("experiments/*classifier*.py"))))
+@pytest.mark.parametrize("change, message", [
+    (lambda c: setattr(c, "method", "gann"), "unknown method 'gann'; valid: diffusion, classifier"),
+    (lambda c: setattr(c.model, "name", "vit"), "unknown model 'vit'; valid: 'unet', 'mlp'"),
+    (lambda c: c.train.__delitem__("steps"), "missing the required field train.steps"),
+    (lambda c: c.__delitem__("data"), "missing the required section 'data'"),
+    (lambda c: setattr(c.model, "channel", 4), "unknown config key model.channel; did you mean "
+                                                "model.channels"),
+    (lambda c: setattr(c, "sharding_rules", (("mlp", "tensor"),)),
+     "sharding rule 'mlp' -> 'tensor' names a mesh axis .* mesh axes: data, fsdp"),
+    (lambda c: setattr(c.train, "ckpt_every", 0), "train.ckpt_every=0 must be >= 1"),
+])
+def test_bad_experiments_are_named_before_compiling(configs, tmp_path, change, message):
+    cfg = configs.tiny_image(tmp_path)
+    change(cfg)
+    with pytest.raises(ConfigError, match=message):
+        from_config(cfg)
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in EXPERIMENTS.glob("*.py")))
 def test_every_experiment_builds_and_steps(path):
-    cfg = load_config(path)
-    if cfg.model.name == "unet":  # smoke size: same code, smaller numbers
-        for o in ["model.channels=8", "model.dtype='float32'"]:
-            apply_override(cfg, o)
-    model, process, par, loss, tx = build(cfg)
-    shape = data_shape(cfg)
-    state, sh = create_state(model, tx, example_inputs(cfg), jax.random.key(0),
-                             make_mesh({"data": -1}))
-    step = jax.jit(make_train_step(model, process, par, loss, tx, 0.99,
-                                   conditioning=conditioning(cfg)))
-    batch = {"image": jnp.zeros((2,) + shape), "label": jnp.zeros((2,), jnp.int32)}
-    state, m = step(state, batch, jax.random.key(0))
+    cfg = load_config(str(EXPERIMENTS / path))
+    if cfg.model.get("name") == "unet" or cfg.method == "classifier":  # smoke size
+        apply_override(cfg, "model.channels=8")
+    if cfg.model.get("name") == "unet":
+        apply_override(cfg, "model.dtype='float32'")
+    exp = from_config(cfg)
+    method = exp.method
+    _, sh = method.abstract_state(make_mesh({"data": -1}), exp.mesh.rules)
+    state = jax.jit(method.init, out_shardings=sh)(jax.random.key(0))
+    batch = {"image": jnp.zeros((2,) + exp.shape), "label": jnp.zeros((2,), jnp.int32)}
+    state, m = jax.jit(method.train_step)(state, batch, jax.random.key(0))
     assert np.isfinite(float(m["loss"])) and int(state.step) == 1
 
 
-def test_cli_train_then_sample(tmp_path):
+def test_cli_train_then_sample(configs, tmp_path, capsys):
     from diffusion_jax.cli import main
 
-    cfg = tiny_image_config(tmp_path, steps=2)
+    cfg = configs.tiny_image(tmp_path, steps=2)
     overrides = [f"--config.data.dataset={cfg.data.dataset}", "--config.data.image_size=8",
                  "--config.model.channels=8", "--config.model.channel_mult=(1,2)",
                  "--config.model.attn_resolutions=()", "--config.train.steps=2",
@@ -201,8 +195,13 @@ def test_cli_train_then_sample(tmp_path):
     with np.load(tmp_path / "g.npz", allow_pickle=False) as f:
         assert f["images"].shape == (4, 8, 8, 1) and np.all(np.isfinite(f["images"]))
     assert (tmp_path / "g.png").stat().st_size > 100
-    with pytest.raises(SystemExit, match="no checkpoint"):
-        main(["sample", "--workdir", str(tmp_path / "empty"), "--out", str(tmp_path / "x.png")])
+    err = configs.cli_error(capsys, ["sample", "--workdir", str(tmp_path / "empty"),
+                                     "--out", str(tmp_path / "x.png")])
+    assert "no checkpoints in" in err and not (tmp_path / "empty").exists()
+    assert "--steps must be >= 1" in configs.cli_error(capsys, ["sample", "--workdir", wd,
+                                                                "--steps", "0"])
+    assert "--num must be >= 1" in configs.cli_error(capsys, ["sample", "--workdir", wd,
+                                                              "--num", "0"])
 
 
 class _NaNAfter(ArraySource):
@@ -218,8 +217,8 @@ class _NaNAfter(ArraySource):
         return {**ex, "image": ex["image"] + (np.nan if self.count > self.n else 0.0)}
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    cfg = tiny_config(tmp_path, steps=20)
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(configs, tmp_path, monkeypatch):
+    cfg = configs.toy(steps=20)
     # NaN data from the 7th batch on (grain prefetches, so reads run a little ahead of steps)
     monkeypatch.setattr("diffusion_jax.train.loop.get_source", lambda *a, **k: _NaNAfter(8 * 6))
     with pytest.raises(FloatingPointError, match=r"loss is nan at step \d+") as err:
@@ -230,8 +229,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state))
 
 
-def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
-    cfg = tiny_config(tmp_path, steps=4)
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(configs, tmp_path, capsys):
+    cfg = configs.toy(steps=4)
     train(cfg, str(tmp_path / "run"))
     for f in (tmp_path / "run" / "checkpoints" / "4" / "state").rglob("*"):
         if f.is_file():
@@ -242,26 +241,29 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     assert out["step"] == 6
 
 
-def test_training_fd_without_an_extractor_is_refused_before_compiling(tmp_path):
-    cfg = tiny_config(tmp_path)
+def test_training_fd_without_an_extractor_is_refused_before_compiling(configs, tmp_path):
+    cfg = configs.toy()
     cfg.train.fid_every = 2
     with pytest.raises(ValueError, match="fid_every=2 needs a feature extractor"):
         train(cfg, str(tmp_path / "run"))
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob("experiments/*classifier*.py")))
-def test_classifier_experiments_build_and_step(path, tmp_path):
-    from diffusion_jax.models.classifier import Classifier
-    from diffusion_jax.processes import make_process
-    from diffusion_jax.train.classifier import load_classifier, train_classifier
+def test_classifier_trains_through_the_loop_and_resumes(tmp_path):
+    from diffusion_jax.workdir import load_classifier
 
-    cfg = load_config(path)
     rng = np.random.default_rng(0)
-    src = ArraySource(rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 64))
-    model = Classifier(10, 8, 16, cfg.model.noise_conditional, head=cfg.model.head)
-    process = make_process(cfg.process.name) if cfg.process.name else None
-    out = train_classifier(model, src, src, steps=2, batch_size=16, lr=cfg.train.lr, seed=0,
-                           workdir=tmp_path, process=process, shift=cfg.train.shift)
-    assert (out["test_accuracy"] is None) == (process is not None)
-    clf, params = load_classifier(tmp_path)
-    assert clf.head == cfg.model.head and clf.noise_conditional == cfg.model.noise_conditional
+    path = tmp_path / "c.npz"
+    np.savez(path, images=rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8),
+             labels=rng.integers(0, 10, 64))
+    cfg = load_config(str(EXPERIMENTS / "fashion_mnist_guidance_classifier.py"))
+    for o in [f"data.dataset=npz:{path}", "model.channels=8", "model.feature_dim=16",
+              "train.steps=2", "train.batch_size=16", "train.ckpt_every=1", "augment.shift=2"]:
+        apply_override(cfg, o)
+    out = train(cfg, str(tmp_path / "clf"))
+    assert out["status"] == "done" and 0 <= out["test_accuracy"] <= 1
+    apply_override(cfg, "train.steps=3")
+    assert train(cfg, str(tmp_path / "clf"))["step"] == 3  # resumed, not restarted
+    model, params, info = load_classifier(tmp_path / "clf")
+    assert info["noise_conditional"] and info["process"] == "vp_cosine" and info["num_classes"] == 10
+    logits = model.apply({"params": params}, jnp.zeros((2, 28, 28, 1)), jnp.full((2,), 0.5))
+    assert logits.shape == (2, 10)

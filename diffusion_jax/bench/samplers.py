@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.bench import gmm
+from diffusion_jax import gmm
 from diffusion_jax.processes import VP
-from diffusion_jax.samplers import SAMPLERS, resolve_sampler, sample
+from diffusion_jax.samplers import SAMPLERS, resolve_sampler, sample, steps_for_budget
 
 CASES = {
     "ring2d": lambda: gmm.ring(8, 2.0, 0.05),
@@ -35,13 +35,6 @@ CASES = {
     "image3072": lambda: gmm.random_mixture(3072, 10, 0.1, seed=0, event_shape=(32, 32, 3)),
 }
 DEFAULT_SAMPLERS = [n for n in SAMPLERS if n != "ode_dopri5"]
-
-
-def steps_for_budget(name: str, nfe: int) -> int | None:
-    s = resolve_sampler(name)
-    per = s.nfe_per_step
-    steps = (nfe - 1) // per
-    return steps if steps >= s.min_steps else None
 
 
 def _timed(fn, *args, repeats: int = 3):

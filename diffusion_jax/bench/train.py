@@ -13,10 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_jax.experiment import Experiment
 from diffusion_jax.parallel import batch_sharding, make_mesh
-from diffusion_jax.experiment import build, conditioning, data_shape, example_inputs
-from diffusion_jax.train.state import create_state
-from diffusion_jax.train.step import make_train_step
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -35,17 +33,15 @@ def _flops(compiled) -> float:
     return float(ca.get("flops", float("nan")))
 
 
-def bench_train(config, steps: int = 10) -> dict:
-    mesh = make_mesh(dict(config.mesh))
-    model, process, par, loss, tx = build(config)
-    shape, b = data_shape(config), config.train.batch_size
-    state, sh = create_state(model, tx, example_inputs(config), jax.random.key(0), mesh)
+def bench_train(exp: Experiment, steps: int = 10) -> dict:
+    mesh = make_mesh(exp.mesh.axes)
+    method, shape, b = exp.method, exp.shape, exp.train.batch_size
+    _, sh = method.abstract_state(mesh, exp.mesh.rules)
+    state = jax.jit(method.init, out_shardings=sh)(jax.random.key(0))
     bsh = batch_sharding(mesh)
     batch = {"image": jax.device_put(jnp.zeros((b,) + shape), bsh),
              "label": jax.device_put(jnp.zeros((b,), jnp.int32), bsh)}
-    step = jax.jit(make_train_step(model, process, par, loss, tx, config.train.ema_decay,
-                                   conditioning=conditioning(config)),
-                   in_shardings=(sh, bsh, None), out_shardings=(sh, None), donate_argnums=(0,))
+    step = jax.jit(method.train_step, in_shardings=(sh, bsh, None), out_shardings=(sh, None), donate_argnums=(0,))
     key = jax.random.key(1)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch, key).compile()
@@ -65,7 +61,7 @@ def bench_train(config, steps: int = 10) -> dict:
     jax.block_until_ready(m)
     dt = (time.perf_counter() - t0) / steps
     peak = matmul_gflops()
-    n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(method.sample_params(state)))
     out = {"params_M": n_params / 1e6, "batch": b, "compile_s": compile_s, "step_s": dt,
            "img_per_s": b / dt, "gflop_per_step": flops / 1e9, "achieved_gflops": flops / dt / 1e9,
            "matmul_gflops": peak, "utilization": flops / dt / 1e9 / peak,

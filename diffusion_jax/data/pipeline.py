@@ -37,3 +37,13 @@ def global_batch(batch: dict, sharding) -> dict:
     """Per-process numpy arrays -> global arrays laid out by ``sharding`` (batch axis first)."""
     return jax.tree_util.tree_map(
         lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), batch)
+
+
+def image_batches(source, batch: int):
+    """The whole source in order, as ``(images f32 [b, H, W, C] in [-1, 1], labels [b])`` numpy
+    batches (the last one may be smaller): for evaluation, not training."""
+    for i in range(0, len(source), batch):
+        idx = np.arange(i, min(i + batch, len(source)))
+        ex = [source[int(j)] for j in idx]
+        x = np.stack([e["image"] for e in ex]).astype(np.float32) / 127.5 - 1.0
+        yield (x if x.ndim == 4 else x[..., None]), np.array([e["label"] for e in ex])

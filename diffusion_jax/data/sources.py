@@ -6,7 +6,7 @@
 * ``tfds:NAME``: any TFDS dataset prepared as ArrayRecord, through ``tfds.data_source``;
 * ``npz:PATH``: an ``.npz`` with ``images`` uint8 [N, H, W, C] (and optional ``labels``);
 * ``gmm:ring`` / ``gmm:gmm64``: draws from an exact-score Gaussian mixture
-  (``diffusion_jax.bench.gmm``), float vectors already in data space.
+  (``diffusion_jax.gmm``), float vectors already in data space.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ GMM_CASES = ("ring", "gmm64")
 
 
 def gmm_source(name: str, split: str = "train") -> MixtureSource:
-    from diffusion_jax.bench import gmm
+    from diffusion_jax import gmm
 
     if name == "ring":
         m = gmm.ring(8, 2.0, 0.05)

@@ -17,30 +17,34 @@ import numpy as np
 from tqdm import tqdm
 
 from diffusion_jax.data import get_source
-from diffusion_jax.experiment import conditioning
-from diffusion_jax.generate import load_workdir, model_denoiser
+from diffusion_jax.methods.diffusion import Diffusion
+from diffusion_jax.workdir import load
 from diffusion_jax.likelihood import bits_per_dim, dequantize, log_likelihood
 
 
-def test_bits_per_dim(workdir: str, num: int = 512, batch: int = 128, trace: str = "rademacher",
-                      rtol: float = 1e-4, atol: float = 1e-4, seed: int = 0,
-                      out: str | None = None) -> dict:
-    config, model, process, par, state, step = load_workdir(workdir)
-    cc = conditioning(config)
+def workdir_bits_per_dim(workdir: str, num: int = 512, batch: int = 128, trace: str = "rademacher",
+                         rtol: float = 1e-4, atol: float = 1e-4, seed: int = 0,
+                         out: str | None = None) -> dict:
+    exp, params, step = load(workdir)
+    method = exp.method
+    if not isinstance(method, Diffusion):
+        raise ValueError(f"{workdir} holds a {exp.method_name!r} run; the PF-ODE likelihood is "
+                         "for diffusion models")
+    cc, process = method.conditioning, method.process
     if cc.low_res_size or cc.context_dim:
-        raise SystemExit("likelihood is for unconditional or class-conditional models (this one "
+        raise ValueError("likelihood is for unconditional or class-conditional models (this one "
                          "needs a low-res image or a context per example)")
-    test = get_source(config.data.dataset, "test", config.data.data_dir or None)
+    test = get_source(exp.data.dataset, "test", exp.data.data_dir or None)
     num = min(num, len(test))
     if test[0]["image"].dtype != np.uint8:
-        raise SystemExit("bits/dim needs 8-bit image data; this dataset is continuous")
+        raise ValueError("bits/dim needs 8-bit image data; this dataset is continuous")
 
     @jax.jit
     def logp(params, y, key):
         k_deq, k_tr = jax.random.split(key)
         x = dequantize(k_deq, y)
         # A class-conditional model's null label: the unconditional likelihood.
-        denoise = model_denoiser(model, process, par, params)
+        denoise = method.denoiser(params)
         return log_likelihood(denoise, process, x, key=k_tr, trace=trace, rtol=rtol, atol=atol)
 
     dim = None
@@ -50,7 +54,7 @@ def test_bits_per_dim(workdir: str, num: int = 512, batch: int = 128, trace: str
         y = np.stack([test[j]["image"] for j in idx]).astype(np.int32)
         y = y[..., None] if y.ndim == 3 else y
         dim = math.prod(y.shape[1:])
-        lp, stats = logp(state.ema_params, jnp.asarray(y), jax.random.fold_in(jax.random.key(seed), i))
+        lp, stats = logp(params, jnp.asarray(y), jax.random.fold_in(jax.random.key(seed), i))
         bpds.append(np.asarray(bits_per_dim(lp, dim)))
         nfes.append(int(stats["nfe"]))
     b = np.concatenate(bpds)

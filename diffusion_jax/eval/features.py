@@ -33,9 +33,9 @@ class Extractor:
 
 
 def classifier_extractor(workdir: str) -> Extractor:
-    from diffusion_jax.train.classifier import load_classifier
+    from diffusion_jax.workdir import load_classifier
 
-    clf, params, info = load_classifier(workdir, with_info=True)
+    clf, params, info = load_classifier(workdir)
     acc = info.get("test_accuracy")
     name = (f"CNN classifier {workdir} (penultimate layer, {clf.feature_dim}-d"
             + (f", test accuracy {acc:.4f})" if acc is not None else ")"))

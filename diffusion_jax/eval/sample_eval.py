@@ -15,22 +15,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.bench.samplers import steps_for_budget
 from diffusion_jax.data import get_source
+from diffusion_jax.data.pipeline import image_batches
 from diffusion_jax.eval import metrics as M
 from diffusion_jax.eval.features import Extractor, classifier_extractor, make_extractor
-from diffusion_jax.experiment import conditioning, data_shape
-from diffusion_jax.generate import load_workdir, make_sample_fn
-from diffusion_jax.train.classifier import image_batches
+from diffusion_jax.experiment import Experiment
+from diffusion_jax.methods.diffusion import Diffusion
+from diffusion_jax.samplers import steps_for_budget
+from diffusion_jax.workdir import load
 
 
-def reference_features(extractor: Extractor, config, cache: Path | None = None) -> np.ndarray:
+def reference_features(extractor: Extractor, exp: Experiment, cache: Path | None = None) -> np.ndarray:
     """The test split's features (cached as ``.npz`` next to the results, no pickle)."""
     if cache is not None and cache.exists():
         with np.load(cache, allow_pickle=False) as f:
             if str(f["extractor"]) == extractor.name:
                 return f["features"]
-    test = get_source(config.data.dataset, "test", config.data.data_dir or None)
+    test = get_source(exp.data.dataset, "test", exp.data.data_dir or None)
     feats = np.concatenate([extractor(x)[0] for x, _ in image_batches(test, 1000)])
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -38,22 +39,30 @@ def reference_features(extractor: Extractor, config, cache: Path | None = None) 
     return feats
 
 
-def sample_fd(config, model, process, par, params, extractor: Extractor, real_feats: np.ndarray,
-              num: int, key, batch: int = 250) -> float:
-    """FD of ``num`` samples (the experiment's own sampler; class-balanced labels at
-    ``sample.guidance`` for class-conditional models) against ``real_feats``: the training-time
-    FID of ``train.fid_every``."""
-    cc, sc, shape = conditioning(config), config.sample, data_shape(config)
-    guide = sc.get("guidance", None) if cc.num_classes else None
-    fn = make_sample_fn(model, process, par, sc.sampler, sc.num_steps, sc.grid, guidance_scale=guide)
-    images = []
+def sample_images(method, params, num: int, key, batch: int = 250, sample_fn=None) -> np.ndarray:
+    """``num`` samples in [-1, 1] in batches (``method.sample``, or ``sample_fn(params, key, n)``)."""
+    out = []
     for i in range(0, num, batch):
-        k = jax.random.fold_in(key, i)
-        n = min(batch, num - i)
-        cond = {"y": jnp.arange(i, i + n) % cc.num_classes} if cc.num_classes else None
-        images.append(np.asarray(jnp.clip(fn(params, process.prior_sample(k, (n,) + shape), k,
-                                             cond), -1, 1)))
-    return M.fd_from_features(extractor(np.concatenate(images))[0], real_feats)
+        k, n = jax.random.fold_in(key, i), min(batch, num - i)
+        x = sample_fn(params, k, n, i) if sample_fn else method.sample(params, k, n)
+        out.append(np.asarray(jnp.clip(x, -1, 1)))
+    return np.concatenate(out)
+
+
+def training_fd(exp: Experiment, workdir: str | Path):
+    """The loop's ``periodic`` hook for ``train.fid_every``: FD of ``train.fid_num`` samples (the
+    experiment's sampler; balanced labels for class-conditional models) against the test split,
+    with the extractor of ``train.fid_classifier`` / ``train.fid_inception``."""
+    tc = exp.train
+    extractor = make_extractor(tc.fid_classifier or None, tc.fid_inception or None)
+    real = reference_features(extractor, exp, Path(workdir) / "eval" / "reference_features.npz")
+
+    def hook(params, step, key) -> dict:
+        fd = M.fd_from_features(extractor(sample_images(exp.method, params, tc.fid_num, key))[0], real)
+        print(f"step {step}: FD {fd:.3f} ({tc.fid_num} samples, {extractor.name})")
+        return {"fd": fd, "fd_num": tc.fid_num, "extractor": extractor.name}
+
+    return hook
 
 
 def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int, batch: int = 500,
@@ -61,36 +70,29 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
              guidance: float | None = None) -> list[dict]:
     """Samplers x NFE -> FD, KID, precision/recall, class score (and, for class-conditional
     models, the fraction of samples the classifier assigns to the requested class)."""
-    config, model, process, par, state, step = load_workdir(workdir)
+    exp, params, step = load(workdir)
+    method = exp.method
+    if not isinstance(method, Diffusion):
+        raise ValueError(f"eval compares samplers of a diffusion model; {workdir} holds a "
+                         f"{exp.method_name!r} run")
     extractor = make_extractor(classifier_dir, inception)
     judge = classifier_extractor(classifier_dir) if classifier_dir else None
-    cc = conditioning(config)
-    if cc.num_classes and judge is None:
-        raise SystemExit("a class-conditional model is judged by a classifier: pass --classifier")
+    k = method.conditioning.num_classes
+    if k and judge is None:
+        raise ValueError("a class-conditional model is judged by a classifier: pass --classifier")
     out = Path(out or Path(workdir) / "eval")
-    batch = min(batch, num)
-    real_feats = reference_features(extractor, config, out / "reference_features.npz")
-    shape = data_shape(config)
+    real_feats = reference_features(extractor, exp, out / "reference_features.npz")
     rows = []
     for s_name in samplers:
         for nfe in nfes:
             steps = steps_for_budget(s_name, nfe)
             if steps is None:
                 continue
-            fn = make_sample_fn(model, process, par, s_name, steps, config.sample.grid,
-                                guidance_scale=guidance if cc.num_classes else None)
+            fn = method.sample_fn(s_name, steps, guidance_scale=guidance if k else None)
+            draw = lambda p, key, n, i: fn(p, method.process.prior_sample(key, (n,) + exp.shape),
+                                           key, {"y": (jnp.arange(n) + i) % k} if k else None)
             t0 = time.perf_counter()
-            images, labels = [], []
-            for i in range(0, num, batch):
-                k = jax.random.fold_in(jax.random.key(0), i)
-                cond = None
-                if cc.num_classes:
-                    y = jnp.arange(i, i + batch) % cc.num_classes
-                    cond = {"y": y}
-                    labels.append(np.asarray(y))
-                x = fn(state.ema_params, process.prior_sample(k, (batch,) + shape), k, cond)
-                images.append(np.asarray(jnp.clip(x, -1, 1)))
-            images = np.concatenate(images)[:num]
+            images = sample_images(method, params, num, jax.random.key(0), min(batch, num), draw)
             secs = time.perf_counter() - t0
             feats, probs = extractor(images)
             kid_m, kid_s = M.kid(feats, real_feats, 20, min(1000, num))
@@ -99,16 +101,21 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
                    "fd": M.fd_from_features(feats, real_feats), "kid": kid_m, "kid_std": kid_s,
                    "precision": p, "recall": r, "class_score": M.inception_score(probs)[0],
                    "seconds": secs, "extractor": extractor.name, "checkpoint_step": step}
-            if cc.num_classes:
+            if k:
                 pred = np.argmax(judge(images)[1], axis=1)
-                row["agreement"] = float(np.mean(pred == np.concatenate(labels)[:num]))
+                row["agreement"] = float(np.mean(pred == np.arange(num) % k))
                 row["guidance"] = guidance
             rows.append(row)
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
+            print(json.dumps({k_: round(v, 4) if isinstance(v, float) else v for k_, v in row.items()}))
+    _write(rows, out, extractor, num, len(real_feats), step, guidance if k else None)
+    return rows
+
+
+def _write(rows, out: Path, extractor, num, n_real, step, guidance) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(rows, indent=1))
-    agree = bool(cc.num_classes)
-    lines = [f"FD/KID with the {extractor.name}, {num} samples vs the {len(real_feats)}-image "
+    agree = guidance is not None or any("agreement" in r for r in rows)
+    lines = [f"FD/KID with the {extractor.name}, {num} samples vs the {n_real}-image "
              f"test split; checkpoint step {step}"
              + (f"; guidance {guidance}" if agree else "") + "\n",
              "| sampler | NFE | FD | KID | precision | recall |" + (" class agreement |" if agree else "")
@@ -118,7 +125,6 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
               + f" {r['seconds']:.1f} |" for r in rows]
     (out / "eval.md").write_text("\n".join(lines) + "\n")
     _plot(rows, out / "fd_vs_nfe.png")
-    return rows
 
 
 def _plot(rows, path):

@@ -1,5 +1,5 @@
-"""Meshes from the experiment's ``mesh`` dict, and the logical-axis rules that map the models'
-axis names to mesh axes."""
+"""Meshes from the experiment's ``mesh`` axes, and the experiment's logical-axis rules restricted
+to a mesh."""
 
 from __future__ import annotations
 
@@ -8,19 +8,13 @@ import math
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-DEFAULT_RULES = (("batch", ("data", "fsdp")), ("conv_out", "fsdp"), ("mlp", "fsdp"),
-                 ("conv_in", None), ("embed", None))
-
-
-MESH_AXES = ("data", "fsdp")  # the mesh axes DEFAULT_RULES map logical names to
-
-
-def make_mesh(axes: dict[str, int], devices=None) -> Mesh:
-    """``{"data": -1, "fsdp": 1}`` -> a Mesh over all devices (``-1``: the devices left over)."""
-    unknown = [a for a in axes if a not in MESH_AXES]
-    if unknown:
-        raise ValueError(f"mesh axes {unknown} are not known to the sharding rules; "
-                         f"valid axes: {', '.join(MESH_AXES)}")
+def make_mesh(axes, devices=None) -> Mesh:
+    """``{"data": -1, "fsdp": 1}`` (or its items) -> a Mesh over all devices (``-1``: the devices
+    left over). The batch is split over ``data`` and ``fsdp``; other axes are model axes."""
+    axes = dict(axes)
+    if "data" not in axes:
+        raise ValueError(f"mesh {axes} has no 'data' axis; the batch is split over 'data' "
+                         "(and 'fsdp'): add \"data\": -1")
     devices = jax.devices() if devices is None else devices
     names, sizes = list(axes), [int(v) for v in axes.values()]
     if sizes.count(-1) > 1:

@@ -8,7 +8,7 @@ from functools import partial
 from diffusion_jax.samplers.base import Context, Sampler
 from diffusion_jax.samplers.ddim import DDIM, DDPM
 from diffusion_jax.samplers.dpm_solver import DPMSolver, DPMSolverPP, DPMSolverPP2S, DPMSolverPPSDE
-from diffusion_jax.samplers.driver import resolve_sampler, run, sample, total_nfe
+from diffusion_jax.samplers.driver import resolve_sampler, run, sample, steps_for_budget, total_nfe
 from diffusion_jax.samplers.grids import GRIDS, make_grid
 from diffusion_jax.samplers.heun import Euler, Heun
 from diffusion_jax.samplers.ode import AdaptiveODE, ODESolver, dopri5
@@ -46,6 +46,6 @@ SAMPLERS = {
 }
 
 __all__ = ["SAMPLERS", "GRIDS", "Context", "Sampler", "make_grid", "run", "sample", "total_nfe",
-           "resolve_sampler", "dopri5"] + [c.__name__ for c in (
+           "resolve_sampler", "steps_for_budget", "dopri5"] + [c.__name__ for c in (
     DDIM, DDPM, DPMSolver, DPMSolverPP, DPMSolverPP2S, DPMSolverPPSDE, Euler, Heun, AdaptiveODE,
     ODESolver, PLMS, AnnealedLangevin, EulerMaruyama, PredictorCorrector, ReverseDiffusion, UniPC)]

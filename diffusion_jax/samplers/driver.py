@@ -122,3 +122,11 @@ def _run_jit(sampler, denoise, process, x_T, ts, key, final_denoise):
 
 def total_nfe(sampler: str | Sampler, num_steps: int, final_denoise: bool = True) -> int:
     return resolve_sampler(sampler).nfe(num_steps) + int(final_denoise)
+
+
+def steps_for_budget(sampler: str | Sampler, nfe: int) -> int | None:
+    """The most steps whose total NFE (the final denoising call included) fits in ``nfe``;
+    ``None`` if even the sampler's minimum number of steps does not fit."""
+    s = resolve_sampler(sampler)
+    steps = (nfe - 1) // s.nfe_per_step
+    return steps if steps >= s.min_steps else None

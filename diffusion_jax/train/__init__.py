@@ -1,4 +1,5 @@
-from diffusion_jax.train.state import TrainState, create_state, make_optimizer
-from diffusion_jax.train.step import make_train_step
+"""Training: the loop (any method), metric logging."""
 
-__all__ = ["TrainState", "create_state", "make_optimizer", "make_train_step"]
+from diffusion_jax.train.loop import train
+
+__all__ = ["train"]

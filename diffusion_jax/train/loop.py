@@ -1,5 +1,7 @@
-"""``train(config, workdir)``: the main job, top to bottom. The config is read here and in
-``diffusion_jax.experiment``, nowhere below: everything this calls takes typed arguments."""
+"""``train(experiment, workdir)``: the main job, top to bottom, for every method. The loop knows
+no family: it creates the method's state sharded (or restores it), jits the method's pure
+``train_step`` with shardings and donation, feeds it grain batches, and handles checkpoints with
+the iterator state, resume, SIGTERM, the NaN stop, logging, preview grids and a time limit."""
 
 from __future__ import annotations
 
@@ -8,111 +10,84 @@ import math
 import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from tqdm import tqdm
 
-from diffusion_jax.conditioning import downsample
+from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.data import global_batch, image_pipeline
 from diffusion_jax.data.sources import first_images, get_source
-from diffusion_jax.eval.features import make_extractor
-from diffusion_jax.eval.sample_eval import reference_features, sample_fd
-from diffusion_jax.experiment import build, conditioning, data_shape, example_inputs
-from diffusion_jax.generate import make_sample_fn
+from diffusion_jax.experiment import Experiment
 from diffusion_jax.parallel import batch_sharding, batch_size_per_shard, make_mesh
-from diffusion_jax.train.checkpoint import Checkpointer
-from diffusion_jax.train.state import create_state
-from diffusion_jax.train.step import make_train_step
+from diffusion_jax.train.logger import MetricLogger, read_history
 from diffusion_jax.utils.images import plot_curve, save_grid, save_scatter
 
+# ``periodic(params, step, key) -> dict``: extra figures every ``train.fid_every`` steps (the CLI
+# passes the training-time FD of ``diffusion_jax.eval``; the loop does not import eval).
+Periodic = Callable[[object, int, jax.Array], dict]
 
-def train(config, workdir: str) -> dict:
+
+def train(exp: Experiment, workdir: str, periodic: Periodic | None = None) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    tc = config.train
-    if tc.get("fid_every") and not (tc.get("fid_classifier") or tc.get("fid_inception")):
-        raise ValueError(f"train.fid_every={tc.fid_every} needs a feature extractor: set "
-                         "train.fid_classifier=DIR (train-classifier) or train.fid_inception=W.npz")
-    mesh = make_mesh(dict(config.mesh))
+    tc, method = exp.train, exp.method
+    mesh = make_mesh(exp.mesh.axes)
     batch_size_per_shard(mesh, tc.batch_size)
-    model, process, par, loss_cfg, tx = build(config)
-    source = get_source(config.data.dataset, "train", config.data.data_dir or None)
-    data = image_pipeline(source, tc.batch_size, config.seed, config.data.random_flip)
-    data_iter = iter(data)
-
-    key = jax.random.key(config.seed)
-    k_init, k_train, k_sample = jax.random.split(key, 3)
-    state, shardings = create_state(model, tx, example_inputs(config), k_init, mesh)
-    n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+    d = exp.data
+    data_iter = iter(image_pipeline(get_source(d.dataset, "train", d.data_dir or None),
+                                    tc.batch_size, exp.seed, d.random_flip))
+    k_init, k_train, k_sample = jax.random.split(jax.random.key(exp.seed), 3)
+    abstract, shardings = method.abstract_state(mesh, exp.mesh.rules)
     ckpt = Checkpointer(workdir, tc.keep)
-    cfg_dict = json.loads(config.to_json())
-    restored = ckpt.restore(jax.tree_util.tree_map(
-        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), state, shardings),
-        cfg_dict)
+    restored = ckpt.restore(abstract, exp.config)
     if restored is not None:
         step0, state, data_state = restored
         data_iter.set_state(data_state)
         print(f"resumed from step {step0} in {workdir}")
+    else:
+        state = jax.jit(method.init, out_shardings=shardings)(k_init)
     step0 = int(state.step)
-
     bsh = batch_sharding(mesh)
-    step_fn = jax.jit(make_train_step(model, process, par, loss_cfg, tx, tc.ema_decay,
-                                      tc.ema_start, conditioning(config)),
-                      in_shardings=(shardings, bsh, None), out_shardings=(shardings, None),
-                      donate_argnums=(0,))
+    step_fn = jax.jit(method.train_step, in_shardings=(shardings, bsh, None),
+                      out_shardings=(shardings, None), donate_argnums=(0,))
     stop = {"sig": None}
     old = signal.signal(signal.SIGTERM, lambda sig, frame: stop.update(sig=sig))
-    log_path = workdir / "metrics.jsonl"
-    history = _read_history(log_path, step0)
-    if jax.process_index() == 0:  # drop rows logged after the checkpoint we resumed from
-        log_path.write_text("".join(json.dumps(h) + "\n" for h in history))
-    t_start, last_t, last_step = time.time(), time.time(), step0
-    print(f"model: {n_params / 1e6:.2f}M parameters; mesh {dict(mesh.shape)}; "
+    log = MetricLogger(workdir, read_history(workdir, step0))
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(method.sample_params(abstract)))
+    print(f"{exp.method_name}: {n_params / 1e6:.2f}M parameters; mesh {dict(mesh.shape)}; "
           f"{tc.steps} steps of batch {tc.batch_size}")
     bar = tqdm(total=tc.steps, initial=step0, desc="train", dynamic_ncols=True,
                disable=jax.process_index() != 0)
-    status, fid = "done", None
+    status, t_start, last = "done", time.time(), (time.time(), step0)
     try:
         for step in range(step0, tc.steps):
-            batch = global_batch(next(data_iter), bsh)
-            state, metrics = step_fn(state, batch, k_train)
-            # Check the loss at every log step and before every checkpoint, so that a NaN state
-            # is never saved even when ckpt_every is not a multiple of log_every.
-            if ((step + 1) % tc.log_every == 0 or step + 1 == tc.steps
-                    or (step + 1) % tc.ckpt_every == 0):
+            state, metrics = step_fn(state, global_batch(next(data_iter), bsh), k_train)
+            done = step + 1
+            # The loss is checked at every log step and before every checkpoint, so that a NaN
+            # state is never saved even when ckpt_every is not a multiple of log_every.
+            if done % tc.log_every == 0 or done == tc.steps or done % tc.ckpt_every == 0:
                 m = {k: float(v) for k, v in metrics.items()}
                 if not math.isfinite(m["loss"]):
                     status = "nan"
                     raise FloatingPointError(
-                        f"loss is {m['loss']} at step {step + 1}; stopping. The last good "
+                        f"loss is {m['loss']} at step {done}; stopping. The last good "
                         f"checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.dir}")
                 now = time.time()
-                m.update(step=step + 1, img_per_s=(step + 1 - last_step) * tc.batch_size / (now - last_t),
+                m.update(step=done, img_per_s=(done - last[1]) * tc.batch_size / (now - last[0]),
                          elapsed_s=now - t_start)
-                last_t, last_step = now, step + 1
-                history.append(m)
-                if jax.process_index() == 0:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(m) + "\n")
+                last = (now, done)
+                log.write(m)
                 bar.set_postfix(loss=f"{m['loss']:.4f}", img_s=f"{m['img_per_s']:.0f}")
             bar.update(1)
-            if (step + 1) % tc.ckpt_every == 0:
-                ckpt.save(step + 1, state, data_iter.get_state(), cfg_dict)
-            if tc.get("fid_every") and (step + 1) % tc.fid_every == 0:
-                fid = fid or _fid_setup(config, workdir)
-                fd = sample_fd(config, model, process, par, state.ema_params, fid[0], fid[1],
-                               tc.fid_num, jax.random.fold_in(k_sample, step + 1))
-                row = {"step": step + 1, "fd": fd, "fd_num": tc.fid_num, "extractor": fid[0].name}
-                history.append(row)
-                if jax.process_index() == 0:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                tqdm.write(f"step {step + 1}: FD {fd:.3f} ({tc.fid_num} samples, {fid[0].name})")
-            if tc.sample_every and (step + 1) % tc.sample_every == 0:
-                write_samples(config, model, process, par, state.ema_params, workdir,
-                              f"samples_{step + 1:06d}.png", k_sample)
+            if done % tc.ckpt_every == 0:
+                ckpt.save(done, state, data_iter.get_state(), exp.config)
+            if periodic is not None and tc.fid_every and done % tc.fid_every == 0:
+                row = periodic(method.sample_params(state), done, jax.random.fold_in(k_sample, done))
+                log.write({"step": done, **row})
+            if tc.sample_every and done % tc.sample_every == 0:
+                write_preview(exp, method.sample_params(state), workdir,
+                              f"samples_{done:06d}.png", k_sample, log, done)
             over_time = tc.time_limit_minutes and (time.time() - t_start) > 60 * tc.time_limit_minutes
             if stop["sig"] is not None or over_time:
                 status = "preempted" if stop["sig"] is not None else "time_limit"
@@ -121,63 +96,44 @@ def train(config, workdir: str) -> dict:
         bar.close()
         signal.signal(signal.SIGTERM, old)
         if status != "nan" and ckpt.latest_step() != int(state.step):
-            ckpt.save(int(state.step), state, data_iter.get_state(), cfg_dict, force=True)
+            ckpt.save(int(state.step), state, data_iter.get_state(), exp.config, force=True)
         ckpt.wait()
-    if history and jax.process_index() == 0:
-        rows = [h for h in history if "loss" in h]
-        plot_curve([h["step"] for h in rows], [h["loss"] for h in rows], workdir / "loss.png")
-        fds = [h for h in history if "fd" in h]
-        if fds:
-            plot_curve([h["step"] for h in fds], [h["fd"] for h in fds], workdir / "fd.png", "FD")
+    return _finish(exp, state, workdir, status, log, k_sample)
+
+
+def _finish(exp: Experiment, state, workdir: Path, status: str, log: MetricLogger, key) -> dict:
+    """Curves, the final preview grid and the method's own end-of-training figures."""
+    method, d = exp.method, exp.data
+    params = method.sample_params(state)
     out = {"status": status, "step": int(state.step), "workdir": str(workdir)}
     if status in ("done", "time_limit"):
-        out["samples"] = str(write_samples(config, model, process, par, state.ema_params, workdir,
-                                           "samples.png", k_sample))
+        out.update(method.evaluate(params, lambda: get_source(d.dataset, "test", d.data_dir or None)))
+        if method.generates:
+            out["samples"] = str(write_preview(exp, params, workdir, "samples.png", key, log,
+                                               int(state.step)))
+    if jax.process_index() == 0:
+        for name, label in (("loss", "loss"), ("fd", "FD")):
+            rows = [h for h in log.history if name in h]
+            if rows:
+                plot_curve([h["step"] for h in rows], [h[name] for h in rows],
+                           workdir / f"{name}.png", label)
+        (workdir / "summary.json").write_text(json.dumps(out, indent=1))
+    log.close()
     print(json.dumps(out))
     out["state"] = state  # for callers in Python (not part of the printed summary)
     return out
 
 
-def write_samples(config, model, process, par, params, workdir, name, key):
-    """A grid of ``config.sample.num`` samples; class-conditional models get one row per class
-    (at ``config.sample.guidance``), super-resolution models upsample test images."""
-    sc = config.sample
-    shape = data_shape(config)
-    cond = conditioning(config)
-    n, nrow, kw = sc.num, None, {}
-    if cond.num_classes:
-        per = max(n // cond.num_classes, 1)
-        n, nrow = per * cond.num_classes, per
-        kw["cond"] = {"y": jnp.repeat(jnp.arange(cond.num_classes), per)}
-    if cond.low_res_size:
-        test = get_source(config.data.dataset, "test", config.data.data_dir or None)
-        hi = first_images(test, n, shape)
-        kw["cond"] = {**kw.get("cond", {}), "low_res": downsample(jnp.asarray(hi), cond.low_res_size)}
-    if cond.context_dim:
-        raise ValueError("sample writing for context-conditioned models needs contexts; set "
-                         "train.sample_every=0 and sample with your own contexts")
-    guide = sc.get("guidance", None) if cond.num_classes else None
-    fn = make_sample_fn(model, process, par, sc.sampler, sc.num_steps, sc.grid,
-                        guidance_scale=guide)
-    x_T = process.prior_sample(key, (n,) + shape)
-    images = np.asarray(fn(params, x_T, key, **kw))
+def write_preview(exp: Experiment, params, workdir, name: str, key, log: MetricLogger | None = None,
+                  step: int = 0) -> Path:
+    """The method's preview grid (``sample.num`` samples) as a PNG, and as a TensorBoard image."""
+    d = exp.data
+    test_images = lambda n: first_images(get_source(d.dataset, "test", d.data_dir or None), n,
+                                         d.shape)
+    images, nrow = exp.method.preview(params, key, exp.sample.num, test_images)
     path = Path(workdir) / name
     if jax.process_index() == 0:
         save_scatter(images, path) if images.ndim == 2 else save_grid(images, path, nrow=nrow)
+        if log is not None and images.ndim == 4:
+            log.image("samples", path, step)
     return path
-
-
-def _fid_setup(config, workdir):
-    """The extractor (``train.fid_classifier`` workdir or ``train.fid_inception`` weights) and the
-    test split's features, computed once and cached in ``workdir/eval``."""
-    tc = config.train
-    extractor = make_extractor(tc.get("fid_classifier") or None, tc.get("fid_inception") or None)
-    return extractor, reference_features(extractor, config,
-                                         Path(workdir) / "eval" / "reference_features.npz")
-
-
-def _read_history(path: Path, upto: int) -> list:
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["step"] <= upto]

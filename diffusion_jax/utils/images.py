@@ -127,3 +127,22 @@ def make_mask(spec: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     else:
         raise ValueError(f"unknown mask {spec!r}; valid: {', '.join(MASKS)}, or a .png/.npy file")
     return m
+
+
+def save_output(out: str | Path, images, inputs=None, nrow: int | None = None,
+                labels=None) -> dict:
+    """Write samples as ``.npz`` (float32 ``images`` and ``labels``) or as a PNG grid (a scatter
+    plot for vectors), plus ``<stem>_input.png`` showing the inputs; returns what was written."""
+    out = Path(out)
+    if out.suffix == ".npz":
+        np.savez(out, images=images, **({"labels": labels} if labels is not None else {}))
+        return {}
+    if images.ndim == 2:
+        save_scatter(images, out)
+        return {}
+    save_grid(images, out, nrow=nrow)
+    if inputs is None:
+        return {}
+    path = out.with_name(out.stem + "_input.png")
+    save_grid(inputs, path, nrow=nrow)
+    return {"inputs": str(path)}

@@ -1,5 +1,6 @@
 """Orbax checkpoints: train state + grain iterator state + the experiment config (JSON), in one
-step directory. Data, never code: nothing is pickled."""
+step directory. Data, never code: nothing is pickled. Used by training (save, resume) and by the
+workdir reader (config, parameters only)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-# Config sections that decide the shapes and meaning of the parameters: a checkpoint written
-# with different values cannot be resumed.
-COMPAT_KEYS = ("model", "process", "parameterization")
+# Config entries that decide the shapes and meaning of the train state: a checkpoint written
+# with different values cannot be resumed (sections, or single dotted keys).
+COMPAT_KEYS = ("method", "model", "process", "parameterization", "data.image_size",
+               "data.channels", "data.dim", "data.num_classes", "optimizer.grad_accum")
 
 
 class Checkpointer:
@@ -54,6 +56,15 @@ class Checkpointer:
                       "falling back to the previous one")
         return None
 
+    def restore_subtree(self, step: int, abstract: dict) -> dict:
+        """Only the named fields of the saved state (e.g. ``{"ema_params": abstract}`` for
+        sampling: no optimizer state is read), into ``abstract``'s shardings."""
+        reader = ocp.CheckpointManager(self.dir, item_handlers={
+            "state": ocp.PyTreeCheckpointHandler()})
+        args = ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
+                                      restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
+        return reader.restore(step, args=ocp.args.Composite(state=args))["state"]
+
     def read_config(self, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else step
         return self.manager.restore(step, args=ocp.args.Composite(
@@ -67,13 +78,19 @@ class IncompatibleCheckpoint(ValueError):
 def check_compatible(stored: dict, current: dict, where) -> None:
     diffs = []
     for k in COMPAT_KEYS:
-        a, b = _flat(stored.get(k, {}), k), _flat(current.get(k, {}), k)
+        a, b = _flat(_get(stored, k), k), _flat(_get(current, k), k)
         diffs += [f"{key}: checkpoint {a.get(key)!r} vs config {b.get(key)!r}"
                   for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
     if diffs:
         raise IncompatibleCheckpoint(
             f"the checkpoint in {where} was written by an incompatible config:\n  "
             + "\n  ".join(diffs) + "\nUse a new --workdir, or the checkpoint's settings.")
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d.get(part, {}) if isinstance(d, dict) else {}
+    return d
 
 
 def _flat(d, prefix):

@@ -1,4 +1,5 @@
-"""The train state pytree and its creation, already sharded, from abstract shapes."""
+"""The train state of single-network methods (params, EMA, optimizer state, step) and its
+shardings, derived from the model's logical axis names without computing anything."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from diffusion_jax.parallel import DEFAULT_RULES, rules_for_mesh
+from diffusion_jax.parallel import rules_for_mesh
 
 
 @flax.struct.dataclass
@@ -21,24 +22,6 @@ class TrainState:
     params: Any
     ema_params: Any
     opt_state: Any
-
-
-def make_optimizer(lr: float, warmup_steps: int, total_steps: int, schedule: str = "constant",
-                   weight_decay: float = 0.0, b2: float = 0.999, grad_clip: float = 1.0,
-                   grad_accum: int = 1) -> optax.GradientTransformation:
-    """AdamW with linear warm-up, then constant or cosine decay; global-norm clipping;
-    ``grad_accum`` micro-batches per update through ``optax.MultiSteps``."""
-    if schedule == "constant":
-        sched = optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup_steps, 1)),
-                                      optax.constant_schedule(lr)], [max(warmup_steps, 1)])
-    elif schedule == "cosine":
-        sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup_steps, 1),
-                                                   max(total_steps, warmup_steps + 1))
-    else:
-        raise ValueError(f"unknown lr schedule {schedule!r}; valid: constant, cosine")
-    tx = optax.chain(optax.clip_by_global_norm(grad_clip) if grad_clip > 0 else optax.identity(),
-                     optax.adamw(sched, b2=b2, weight_decay=weight_decay))
-    return optax.MultiSteps(tx, grad_accum) if grad_accum > 1 else tx
 
 
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation, example: tuple):
@@ -50,7 +33,7 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, example: tuple)
 
 
 def state_shardings(model: nn.Module, tx: optax.GradientTransformation, example: tuple,
-                    mesh: Mesh, rules=DEFAULT_RULES) -> tuple[TrainState, TrainState]:
+                    mesh: Mesh, rules) -> tuple[TrainState, TrainState]:
     """``(abstract_state, shardings)`` from shapes alone (nothing is computed): the layout comes
     from the model's logical axis names; the abstract state is what a checkpoint restores into."""
     abstract, boxed = jax.eval_shape(_init_fn(model, tx, example), jax.random.key(0))
@@ -71,20 +54,18 @@ def state_shardings(model: nn.Module, tx: optax.GradientTransformation, example:
     return abstract, shardings
 
 
+def init_state(model: nn.Module, tx: optax.GradientTransformation, example: tuple, key) -> TrainState:
+    """A fresh state (unboxed). Pure: jit it with ``out_shardings`` from ``state_shardings`` so
+    that no full copy is ever materialised on one device."""
+    st, _ = _init_fn(model, tx, example)(key)
+    return TrainState(st.step, nn.meta.unbox(st.params), nn.meta.unbox(st.ema_params), st.opt_state)
+
+
 def create_state(model: nn.Module, tx: optax.GradientTransformation, example: tuple, key,
-                 mesh: Mesh, rules=DEFAULT_RULES) -> tuple[TrainState, Any]:
-    """Initialise the state inside ``jit`` with ``out_shardings`` derived from the models'
-    logical axis names, so that no full copy is ever materialised on one device.
-    Returns ``(state, state_shardings)``."""
+                 mesh: Mesh, rules) -> tuple[TrainState, Any]:
+    """``(state, shardings)``: ``init_state`` jitted onto ``mesh``."""
     _, shardings = state_shardings(model, tx, example, mesh, rules)
-    init = _init_fn(model, tx, example)
-
-    def init_unboxed(key):
-        st, _ = init(key)
-        return TrainState(st.step, nn.meta.unbox(st.params), nn.meta.unbox(st.ema_params),
-                          st.opt_state)
-
-    state = jax.jit(init_unboxed, out_shardings=shardings)(key)
+    state = jax.jit(lambda k: init_state(model, tx, example, k), out_shardings=shardings)(key)
     return state, shardings
 
 

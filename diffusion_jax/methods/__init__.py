@@ -1,0 +1,9 @@
+"""Methods: what each family (diffusion, the classifier, ...) adds to the engine; see ``base``."""
+
+from diffusion_jax.methods.base import Method
+from diffusion_jax.methods.classifier import ClassifierMethod
+from diffusion_jax.methods.diffusion import Diffusion
+from diffusion_jax.methods.state import TrainState, create_state, init_state, state_shardings
+
+__all__ = ["Method", "ClassifierMethod", "Diffusion", "TrainState", "create_state", "init_state",
+           "state_shardings"]
