@@ -21,13 +21,14 @@ from jax.experimental import multihost_utils  # noqa: E402
 import diffusion_jax as dj  # noqa: E402
 from diffusion_jax.config import apply_override, load_config  # noqa: E402
 from diffusion_jax.parallel import batch_sharding, make_mesh  # noqa: E402
+from diffusion_jax.experiment import from_config  # noqa: E402
 from diffusion_jax.train.loop import train  # noqa: E402
 
 cfg = load_config("experiments/toy_gmm.py")
 for o in ["train.steps=3", "train.log_every=1", "train.batch_size=64", "sample.num=64",
           "sample.num_steps=4", "model.hidden=32", "train.ckpt_every=3"]:
     apply_override(cfg, o)
-out = train(cfg, workdir)
+out = train(from_config(cfg), workdir)
 rows = [json.loads(l) for l in open(f"{workdir}/metrics.jsonl")] if jax.process_index() == 0 else []
 losses = multihost_utils.broadcast_one_to_all(np.array([r["loss"] for r in rows] or [0.0] * 3))
 params = out["state"].params

@@ -2,6 +2,7 @@
 conditioning (label dropout, downsampling), and the control flags of `sample` end to end."""
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,10 +12,11 @@ import pytest
 from diffusion_jax.cli import main
 from diffusion_jax.conditioning import Conditioning, downsample
 from diffusion_jax.config import apply_override
-from diffusion_jax.generate import check_sample_inputs, make_sample_fn
+from diffusion_jax.experiment import from_config
+from diffusion_jax.methods.diffusion import check_sample_inputs, make_sample_fn
 from diffusion_jax.models import UNet, UNetConfig
+from diffusion_jax.train.loop import train
 from diffusion_jax.utils.images import make_mask
-from test_train import tiny_image_config
 
 X = jnp.zeros((2, 8, 8, 1))
 T = jnp.full((2,), 0.5)
@@ -99,16 +101,14 @@ def test_named_masks():
 
 
 @pytest.fixture(scope="module")
-def cond_sr_workdir(tmp_path_factory):
+def cond_sr_workdir(tmp_path_factory, configs):
     """A 2-step class-conditional 8x8 super-resolution model (4x4 -> 8x8) trained by the loop."""
     tmp = tmp_path_factory.mktemp("ctl")
-    cfg = tiny_image_config(tmp)
+    cfg = configs.tiny_image(tmp)
     for o in ["model.conditional=True", "model.low_res_size=4", "sample.num=10",
               "sample.guidance=2.0"]:
         apply_override(cfg, o)
-    from diffusion_jax.train.loop import train
-
-    out = train(cfg, str(tmp / "wd"))
+    out = train(from_config(cfg), str(tmp / "wd"))
     assert out["status"] == "done"
     return tmp / "wd"
 
@@ -124,11 +124,10 @@ def test_sample_cli_with_labels_guidance_and_low_res(cond_sr_workdir, tmp_path):
 
 def test_sample_cli_inpainting_and_sdedit(cond_sr_workdir, tmp_path, capsys):
     from diffusion_jax.data import get_source
-    from diffusion_jax.generate import load_workdir
+    from diffusion_jax.workdir import read_experiment
 
     wd = str(cond_sr_workdir)
-    config = load_workdir(wd)[0]
-    src = get_source(config.data.dataset, "test")
+    src = get_source(read_experiment(wd).data.dataset, "test")
     init = np.stack([src[i]["image"] for i in range(4)]).astype(np.float32) / 127.5 - 1
     png = tmp_path / "inp.png"
     assert main(["sample", "--workdir", wd, "--labels", "3", "--low-res", "test", "--num", "4",
@@ -150,31 +149,45 @@ def test_sample_cli_inpainting_and_sdedit(cond_sr_workdir, tmp_path, capsys):
 @pytest.mark.parametrize("flags, message", [
     (["--strength", "1.5", "--init-image", "test"], r"--strength must be in \[0, 1\]"),
     (["--mask", "center"], "pass --init-image"),
-    (["--labels", "12", "--low-res", "test"], r"labels \[12\] out of range"),
+    (["--labels", "12", "--low-res", "test"], r"labels must be in \[0, 10\), got values in \[12, 12\]"),
+    (["--labels", "cat", "--low-res", "test"], "--labels 'cat': give 'all', a class number 0..9"),
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--num", "-3"], "--num must be >= 1"),
     (["--labels", "all"], "super-resolution model"),
     (["--resample", "3"], "RePaint"),
 ])
-def test_sample_cli_bad_input(cond_sr_workdir, flags, message):
-    with pytest.raises(SystemExit, match=message):
-        main(["sample", "--workdir", str(cond_sr_workdir), *flags])
+def test_sample_cli_bad_input(cond_sr_workdir, configs, capsys, flags, message):
+    import re
+
+    err = configs.cli_error(capsys, ["sample", "--workdir", str(cond_sr_workdir), *flags])
+    assert re.search(message, err), err
 
 
-def test_sample_cli_classifier_guidance(cond_sr_workdir, tmp_path):
-    from diffusion_jax.data.sources import ArraySource
-    from diffusion_jax.models.classifier import Classifier
-    from diffusion_jax.processes import make_process
-    from diffusion_jax.train.classifier import train_classifier
+def _classifier_workdir(tmp_path, name, process):
+    from diffusion_jax.config import apply_override, load_config
 
     rng = np.random.default_rng(0)
-    src = ArraySource(rng.integers(0, 256, (32, 8, 8, 1), dtype=np.uint8), rng.integers(0, 10, 32))
-    train_classifier(Classifier(10, 8, 16, True), src, src, 2, 8, 1e-3, 0, tmp_path / "noisy",
-                     make_process("vp_cosine"), process_name="vp_cosine")
+    path = tmp_path / "c.npz"
+    np.savez(path, images=rng.integers(0, 256, (32, 8, 8, 1), dtype=np.uint8),
+             labels=rng.integers(0, 10, 32))
+    cfg = load_config(str(Path(__file__).resolve().parent.parent / "experiments"
+                          / "fashion_mnist_classifier.py"))
+    for o in [f"data.dataset=npz:{path}", "data.image_size=8", "model.channels=8",
+              "model.feature_dim=16", "model.head=mean", "train.steps=2", "train.batch_size=8",
+              f"process.name={process}"]:
+        apply_override(cfg, o)
+    train(from_config(cfg), str(tmp_path / name))
+    return str(tmp_path / name)
+
+
+def test_sample_cli_classifier_guidance(cond_sr_workdir, configs, tmp_path, capsys):
+    noisy = _classifier_workdir(tmp_path, "noisy", "vp_cosine")
     out = tmp_path / "cg.npz"
-    assert main(["sample", "--workdir", str(cond_sr_workdir), "--classifier", str(tmp_path / "noisy"),
+    assert main(["sample", "--workdir", str(cond_sr_workdir), "--classifier", noisy,
                  "--classifier-scale", "2", "--labels", "all", "--low-res", "test", "--num", "10",
                  "--steps", "2", "--out", str(out)]) == 0
     assert np.isfinite(np.load(out)["images"]).all()
-    train_classifier(Classifier(10, 8, 16, False), src, src, 2, 8, 1e-3, 0, tmp_path / "clean")
-    with pytest.raises(SystemExit, match="trained on clean images"):
-        main(["sample", "--workdir", str(cond_sr_workdir), "--classifier", str(tmp_path / "clean"),
-              "--labels", "all", "--low-res", "test"])
+    clean = _classifier_workdir(tmp_path, "clean", "")
+    err = configs.cli_error(capsys, ["sample", "--workdir", str(cond_sr_workdir), "--classifier",
+                                     clean, "--labels", "all", "--low-res", "test"])
+    assert "trained on clean images" in err

@@ -13,11 +13,12 @@ FM = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
 
 @pytest.mark.skipif(not os.path.exists(FM) and not os.environ.get("FASHION_MNIST_DIR"),
                     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-def test_eval_cli_writes_table(tmp_path):
+def test_eval_cli_writes_table(tmp_path, configs, capsys):
     wd, clf = str(tmp_path / "fm"), str(tmp_path / "clf")
-    assert main(["train-classifier", "--config", "experiments/fashion_mnist_classifier.py",
+    assert main(["train", "--config", str(configs.root / "experiments/fashion_mnist_classifier.py"),
                  "--workdir", clf, "--config.train.steps=2", "--config.train.batch_size=8"]) == 0
-    assert main(["train", "--config", "experiments/fashion_mnist_ddpm.py", "--workdir", wd,
+    assert main(["train", "--config", str(configs.root / "experiments/fashion_mnist_ddpm.py"),
+                 "--workdir", wd,
                  "--config.train.steps=2", "--config.model.channels=8",
                  "--config.model.attn_resolutions=()", "--config.train.batch_size=8",
                  "--config.sample.num=4", "--config.sample.num_steps=2",
@@ -39,7 +40,8 @@ def test_eval_cli_writes_table(tmp_path):
     res = json.loads((tmp_path / "fm" / "eval" / "likelihood.json").read_text())
     assert res["num"] == 16 and 0 < res["bits_per_dim"] < 20 and res["standard_error"] > 0
     assert len(res["nfe_per_batch"]) == 2 and min(res["nfe_per_batch"]) > 0
-    with pytest.raises(SystemExit, match="no checkpoint"):
-        main(["eval", "--workdir", str(tmp_path / "empty"), "--classifier", clf])
-    with pytest.raises(SystemExit, match="needs a feature extractor"):
-        main(["eval", "--workdir", wd])
+    assert "no checkpoints in" in configs.cli_error(
+        capsys, ["eval", "--workdir", str(tmp_path / "empty"), "--classifier", clf])
+    assert "needs a feature extractor" in configs.cli_error(capsys, ["eval", "--workdir", wd])
+    assert "not a classifier" in configs.cli_error(
+        capsys, ["eval", "--workdir", wd, "--classifier", wd])

@@ -16,9 +16,8 @@ import pytest
 import diffusion_jax as dj
 from diffusion_jax.config import apply_override, load_config
 from diffusion_jax.parallel import batch_sharding, make_mesh
-from diffusion_jax.train import create_state, make_train_step
-from diffusion_jax.train.checkpoint import Checkpointer
-from diffusion_jax.train.loop import build
+from diffusion_jax.checkpoint import Checkpointer
+from diffusion_jax.experiment import from_config
 
 MESHES = {"1dev": ({"data": 1}, 1), "data8": ({"data": 8, "fsdp": 1}, 8),
           "data4_fsdp2": ({"data": 4, "fsdp": 2}, 8), "fsdp8": ({"data": 1, "fsdp": 8}, 8)}
@@ -27,7 +26,7 @@ MESHES = {"1dev": ({"data": 1}, 1), "data8": ({"data": 8, "fsdp": 1}, 8),
 def _cfg():
     # The toy MLP: compiles in seconds on 8 fake devices; its 64-wide layers shard over fsdp=8.
     cfg = load_config("experiments/toy_gmm.py")
-    for o in ["model.hidden=64", "optimizer.warmup_steps=1"]:
+    for o in ["model.hidden=64", "optimizer.warmup_steps=1", "train.ema_decay=0.9"]:
         apply_override(cfg, o)
     return cfg
 
@@ -35,13 +34,13 @@ def _cfg():
 def _run(mesh_axes, n_dev, steps=3, state=None):
     cfg = _cfg()
     mesh = make_mesh(mesh_axes, jax.devices()[:n_dev])
-    model, process, par, loss, tx = build(cfg)
-    st, sh = create_state(model, tx, (jnp.zeros((1, 2)), jnp.zeros((1,))), jax.random.key(0), mesh)
+    exp = from_config(cfg)
+    _, sh = exp.method.abstract_state(mesh, exp.mesh.rules)
+    st = jax.jit(exp.method.init, out_shardings=sh)(jax.random.key(0))
     if state is not None:
         st = jax.device_put(state, sh)
     bsh = batch_sharding(mesh)
-    step = jax.jit(make_train_step(model, process, par, loss, tx, 0.9),
-                   in_shardings=(sh, bsh, None), out_shardings=(sh, None))
+    step = jax.jit(exp.method.train_step, in_shardings=(sh, bsh, None), out_shardings=(sh, None))
     losses = []
     for i in range(steps):
         x = jax.random.normal(jax.random.key(10 + i), (16, 2))

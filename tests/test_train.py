@@ -267,3 +267,18 @@ def test_classifier_trains_through_the_loop_and_resumes(tmp_path):
     assert info["noise_conditional"] and info["process"] == "vp_cosine" and info["num_classes"] == 10
     logits = model.apply({"params": params}, jnp.zeros((2, 28, 28, 1)), jnp.full((2,), 0.5))
     assert logits.shape == (2, 10)
+
+
+def test_tensorboard_scalars_and_images_are_written(configs, tmp_path):
+    from diffusion_jax.train.logger import read_scalars
+
+    cfg = configs.tiny_image(tmp_path, steps=2)
+    apply_override(cfg, "train.sample_every=2")
+    train(cfg, str(tmp_path / "run"))
+    scalars = read_scalars(tmp_path / "run" / "tensorboard")
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s, _ in scalars["loss"]] == [r["step"] for r in rows] == [1, 2]
+    np.testing.assert_allclose([v for _, v in scalars["loss"]], [r["loss"] for r in rows], rtol=1e-6)
+    assert "grad_norm" in scalars
+    events = b"".join(p.read_bytes() for p in (tmp_path / "run" / "tensorboard").rglob("events*"))
+    assert b"samples" in events and b"\x89PNG" in events  # the preview grid as an image

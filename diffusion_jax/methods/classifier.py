@@ -74,7 +74,7 @@ class ClassifierMethod:
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = ema_update(state.ema_params, params, self.ema_decay)
-        metrics = {"loss": loss, "train_accuracy": acc, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "train_accuracy": acc, "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, ema, opt_state), metrics
 
     def sample(self, params, key, n):

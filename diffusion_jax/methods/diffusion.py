@@ -88,7 +88,7 @@ class Diffusion:
         params = optax.apply_updates(state.params, updates)
         decay = jnp.where(state.step < self.ema_start, 0.0, self.ema_decay)
         ema = ema_update(state.ema_params, params, decay)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, ema, opt_state), metrics
 
     # -- sampling ----------------------------------------------------------------------------

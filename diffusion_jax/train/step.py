@@ -45,7 +45,7 @@ def make_train_step(model, process: Process, parameterization: Parameterization,
         params = optax.apply_updates(state.params, updates)
         decay = jnp.where(state.step < ema_start, 0.0, ema_decay)
         ema = ema_update(state.ema_params, params, decay)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, ema, opt_state), metrics
 
     return train_step

@@ -1,0 +1,55 @@
+"""The package's layering: a lower layer never imports a higher one (read from the source)."""
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parent.parent / "diffusion_jax"
+
+# layer of each top-level module / subpackage (DESIGN.md's picture)
+LAYER = {"processes": 0, "parameterization": 0, "losses": 0, "guidance": 0, "likelihood": 0,
+         "samplers": 0, "gmm": 0, "conditioning": 0, "cpu_flags": 0, "utils": 0,
+         "models": 1, "optim": 1,
+         "methods": 2, "data": 2, "parallel": 2, "checkpoint": 2,
+         "experiment": 3, "generate": 3, "workdir": 3, "config": 3,
+         "train": 4, "eval": 4, "bench": 4,
+         "cli": 5, "__main__": 5}
+
+
+def _unit(path: Path) -> str:
+    rel = path.relative_to(PKG).parts
+    return rel[0].removesuffix(".py")
+
+
+def _imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("diffusion_jax"):
+            parts = node.module.split(".")
+            if len(parts) > 1:
+                yield parts[1], node.lineno
+            else:  # from diffusion_jax import x
+                for a in node.names:
+                    yield a.name, node.lineno
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("diffusion_jax."):
+                    yield a.name.split(".")[1], node.lineno
+
+
+def test_no_lower_layer_imports_a_higher_one():
+    bad = []
+    for path in PKG.rglob("*.py"):
+        unit = _unit(path)
+        if unit == "__init__":
+            continue
+        assert unit in LAYER, f"{path}: add its layer to LAYER"
+        for target, line in _imports(path):
+            if target in LAYER and LAYER[target] > LAYER[unit]:
+                bad.append(f"{path.relative_to(PKG)}:{line} ({unit}, layer {LAYER[unit]}) imports "
+                           f"{target} (layer {LAYER[target]})")
+    assert not bad, "\n".join(bad)
+
+
+def test_train_and_eval_do_not_import_each_other():
+    for sub, other in (("train", "eval"), ("eval", "train"), ("data", "eval"), ("data", "bench")):
+        for path in (PKG / sub).rglob("*.py"):
+            assert all(t != other for t, _ in _imports(path)), f"{path} imports {other}"
