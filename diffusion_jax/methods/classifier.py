@@ -13,7 +13,7 @@ import optax
 
 from diffusion_jax.data.pipeline import image_batches
 from diffusion_jax.methods.ema import ema_update
-from diffusion_jax.methods.state import TrainState, init_state, state_shardings
+from diffusion_jax.methods.state import SingleNetwork, TrainState
 from diffusion_jax.models.classifier import Classifier
 from diffusion_jax.processes import Process
 
@@ -28,7 +28,7 @@ def random_shift(x, shift: int, key):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ClassifierMethod:
+class ClassifierMethod(SingleNetwork):
     """``shift``: random translations by up to that many pixels (background-filled), the
     augmentation that takes the small CNN past 93% on Fashion-MNIST."""
     model: Classifier
@@ -42,15 +42,6 @@ class ClassifierMethod:
 
     def example_inputs(self) -> tuple:
         return jnp.zeros((1,) + self.shape), jnp.zeros((1,))
-
-    def abstract_state(self, mesh, rules):
-        return state_shardings(self.model, self.tx, self.example_inputs(), mesh, rules)
-
-    def init(self, key):
-        return init_state(self.model, self.tx, self.example_inputs(), key)
-
-    def sample_params(self, state: TrainState):
-        return state.ema_params
 
     def train_step(self, state: TrainState, batch: dict, key: jax.Array):
         key = jax.random.fold_in(key, state.step)

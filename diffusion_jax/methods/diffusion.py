@@ -21,14 +21,14 @@ from diffusion_jax import guidance
 from diffusion_jax.conditioning import Conditioning, downsample
 from diffusion_jax.losses import LossConfig, denoising_loss
 from diffusion_jax.methods.ema import ema_update
-from diffusion_jax.methods.state import TrainState, init_state, state_shardings
+from diffusion_jax.methods.state import SingleNetwork, TrainState
 from diffusion_jax.parameterization import Parameterization, make_denoiser
 from diffusion_jax.processes import Process
 from diffusion_jax.samplers import sample as run_sampler
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Diffusion:
+class Diffusion(SingleNetwork):
     """``shape``: one example's shape; ``sampler``/``num_steps``/``grid``/``guidance``: the
     defaults of ``sample`` and ``preview`` (the experiment's ``sample`` section)."""
     model: object
@@ -59,15 +59,6 @@ class Diffusion:
         low = (jnp.zeros((1, c.low_res_size, c.low_res_size, self.shape[-1]))
                if c.low_res_size else None)
         return x, t, y, False, ctx, low
-
-    def abstract_state(self, mesh, rules):
-        return state_shardings(self.model, self.tx, self.example_inputs(), mesh, rules)
-
-    def init(self, key):
-        return init_state(self.model, self.tx, self.example_inputs(), key)
-
-    def sample_params(self, state: TrainState):
-        return state.ema_params
 
     # -- training ----------------------------------------------------------------------------
     def train_step(self, state: TrainState, batch: dict, key: jax.Array):

@@ -91,3 +91,18 @@ def _replicate_indivisible(params, shardings, mesh: Mesh):
         logging.warning("replicating %d parameter dimensions not divisible by their mesh axes: %s",
                         len(changed), "; ".join(changed[:8]) + (" ..." if len(changed) > 8 else ""))
     return out
+
+
+class SingleNetwork:
+    """``abstract_state``, ``init`` and ``sample_params`` of the method contract for methods with
+    one network, one optimizer and an EMA (the subclass has ``model``, ``tx`` and
+    ``example_inputs()``)."""
+
+    def abstract_state(self, mesh: Mesh, rules):
+        return state_shardings(self.model, self.tx, self.example_inputs(), mesh, rules)
+
+    def init(self, key) -> TrainState:
+        return init_state(self.model, self.tx, self.example_inputs(), key)
+
+    def sample_params(self, state: TrainState):
+        return state.ema_params
