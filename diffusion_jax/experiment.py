@@ -118,7 +118,9 @@ class Experiment:
 
 
 def _plain(v):
-    if isinstance(v, ConfigDict):
+    """ConfigDicts and dicts -> dicts, lists -> tuples, recursively (JSON configs come back with
+    lists where the experiment had tuples)."""
+    if isinstance(v, (ConfigDict, dict)):
         return {k: _plain(x) for k, x in v.items()}
     if isinstance(v, list):
         return tuple(_plain(x) for x in v)
@@ -250,10 +252,4 @@ def _check_train(t: TrainSpec) -> None:
 
 def stored(config_json: dict) -> Any:
     """The ``ConfigDict`` of a config stored as JSON with a checkpoint (tuples restored)."""
-    def fix(v):
-        if isinstance(v, dict):
-            return {k: fix(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return tuple(fix(x) for x in v)
-        return v
-    return ConfigDict(fix(config_json))
+    return ConfigDict(_plain(config_json))
