@@ -11,7 +11,10 @@ Verbs:
   bench-train     train-step throughput, FLOPs and memory of an experiment
 
 Experiment values are overridden with ``--config.SECTION.KEY=VALUE``. User errors print one line
-(``error: ...``) and exit 2; ``--debug`` shows the traceback.
+(``error: ...``) and exit 2; ``--debug`` shows the traceback. Exit codes of ``train``: 0 finished
+(or stopped at its time limit), 143 preempted by SIGTERM, 130 interrupted by Ctrl-C (both saved
+their last step: run the same command to continue), 1 failed (NaN loss, or NaN/inf in an output of
+``sample``/``eval``/``likelihood``), 2 refused input; ``WORKDIR/status.json`` says the same.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FloatingPointError)
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError)
 
 
 def _split_overrides(argv):
@@ -43,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--distributed", action="store_true",
                        help="call jax.distributed.initialize() first (multi-host TPU pods; also "
                             "when JAX_COORDINATOR_ADDRESS is set)")
+        t.add_argument("--restart", action="store_true",
+                       help="start over: move the workdir's old content to "
+                            "WORKDIR/previous_<time>/ (nothing is deleted)")
     _sample_parser(sub.add_parser("sample", help="sample from a trained workdir"))
     ev = sub.add_parser("eval", help="FD/KID/precision/recall of samplers x NFE")
     ev.add_argument("--workdir", required=True)
@@ -83,8 +89,12 @@ def _sample_parser(s) -> None:
     s.add_argument("--steps", type=int, default=None)
     s.add_argument("--grid", default=None)
     s.add_argument("--num", type=int, default=64)
+    s.add_argument("--batch", type=int, default=256,
+                   help="samples per compiled call: memory stays flat whatever --num is")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", default="samples.png", help=".png grid or .npz (float32 images)")
+    s.add_argument("--out", default="samples.png",
+                   help=".png grid, .npz (float32 images, labels) or .npy (float32 images, "
+                        "written chunk by chunk as they are made)")
     s.add_argument("--labels", default=None, help="'all' (one row per class), 'K', or 'a,b,c,...'")
     s.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (0 unconditional, 1 conditional, >1 guided)")
@@ -101,7 +111,7 @@ def _sample_parser(s) -> None:
 def _train(args, overrides) -> int:
     from diffusion_jax.config import load_config
     from diffusion_jax.experiment import from_config
-    from diffusion_jax.train.loop import train
+    from diffusion_jax.train.loop import EXIT_CODES, train
 
     exp = from_config(load_config(args.config, overrides))
     if args.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
@@ -113,18 +123,20 @@ def _train(args, overrides) -> int:
         from diffusion_jax.eval.sample_eval import training_fd
 
         periodic = training_fd(exp, args.workdir)
-    out = train(exp, args.workdir, periodic)
-    return 0 if out["status"] in ("done", "preempted", "time_limit") else 1
+    out = train(exp, args.workdir, periodic, restart=args.restart)
+    return EXIT_CODES[out["status"]]
 
 
 def _sample(args) -> int:
     from diffusion_jax.generate import SampleRequest, generate
     from diffusion_jax.utils.images import save_output
 
-    req = SampleRequest(args.num, args.seed, args.sampler, args.steps, args.grid, args.labels,
-                        args.guidance, args.classifier, args.classifier_scale, args.init_image,
-                        args.mask, args.resample, args.strength, args.low_res)
-    g = generate(args.workdir, req)
+    req = SampleRequest(
+        num=args.num, batch=args.batch, seed=args.seed, sampler=args.sampler, steps=args.steps,
+        grid=args.grid, labels=args.labels, guidance=args.guidance, classifier=args.classifier,
+        classifier_scale=args.classifier_scale, init_image=args.init_image, mask=args.mask,
+        resample=args.resample, strength=args.strength, low_res=args.low_res)
+    g = generate(args.workdir, req, out=args.out)
     out = {"step": g.step, "out": args.out, "num": len(g.images)}
     out.update(save_output(args.out, g.images, g.inputs, g.nrow, g.labels))
     print(json.dumps(out))
@@ -170,6 +182,9 @@ def main(argv=None) -> int:
         return _run(args, overrides)
     try:
         return _run(args, overrides)
+    except FloatingPointError as e:  # a run or an output that diverged: failed, not misused
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except USER_ERRORS as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)

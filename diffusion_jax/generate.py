@@ -10,10 +10,12 @@ tested without a subprocess; the CLI only parses them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from diffusion_jax import guidance
 from diffusion_jax.conditioning import downsample
@@ -28,6 +30,7 @@ from diffusion_jax.workdir import load, load_classifier, read_experiment
 class SampleRequest:
     """The ``sample`` command's options (``None``: the experiment's own setting)."""
     num: int = 64
+    batch: int = 256                   # samples per compiled call (memory does not grow with num)
     seed: int = 0
     sampler: str | None = None
     steps: int | None = None
@@ -56,6 +59,8 @@ def check_request(req: SampleRequest) -> None:
     """Flag combinations that cannot run, before anything is loaded or compiled."""
     if req.num < 1:
         raise ValueError(f"--num must be >= 1, got {req.num}")
+    if req.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {req.batch}")
     if req.steps is not None and req.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {req.steps} (omit it for the experiment's "
                          "own number of steps)")
@@ -153,8 +158,11 @@ def _init_images(req: SampleRequest, exp: Experiment, n: int, test):
     return np.resize(init, (n,) + init.shape[1:])
 
 
-def generate(workdir: str, req: SampleRequest) -> Generated:
-    """Samples from a workdir under every control of ``req``; all checks run before compiling."""
+def generate(workdir: str, req: SampleRequest, out: str | None = None) -> Generated:
+    """Samples from a workdir under every control of ``req``; all checks run before compiling.
+    Samples are made ``req.batch`` at a time (one compiled call, reused; chunk ``i`` draws from
+    ``fold_in(key, i)``) and checked for NaN/inf as they come; with ``out`` ending in ``.npy``
+    each chunk is written to that file as soon as it is made."""
     check_request(req)
     exp = read_experiment(workdir)  # the checks below need only the experiment
     method = exp.method
@@ -171,38 +179,67 @@ def generate(workdir: str, req: SampleRequest) -> Generated:
     mask = None
     if req.mask:
         mask = make_mask(req.mask, exp.shape, req.seed)
+        if mask.shape[:2] != tuple(exp.shape[:2]) or mask.shape[-1] not in (1, exp.shape[-1]):
+            raise ValueError(f"--mask {req.mask} is {mask.shape[0]}x{mask.shape[1]}x"
+                             f"{mask.shape[-1]}; this model makes {'x'.join(map(str, exp.shape))} "
+                             "images: give a mask of that size (1 or the image's channels)")
         inputs = init * mask  # unknown pixels shown mid-grey
     elif req.strength is not None:
         inputs = init
-    check_sample_inputs(method.model, cond, req.guidance, classifier, (n,) + exp.shape)
+    b = min(req.batch, n)
+    check_sample_inputs(method.model, _take(cond, 0, b, n), req.guidance, classifier,
+                        (b,) + exp.shape)
     _, params, step = load(workdir)
-    images = _run(method, params, req, cond or None, n, init, mask, classifier)
-    images = np.asarray(images)
-    if not np.all(np.isfinite(images)):
-        raise FloatingPointError(f"the samples from {workdir} (checkpoint step {step}) hold "
-                                 "NaN/inf: the parameters or the sampler diverged")
+    images = (np.lib.format.open_memmap(out, "w+", np.float32, (n,) + exp.shape)
+              if out is not None and str(out).endswith(".npy")
+              else np.empty((n,) + exp.shape, np.float32))
+    key = jax.random.key(req.seed)
+    for i, start in enumerate(tqdm(range(0, n, b), desc="sample", disable=n <= b)):
+        chunk = np.asarray(_run(method, params, req, _take(cond, start, b, n),
+                                _take(init, start, b, n), mask, classifier,
+                                jax.random.fold_in(key, i), b))[: n - start]
+        if not np.all(np.isfinite(chunk)):
+            raise FloatingPointError(
+                f"samples {start}..{start + len(chunk) - 1} from {workdir} (checkpoint step "
+                f"{step}) hold NaN/inf: the parameters or the sampler diverged")
+        images[start: start + len(chunk)] = chunk
+    if isinstance(images, np.memmap):
+        images.flush()
     y = np.asarray(cond["y"]) if "y" in cond else None
     return Generated(images, inputs, nrow, y, step)
 
 
-def _run(method: Diffusion, params, req: SampleRequest, cond, n, init, mask, classifier):
-    key = jax.random.key(req.seed)
+def _take(x, start: int, b: int, n: int):
+    """Rows ``start .. start+b`` of an array (or a dict of them) with ``n`` rows; the last chunk is
+    padded with its first rows so that every chunk has one shape (one compile)."""
+    if x is None:
+        return None
+    if isinstance(x, dict):
+        return {k: _take(v, start, b, n) for k, v in x.items()} or None
+    part = x[start: start + b]
+    if len(part) < b:
+        part = np.concatenate([np.asarray(part)] * (-(-b // len(part))))[:b]
+    return jnp.asarray(part)
+
+
+def _run(method: Diffusion, params, req: SampleRequest, cond, init, mask, classifier, key, b):
     steps = req.steps or method.num_steps
     grid = req.grid or method.grid
     if req.mask and req.resample > 1:
         fn = make_repaint_fn(method, steps, req.resample, grid, req.guidance)
-        return fn(params, jnp.asarray(init), jnp.asarray(mask), key, cond)
+        return fn(params, init, jnp.asarray(mask), key, cond)
     if req.strength is not None:
         fn = make_sdedit_fn(method, req.sampler or method.sampler, steps, grid, req.strength,
                             req.guidance)
-        return fn(params, jnp.asarray(init), key, cond)
+        return fn(params, init, key, cond)
     fn = method.sample_fn(req.sampler, steps, grid, req.guidance, classifier)
-    x_T = method.process.prior_sample(key, (n,) + method.shape)
+    x_T = method.process.prior_sample(key, (b,) + method.shape)
     if req.mask:
-        return fn(params, x_T, key, cond, jnp.asarray(init), jnp.asarray(mask))
+        return fn(params, x_T, key, cond, init, jnp.asarray(mask))
     return fn(params, x_T, key, cond)
 
 
+@functools.lru_cache(maxsize=16)  # one compile per setting, reused by every chunk
 def make_repaint_fn(method: Diffusion, num_steps: int, resample: int, grid: str = "logsnr",
                     guidance_scale: float | None = None):
     """``fn(params, known, mask, key, cond=None)``: RePaint inpainting, jitted whole."""
@@ -220,6 +257,7 @@ def make_repaint_fn(method: Diffusion, num_steps: int, resample: int, grid: str 
     return checked
 
 
+@functools.lru_cache(maxsize=16)
 def make_sdedit_fn(method: Diffusion, sampler: str, num_steps: int, grid: str, strength: float,
                    guidance_scale: float | None = None):
     """``fn(params, x_init, key, cond=None)``: SDEdit at ``strength``, jitted whole."""

@@ -23,12 +23,16 @@ def _config(name: str, overrides):
     return cfg
 
 
-def toy_config(steps: int = 4):
+def toy_overrides(steps: int = 4) -> list[str]:
     """The toy experiment at smoke size: an MLP compiles in seconds, so the loop's mechanics
     (grain iterator, orbax, resume, signals) are tested without waiting on a U-Net compile."""
-    return _config("toy_gmm.py", ["model.hidden=16", "model.depth=2", f"train.steps={steps}",
-                                  "train.batch_size=8", "train.log_every=1", "train.ckpt_every=2",
-                                  "sample.num=16", "sample.num_steps=2", "optimizer.warmup_steps=1"])
+    return ["model.hidden=16", "model.depth=2", f"train.steps={steps}", "train.batch_size=8",
+            "train.log_every=1", "train.ckpt_every=2", "sample.num=16", "sample.num_steps=2",
+            "optimizer.warmup_steps=1"]
+
+
+def toy_config(steps: int = 4):
+    return _config("toy_gmm.py", toy_overrides(steps))
 
 
 def tiny_image_config(tmp_path, steps: int = 2, n_images: int = 64):
@@ -66,5 +70,6 @@ def cli_error(capsys, argv) -> str:
 def configs():
     """The config helpers above, for tests (no test module imports another)."""
     import types
-    return types.SimpleNamespace(toy=toy_config, tiny_image=tiny_image_config, experiment=experiment,
+    return types.SimpleNamespace(toy=toy_config, toy_overrides=toy_overrides,
+                                 tiny_image=tiny_image_config, experiment=experiment,
                                  cli_error=cli_error, root=ROOT)

@@ -122,6 +122,23 @@ def first_images(source, n: int, shape: tuple[int, ...]):
     return x.reshape((n,) + tuple(shape))
 
 
+def check_source(source, dataset: str, shape: tuple[int, ...]) -> None:
+    """An empty source, or examples of another shape than the experiment declares, named before
+    anything is built (a 32x32 file must not train "fine" as 28x28)."""
+    if len(source) == 0:
+        raise ValueError(f"dataset {dataset!r} has no examples: check the path / split")
+    got = tuple(np.shape(source[0]["image"]))
+    got = got + (1,) if len(got) == 2 else got
+    if got != tuple(shape):
+        if len(shape) == 3 and len(got) == 3:
+            fix = (f"set --config.data.image_size={got[0]} --config.data.channels={got[2]}"
+                   if got[0] == got[1] else "make the images square")
+        else:
+            fix = f"set --config.data.dim={got[0]}" if len(got) == 1 else "check data.dim"
+        raise ValueError(f"dataset {dataset!r} holds examples of shape {got} but the experiment "
+                         f"declares {tuple(shape)}: {fix}")
+
+
 def get_source(dataset: str, split: str = "train", data_dir: str | None = None):
     """Resolve a dataset name of the forms listed in the module docstring."""
     if dataset.startswith("gmm:"):

@@ -56,6 +56,9 @@ def workdir_bits_per_dim(workdir: str, num: int = 512, batch: int = 128, trace: 
         dim = math.prod(y.shape[1:])
         lp, stats = logp(params, jnp.asarray(y), jax.random.fold_in(jax.random.key(seed), i))
         bpds.append(np.asarray(bits_per_dim(lp, dim)))
+        if not np.all(np.isfinite(bpds[-1])):
+            raise FloatingPointError(f"bits/dim of test images {i}..{idx[-1]} is NaN/inf "
+                                     f"(checkpoint step {step} of {workdir}): the model diverged")
         nfes.append(int(stats["nfe"]))
     b = np.concatenate(bpds)
     res = {"bits_per_dim": float(b.mean()), "standard_error": float(b.std(ddof=1) / math.sqrt(len(b))),

@@ -44,8 +44,11 @@ def sample_images(method, params, num: int, key, batch: int = 250, sample_fn=Non
     out = []
     for i in range(0, num, batch):
         k, n = jax.random.fold_in(key, i), min(batch, num - i)
-        x = sample_fn(params, k, n, i) if sample_fn else method.sample(params, k, n)
-        out.append(np.asarray(jnp.clip(x, -1, 1)))
+        x = np.asarray(sample_fn(params, k, n, i) if sample_fn else method.sample(params, k, n))
+        if not np.all(np.isfinite(x)):  # clipping would hide it; features of NaN are NaN
+            raise FloatingPointError(f"samples {i}..{i + n - 1} hold NaN/inf: the parameters or "
+                                     "the sampler diverged")
+        out.append(np.clip(x, -1, 1))
     return np.concatenate(out)
 
 

@@ -56,7 +56,12 @@ def read_history(workdir: str | Path, upto: int) -> list[dict]:
     path = Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line cut short by kill -9 (it is re-logged after the resume)
+            continue
     return [r for r in rows if r["step"] <= upto]
 
 

@@ -1,13 +1,17 @@
 """``train(experiment, workdir)``: the main job, top to bottom, for every method. The loop knows
 no family: it creates the method's state sharded (or restores it), jits the method's pure
 ``train_step`` with shardings and donation, feeds it grain batches, and handles checkpoints with
-the iterator state, resume, SIGTERM, the NaN stop, logging, preview grids and a time limit."""
+the iterator state, resume, SIGTERM/SIGINT, the NaN stop, logging, preview grids and a time
+limit. It also guards the workdir: a lock, ``status.json``, and no silent restart."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -17,9 +21,10 @@ from tqdm import tqdm
 
 from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.data import global_batch, image_pipeline
-from diffusion_jax.data.sources import first_images, get_source
+from diffusion_jax.data.sources import check_source, first_images, get_source
 from diffusion_jax.experiment import Experiment
 from diffusion_jax.parallel import batch_sharding, batch_size_per_shard, make_mesh
+from diffusion_jax.train.lock import WorkdirLock
 from diffusion_jax.train.logger import MetricLogger, read_history
 from diffusion_jax.utils.images import plot_curve, save_grid, save_scatter
 
@@ -27,16 +32,48 @@ from diffusion_jax.utils.images import plot_curve, save_grid, save_scatter
 # passes the training-time FD of ``diffusion_jax.eval``; the loop does not import eval).
 Periodic = Callable[[object, int, jax.Array], dict]
 
+# How a run ended: ``status.json``'s "status" and the CLI's exit code. A preempted (SIGTERM) or
+# interrupted (Ctrl-C) run saved its last step: run the same command to continue.
+EXIT_CODES = {"done": 0, "time_limit": 0, "preempted": 143, "interrupted": 130, "nan": 1,
+              "failed": 1}
 
-def train(exp: Experiment, workdir: str, periodic: Periodic | None = None) -> dict:
+
+def train(exp: Experiment, workdir: str, periodic: Periodic | None = None,
+          restart: bool = False) -> dict:
+    """Train ``exp`` in ``workdir``, resuming from its newest intact checkpoint. Refuses (before
+    compiling) a workdir another trainer holds, checkpoints that none restores or that a
+    differently shaped state wrote; ``restart=True`` moves the old content aside first."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    tc, method = exp.train, exp.method
-    mesh = make_mesh(exp.mesh.axes)
-    batch_size_per_shard(mesh, tc.batch_size)
     d = exp.data
-    data_iter = iter(image_pipeline(get_source(d.dataset, "train", d.data_dir or None),
-                                    tc.batch_size, exp.seed, d.random_flip))
+    source = get_source(d.dataset, "train", d.data_dir or None)
+    check_source(source, d.dataset, d.shape)
+    mesh = make_mesh(exp.mesh.axes)
+    batch_size_per_shard(mesh, exp.train.batch_size)
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock = WorkdirLock(workdir)
+    if jax.process_index() == 0:
+        lock.acquire()
+    try:
+        if restart:
+            print(f"--restart: moved the old content of {workdir} to {move_aside(workdir)}")
+        return _train(exp, workdir, source, mesh, periodic)
+    finally:
+        lock.release()
+
+
+def move_aside(workdir: Path) -> Path:
+    """Everything in ``workdir`` (but the lock) into ``workdir/previous_<time>/``; nothing deleted."""
+    dest = workdir / f"previous_{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.mkdir()
+    for p in workdir.iterdir():
+        if p != dest and p.name != "lock.json" and not p.name.startswith("previous_"):
+            shutil.move(str(p), str(dest / p.name))
+    return dest
+
+
+def _train(exp: Experiment, workdir: Path, source, mesh, periodic) -> dict:
+    tc, method = exp.train, exp.method
+    data_iter = iter(image_pipeline(source, tc.batch_size, exp.seed, exp.data.random_flip))
     k_init, k_train, k_sample = jax.random.split(jax.random.key(exp.seed), 3)
     abstract, shardings = method.abstract_state(mesh, exp.mesh.rules)
     ckpt = Checkpointer(workdir, tc.keep)
@@ -51,18 +88,24 @@ def train(exp: Experiment, workdir: str, periodic: Periodic | None = None) -> di
     bsh = batch_sharding(mesh)
     step_fn = jax.jit(method.train_step, in_shardings=(shardings, bsh, None),
                       out_shardings=(shardings, None), donate_argnums=(0,))
-    stop = {"sig": None}
-    old = signal.signal(signal.SIGTERM, lambda sig, frame: stop.update(sig=sig))
+    stop = _Signals()
     log = MetricLogger(workdir, read_history(workdir, step0))
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(method.sample_params(abstract)))
     print(f"{exp.method_name}: {n_params / 1e6:.2f}M parameters; mesh {dict(mesh.shape)}; "
           f"{tc.steps} steps of batch {tc.batch_size}")
+    _write_status(workdir, "running", step0)
     bar = tqdm(total=tc.steps, initial=step0, desc="train", dynamic_ncols=True,
                disable=jax.process_index() != 0)
-    status, t_start, last = "done", time.time(), (time.time(), step0)
+    status, message, t_start, last = "done", "", time.time(), (time.time(), step0)
+    # The iterator position that belongs to the state's step: taken right after each fetch, so
+    # that a signal or error arriving anywhere (inside the fetch too) never saves a position
+    # one batch ahead of the state.
+    data_state = data_iter.get_state()
     try:
         for step in range(step0, tc.steps):
-            state, metrics = step_fn(state, global_batch(next(data_iter), bsh), k_train)
+            batch = next(data_iter)
+            state, metrics = step_fn(state, global_batch(batch, bsh), k_train)
+            data_state = data_iter.get_state()
             done = step + 1
             # The loss is checked at every log step and before every checkpoint, so that a NaN
             # state is never saved even when ckpt_every is not a multiple of log_every.
@@ -81,7 +124,7 @@ def train(exp: Experiment, workdir: str, periodic: Periodic | None = None) -> di
                 bar.set_postfix(loss=f"{m['loss']:.4f}", img_s=f"{m['img_per_s']:.0f}")
             bar.update(1)
             if done % tc.ckpt_every == 0:
-                ckpt.save(done, state, data_iter.get_state(), exp.config)
+                ckpt.save(done, state, data_state, exp.config)
             if periodic is not None and tc.fid_every and done % tc.fid_every == 0:
                 row = periodic(method.sample_params(state), done, jax.random.fold_in(k_sample, done))
                 log.write({"step": done, **row})
@@ -89,16 +132,69 @@ def train(exp: Experiment, workdir: str, periodic: Periodic | None = None) -> di
                 write_preview(exp, method.sample_params(state), workdir,
                               f"samples_{done:06d}.png", k_sample, log, done)
             over_time = tc.time_limit_minutes and (time.time() - t_start) > 60 * tc.time_limit_minutes
-            if stop["sig"] is not None or over_time:
-                status = "preempted" if stop["sig"] is not None else "time_limit"
+            if stop.name is not None or over_time:
+                status = stop.name or "time_limit"
                 break
+    except BaseException as e:
+        status = status if status == "nan" else ("interrupted" if isinstance(e, KeyboardInterrupt)
+                                                 else "failed")
+        message = f"{type(e).__name__}: {e}"
+        raise
     finally:
         bar.close()
-        signal.signal(signal.SIGTERM, old)
-        if status != "nan" and ckpt.latest_step() != int(state.step):
-            ckpt.save(int(state.step), state, data_iter.get_state(), exp.config, force=True)
-        ckpt.wait()
+        stop.restore()
+        saved = _final_save(ckpt, state, data_state, exp.config, status)
+        _write_status(workdir, status, saved, message)
     return _finish(exp, state, workdir, status, log, k_sample)
+
+
+class _Signals:
+    """SIGTERM (preemption) and a first Ctrl-C ask the loop to stop after the current step and
+    save it; a second Ctrl-C interrupts at once (the last completed step is still saved)."""
+
+    def __init__(self):
+        self.name = None
+        self.old = {}
+        if threading.current_thread() is threading.main_thread():  # handlers live there only
+            self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, sig, frame):
+        if sig == signal.SIGINT and self.name == "interrupted":
+            raise KeyboardInterrupt
+        self.name = "preempted" if sig == signal.SIGTERM else "interrupted"
+        if sig == signal.SIGINT:
+            print("\ninterrupt: saving after this step (Ctrl-C again to stop at once)", flush=True)
+
+    def restore(self):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
+def _final_save(ckpt: Checkpointer, state, data_state, config, status: str) -> int | None:
+    """Save the state's step unless it is already saved or the run diverged; returns the step
+    the workdir now holds. Never raises over the error that ended the run."""
+    try:
+        step = int(state.step)
+        if status != "nan" and ckpt.latest_step() != step:
+            ckpt.save(step, state, data_state, config, force=True)
+        ckpt.wait()
+    except Exception as e:  # noqa: BLE001 - e.g. NaN weights, or buffers donated to a failed step
+        print(f"warning: the final checkpoint was not written ({type(e).__name__}: {e}); the "
+              f"last saved step is {ckpt.latest_step()}")
+    return ckpt.latest_step()
+
+
+def _write_status(workdir: Path, status: str, step, message: str = "") -> None:
+    """``status.json``: what the run is doing or how it ended, and its exit code."""
+    if jax.process_index() != 0:
+        return
+    row = {"status": status, "step": step, "exit_code": EXIT_CODES.get(status),
+           "pid": os.getpid(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if message:
+        row["message"] = message[:2000]
+    tmp = workdir / "status.json.tmp"
+    tmp.write_text(json.dumps(row, indent=1))
+    tmp.replace(workdir / "status.json")
 
 
 def _finish(exp: Experiment, state, workdir: Path, status: str, log: MetricLogger, key) -> dict:

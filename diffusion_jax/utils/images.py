@@ -131,9 +131,13 @@ def make_mask(spec: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 def save_output(out: str | Path, images, inputs=None, nrow: int | None = None,
                 labels=None) -> dict:
-    """Write samples as ``.npz`` (float32 ``images`` and ``labels``) or as a PNG grid (a scatter
+    """Write samples as ``.npz`` (float32 ``images`` and ``labels``), ``.npy`` or as a PNG grid (a scatter
     plot for vectors), plus ``<stem>_input.png`` showing the inputs; returns what was written."""
     out = Path(out)
+    if out.suffix == ".npy":
+        if not isinstance(images, np.memmap):  # generate() streams into the file itself
+            np.save(out, images)
+        return {}
     if out.suffix == ".npz":
         np.savez(out, images=images, **({"labels": labels} if labels is not None else {}))
         return {}
