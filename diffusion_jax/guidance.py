@@ -110,7 +110,9 @@ def broadcast_mask(mask, x_known):
 
 def inpaint(denoise: Callable, process: Process, x_known: Array, mask: Array, key: Array) -> Callable:
     """``mask`` (1 = known, broadcastable to ``x_known``); the noise for the known part is drawn
-    once from ``key``. The returned denoiser's output equals ``x_known`` where ``mask = 1``."""
+    once from ``key``. The returned denoiser's output equals ``x_known`` where ``mask = 1``;
+    sample with ``final="denoise"`` so that the result is that output (the default ODE final
+    step also averages in the sampler's own state, whose known part is not exact)."""
     m = broadcast_mask(mask, x_known)
     eps = jax.random.normal(key, x_known.shape, x_known.dtype)
 

@@ -178,3 +178,58 @@ def test_grids():
     assert lead[-1] == 0 and trail[0] == 999 and trail[-1] == 0 and len(set(lead)) == 11
     with pytest.raises(ValueError, match="DiscreteVP"):
         dj.make_grid(P.VP.linear(), 10, "trailing")
+
+
+def test_the_ode_final_step_matches_its_closed_form_on_a_gaussian():
+    """From the exact x(t_min) of N(mu, v): the jump x0_hat is off by u/(2v) of x(0) - mu, the
+    ODE step in u = (sigma/alpha)^2 by u^2/(8v^2) (both to leading order), u = u(t_min)."""
+    with jax.enable_x64(True):
+        mu, std = 0.3, 0.05
+        g = dj.gmm.gaussian(3, mu, std)
+        proc = P.VP.linear()
+        v, t = std ** 2, proc.t_min
+        a, s = proc.alpha(t), proc.sigma(t)
+        u = float((s / a) ** 2)
+        x_end = mu + jax.random.normal(jax.random.key(0), (4096, 3), jnp.float64) * std  # x(0)
+        x_t = a * (mu + (x_end - mu) * jnp.sqrt(v + u) / std)  # the exact PF-ODE path at t_min
+        x0 = g.denoiser(proc)(x_t, t)
+        rel = lambda y: float(jnp.sqrt(jnp.mean((y - x_end) ** 2)) / jnp.sqrt(jnp.mean((x_end - mu) ** 2)))
+        jump, ode = (rel(driver.final_step(x_t, x0, proc, t, k)) for k in ("denoise", "ode"))
+    np.testing.assert_allclose(jump, u / (2 * v), rtol=0.05)
+    np.testing.assert_allclose(ode, u ** 2 / (8 * v ** 2), rtol=0.05)
+
+
+def test_no_accuracy_floor_at_high_nfe():
+    """Against the exact endpoint at sigma = 0 (dopri5 down to t = 1e-9): the first-order jump
+    from t_min holds every sampler near 1e-3; the ODE final step does not."""
+    g, proc = dj.gmm.ring(8, 2.0, 0.05), P.VP.linear()
+    x_T = proc.prior_sample(jax.random.key(0), (256, 2))
+    with jax.enable_x64(True):
+        end = P.VP.linear(t_min=1e-9)
+        ref = np.asarray(dj.sample(g.denoiser(end), end, x_T.astype(jnp.float64),
+                                   sampler="ode_dopri5", ts=[1.0, 1e-9], final="denoise",
+                                   sampler_kwargs=dict(rtol=1e-10, atol=1e-10)))
+    err = {f: float(np.sqrt(np.mean((np.asarray(dj.sample(
+        g.denoiser(proc), proc, x_T, sampler="unipc", num_steps=99, final=f)) - ref) ** 2)))
+        for f in ("denoise", "ode")}
+    assert err["ode"] < err["denoise"] / 4, err
+
+
+def test_no_error_jump_across_step_counts():
+    """Adding a step never makes a multistep solver's endpoint worse by more than 30%, on any
+    of four grids from 5 to 30 steps (the old n < 15 rule: up to 30x from 14 to 15 steps)."""
+    g, proc = dj.gmm.ring(8, 2.0, 0.05), P.VP.linear()
+    x_T = proc.prior_sample(jax.random.key(0), (128, 2))
+    den = g.denoiser(proc)
+    ref = dj.sample(den, proc, x_T, sampler="ode_dopri5", sampler_kwargs=dict(rtol=1e-7, atol=1e-7))
+    bad = []
+    for name in ("dpmpp_2m", "dpmpp_3m", "unipc"):
+        sampler = dj.samplers.resolve_sampler(name)
+        run = jax.jit(lambda ts, s=sampler: driver.run(s, den, proc, x_T, ts, jax.random.key(0))[0])
+        for grid in ("uniform", "quadratic", "karras", "logsnr"):
+            errs = [float(jnp.sqrt(jnp.mean((run(jnp.asarray(dj.make_grid(proc, n, grid),
+                                                              jnp.float32)) - ref) ** 2)))
+                    for n in range(5, 31)]
+            bad += [(name, grid, n + 6, round(b / a, 2)) for n, (a, b) in
+                    enumerate(zip(errs, errs[1:])) if b > 1.3 * a]
+    assert not bad, bad

@@ -199,8 +199,9 @@ def make_sample_fn(model, process, par, sampler: str, num_steps: int, grid: str,
         denoise = model_denoiser(model, process, par, params, cond, guidance_scale, clf)
         if known is not None:
             denoise = guidance.inpaint(denoise, process, known, mask, jax.random.fold_in(key, 1))
+        # inpainting's output is its last denoised estimate, whose known part is exact
         return run_sampler(denoise, process, x_T, sampler=sampler, num_steps=num_steps, key=key,
-                           grid=grid)
+                           grid=grid, final="ode" if known is None else "denoise")
 
     jitted = jax.jit(fn)
 

@@ -88,7 +88,8 @@ class UniPC(Sampler):
             x = jnp.where(i > 0, xc, x)
         ms, lams = push(ms, m), push(lams, l_s)
         h = l_t - l_s
-        k_now = _order_at(i, ctx.num_steps, self.order, self.lower_order_final)
+        k_now = _order_at(i, ctx.num_steps, self.order, self.lower_order_final, h, l_s - lams[1],
+                          (lams[1] - lams[2]) if self.order == 3 else None)
         cands = [_unipc_update(x, m, ms[1:], lams[1:], l_s, a_t, s_t / s_s, h, k, self.variant)
                  for k in range(1, self.order + 1)]
         x_new = cands[0]
