@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.processes import Process
-from diffusion_jax.samplers import make_grid, sample
+from diffusion_jax.samplers import DDPM, Context, make_grid, sample
 
 Array = jax.Array
 
@@ -117,8 +117,7 @@ def inpaint(denoise: Callable, process: Process, x_known: Array, mask: Array, ke
     eps = jax.random.normal(key, x_known.shape, x_known.dtype)
 
     def guided(x, t):
-        noised = process.alpha(t) * x_known + process.sigma(t) * eps
-        x0 = denoise(m * noised + (1 - m) * x, t)
+        x0 = denoise(m * process.marginal(x_known, t, eps) + (1 - m) * x, t)
         return m * x_known + (1 - m) * x0
 
     return guided
@@ -128,10 +127,12 @@ def repaint(denoise: Callable, process: Process, x_known: Array, mask: Array, ke
             num_steps: int = 100, resample: int = 10, grid: str = "logsnr") -> Array:
     """Inpaint with RePaint's resampling; returns samples equal to ``x_known`` where ``mask = 1``.
 
-    One ``lax.scan`` over the grid; at each step ``t -> s``, ``resample`` times: replace the known
-    entries of ``x_t`` by ``alpha_t x_known + sigma_t z``, take the ancestral (DDPM posterior)
-    step to ``s``, and (all but the last time) noise back to ``t`` with the forward transition.
-    ``resample=1`` is the replacement method with ancestral steps. NFE = num_steps * resample + 1.
+    One ``lax.scan`` over the grid; at each step from ``s`` to the next time ``t < s`` (the
+    samplers' convention), ``resample`` times: replace the known entries of ``x_s`` by a fresh
+    forward sample ``q(x_s | x_known)``, take the DDPM ancestral step of ``samplers.DDPM`` to
+    ``t``, and (all but the last time) noise back to ``s`` with the forward transition
+    ``q(x_s | x_t)``. ``resample=1`` is the replacement method with ancestral steps.
+    NFE = num_steps * resample + 1.
     """
     if resample < 1:
         raise ValueError(f"resample must be >= 1, got {resample}")
@@ -140,30 +141,28 @@ def repaint(denoise: Callable, process: Process, x_known: Array, mask: Array, ke
     k_prior, k_steps = jax.random.split(key)
     x_T = process.prior_sample(k_prior, x_known.shape).astype(x_known.dtype)
     normal = lambda k: jax.random.normal(k, x_known.shape, x_known.dtype)
+    ctx, ddpm = Context(denoise, process, num_steps), DDPM()
 
     def step(x, inp):
-        t, s, k = inp
-        a_t, s_t, a_s, s_s = process.alpha(t), process.sigma(t), process.alpha(s), process.sigma(s)
-        var_ts = jnp.maximum(s_t**2 - (a_t / a_s) ** 2 * s_s**2, 0.0)  # q(x_t | x_s) variance
-        c2 = var_ts * s_s**2 / s_t**2                                   # posterior variance
+        i, s, t, k = inp
+        a_s, s_s, a_t, s_t = process.alpha(s), process.sigma(s), process.alpha(t), process.sigma(t)
+        var_up = jnp.maximum(s_s**2 - (a_s / a_t) ** 2 * s_t**2, 0.0)  # q(x_s | x_t) variance
 
         def down(x, k):
             k1, k2 = jax.random.split(k)
-            x = m * (a_t * x_known + s_t * normal(k1)) + (1 - m) * x
-            x0 = denoise(x, t)
-            eps = (x - a_t * x0) / s_t
-            return a_s * x0 + jnp.sqrt(jnp.maximum(s_s**2 - c2, 0.0)) * eps + jnp.sqrt(c2) * normal(k2)
+            x = m * process.marginal(x_known, s, normal(k1)) + (1 - m) * x
+            return ddpm.step(ctx, {"x": x}, i, s, t, k2)["x"]
 
         def down_up(u, x):
             k_down, k_up = jax.random.split(jax.random.fold_in(k_u, u))
-            return (a_t / a_s) * down(x, k_down) + jnp.sqrt(var_ts) * normal(k_up)
+            return (a_s / a_t) * down(x, k_down) + jnp.sqrt(var_up) * normal(k_up)
 
         k_u, k_last = jax.random.split(k)
         x = jax.lax.fori_loop(0, resample - 1, down_up, x)
         return down(x, k_last), None
 
     keys = jax.random.split(k_steps, num_steps)
-    x, _ = jax.lax.scan(step, x_T, (ts[:-1], ts[1:], keys))
+    x, _ = jax.lax.scan(step, x_T, (jnp.arange(num_steps), ts[:-1], ts[1:], keys))
     x0 = denoise(x, ts[-1])
     return m * x_known + (1 - m) * x0
 
@@ -178,7 +177,6 @@ def sdedit(denoise: Callable, process: Process, x_init: Array, strength: float, 
         return x_init
     t0 = process.t_min + strength * (process.t_max - process.t_min)
     k_noise, k_sample = jax.random.split(key)
-    eps = jax.random.normal(k_noise, x_init.shape, x_init.dtype)
-    x_t = process.alpha(t0) * x_init + process.sigma(t0) * eps
+    x_t = process.marginal(x_init, t0, jax.random.normal(k_noise, x_init.shape, x_init.dtype))
     ts = make_grid(process, num_steps, grid, t_max=t0)
     return sample(denoise, process, x_t, sampler=sampler, ts=ts, key=k_sample)

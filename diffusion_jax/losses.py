@@ -85,7 +85,7 @@ def denoising_loss(apply_fn: Callable, params, x0: Array, key: Array, process: P
     t = sample_t(k_t, x0.shape[0], process, cfg.t_sampler, cfg.p_mean, cfg.p_std)
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     a, s = _bcast(process.alpha(t), x0), _bcast(process.sigma(t), x0)
-    x_t = a * x0 + s * eps
+    x_t = process.marginal(x0, t, eps)
     net_x, net_t = parameterization.inputs(x_t, t, a, s)
     out = apply_fn(params, net_x, jnp.reshape(net_t, t.shape), cond, train, {"dropout": k_drop})
     target = parameterization.target(x0, eps, a, s, t)

@@ -19,7 +19,7 @@ Denoisers, samplers and guidance only ever see ``x0_hat``; ``eps_hat`` and the s
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -128,28 +128,38 @@ class EDMPrecond(Parameterization):
 
     sigma_data: float = 0.5
 
-    def _c(self, alpha, sigma):
+    def scalings(self, alpha, sigma) -> "EDMScalings":
+        """The named coefficients at ``(alpha, sigma)``."""
         s = sigma / alpha
         sd2 = self.sigma_data**2
         r = jnp.sqrt(s**2 + sd2)
-        return s, sd2 / (s**2 + sd2), s * self.sigma_data / r, 1.0 / r
+        return EDMScalings(s=s, c_skip=sd2 / (s**2 + sd2), c_out=s * self.sigma_data / r,
+                           c_in=1.0 / r, c_noise=0.25 * jnp.log(s))
 
     def inputs(self, x_t, t, alpha, sigma):
-        s, _, _, c_in = self._c(alpha, sigma)
-        return c_in * x_t / alpha, 0.25 * jnp.log(s)
+        c = self.scalings(alpha, sigma)
+        return c.c_in * x_t / alpha, c.c_noise
 
     def to_x0(self, out, x_t, alpha, sigma, t=None):
-        _, c_skip, c_out, _ = self._c(alpha, sigma)
-        return c_skip * x_t / alpha + c_out * out
+        c = self.scalings(alpha, sigma)
+        return c.c_skip * x_t / alpha + c.c_out * out
 
     def target(self, x0, eps, alpha, sigma, t=None):
-        s, c_skip, c_out, _ = self._c(alpha, sigma)
-        x_tilde = x0 + s * eps
-        return (x0 - c_skip * x_tilde) / c_out
+        c = self.scalings(alpha, sigma)
+        x_tilde = x0 + c.s * eps
+        return (x0 - c.c_skip * x_tilde) / c.c_out
 
     def loss_scale(self, alpha, sigma):
-        _, _, c_out, _ = self._c(alpha, sigma)
-        return c_out**2
+        return self.scalings(alpha, sigma).c_out ** 2
+
+
+class EDMScalings(NamedTuple):
+    """EDM's coefficients by name (``s = sigma / alpha``, the VE-equivalent noise level)."""
+    s: jax.Array
+    c_skip: jax.Array
+    c_out: jax.Array
+    c_in: jax.Array
+    c_noise: jax.Array
 
 
 PARAMETERIZATIONS = {

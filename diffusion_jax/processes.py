@@ -93,11 +93,6 @@ def _bcast(v, x):
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim)) if v.ndim else v
 
 
-def _vp_from_logsnr(logsnr):
-    # alpha^2 = sigmoid(logsnr), sigma^2 = sigmoid(-logsnr): the VP identity alpha^2+sigma^2=1.
-    return jnp.sqrt(jax.nn.sigmoid(logsnr)), jnp.sqrt(jax.nn.sigmoid(-logsnr))
-
-
 @dataclasses.dataclass(frozen=True)
 class VP(Process):
     """Variance-preserving process (DDPM, Ho et al. 2020; Song et al. 2021), ``alpha^2+sigma^2=1``.
@@ -286,11 +281,10 @@ class DiscreteVP(Process):
         betas = discrete_betas(self.betas, self.num_timesteps, self.beta_start, self.beta_end)
         log_alpha = 0.5 * np.cumsum(np.log1p(-betas))
         ts = np.arange(1, self.num_timesteps + 1, dtype=np.float64) / self.num_timesteps
-        logsnr = 2 * log_alpha - np.log(-np.expm1(2 * log_alpha))
-        return ts, log_alpha, logsnr
+        return ts, log_alpha
 
     def log_alpha(self, t):
-        ts, la, _ = self._table
+        ts, la = self._table
         dtype = jnp.result_type(float)
         return jnp.interp(t, jnp.asarray(ts, dtype), jnp.asarray(la, dtype))
 
@@ -301,7 +295,7 @@ class DiscreteVP(Process):
         return jnp.sqrt(-jnp.expm1(2.0 * self.log_alpha(t)))
 
     def t_of_logsnr(self, logsnr):
-        ts, la, _ = self._table
+        ts, la = self._table
         dtype = jnp.result_type(float)
         # log alpha is piecewise linear in t, so inverting it is an exact piecewise-linear interp.
         target = -0.5 * jax.nn.softplus(-logsnr)

@@ -28,10 +28,14 @@ def test_target_round_trips_to_x0(name, proc):
 def test_edm_scalings_match_paper():
     par = Z.EDMPrecond(sigma_data=0.5)
     s = jnp.array([0.1, 1.0, 10.0])
-    sc, c_skip, c_out, c_in = par._c(jnp.ones(3), s)
-    np.testing.assert_allclose(c_skip, 0.25 / (s**2 + 0.25), rtol=1e-6)
-    np.testing.assert_allclose(c_out, s * 0.5 / jnp.sqrt(s**2 + 0.25), rtol=1e-6)
-    np.testing.assert_allclose(c_in, 1 / jnp.sqrt(s**2 + 0.25), rtol=1e-6)
+    c = par.scalings(jnp.ones(3), s)
+    np.testing.assert_allclose(c.c_skip, 0.25 / (s**2 + 0.25), rtol=1e-6)
+    np.testing.assert_allclose(c.c_out, s * 0.5 / jnp.sqrt(s**2 + 0.25), rtol=1e-6)
+    np.testing.assert_allclose(c.c_in, 1 / jnp.sqrt(s**2 + 0.25), rtol=1e-6)
+    np.testing.assert_allclose(c.c_noise, np.log(s) / 4, rtol=1e-6)
+    # a VP-style (alpha, sigma) with the same ratio gives the same coefficients
+    c2 = par.scalings(jnp.full(3, 0.5), 0.5 * s)
+    np.testing.assert_allclose(c2.c_skip, c.c_skip, rtol=1e-6)
 
 
 def test_make_denoiser_feeds_network_and_converts():

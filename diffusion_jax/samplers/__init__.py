@@ -7,6 +7,7 @@ from functools import partial
 
 from diffusion_jax.samplers.base import Context, Sampler
 from diffusion_jax.samplers.ddim import DDIM, DDPM
+from diffusion_jax.samplers.deis import DEIS
 from diffusion_jax.samplers.dpm_solver import DPMSolver, DPMSolverPP, DPMSolverPP2S, DPMSolverPPSDE
 from diffusion_jax.samplers.driver import resolve_sampler, run, sample, steps_for_budget, total_nfe
 from diffusion_jax.samplers.grids import GRIDS, make_grid
@@ -23,6 +24,9 @@ SAMPLERS = {
     "euler": Euler,
     "heun": Heun,
     "plms": PLMS,
+    "ipndm": PLMS,  # iPNDM: PLMS's Adams-Bashforth with lower-order warm-up (what PLMS is here)
+    "ipndm_v": partial(DEIS, order=4),  # variable-step iPNDM = rhoAB-DEIS of order 4
+    "deis": partial(DEIS, order=3),
     "ode_euler": partial(ODESolver, method="euler"),
     "ode_heun": partial(ODESolver, method="heun"),
     "ode_rk4": partial(ODESolver, method="rk4"),
@@ -47,5 +51,5 @@ SAMPLERS = {
 
 __all__ = ["SAMPLERS", "GRIDS", "Context", "Sampler", "make_grid", "run", "sample", "total_nfe",
            "resolve_sampler", "steps_for_budget", "dopri5"] + [c.__name__ for c in (
-    DDIM, DDPM, DPMSolver, DPMSolverPP, DPMSolverPP2S, DPMSolverPPSDE, Euler, Heun, AdaptiveODE,
+    DDIM, DDPM, DEIS, DPMSolver, DPMSolverPP, DPMSolverPP2S, DPMSolverPPSDE, Euler, Heun, AdaptiveODE,
     ODESolver, PLMS, AnnealedLangevin, EulerMaruyama, PredictorCorrector, ReverseDiffusion, UniPC)]

@@ -86,10 +86,6 @@ def per_example_norm(v):
     return jnp.sqrt(jnp.sum(jnp.reshape(v, (v.shape[0], -1)) ** 2, axis=1))
 
 
-def bcast(v, x):
-    return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))
-
-
 def ddim_transfer(x, x0, a_s, s_s, a_t, s_t):
     """The deterministic DDIM / first-order DPM-Solver map from ``s`` to ``t`` with ``x0`` fixed."""
     return a_t * x0 + (s_t / s_s) * (x - a_s * x0)
