@@ -7,6 +7,7 @@ Verbs:
   sample          samples from a trained workdir, with guidance, inpainting, SDEdit, super-resolution
   eval            FD / KID / precision / recall of samplers x NFE budgets
   likelihood      bits/dim on the test split (probability-flow ODE)
+  optimize-grid   learn a sampler's time grid for a trained workdir (``sample --grid learned``)
   bench-samplers  sampler accuracy vs NFE on exact-score Gaussian mixtures
   bench-train     train-step throughput, FLOPs and memory of an experiment
 
@@ -50,6 +51,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="start over: move the workdir's old content to "
                             "WORKDIR/previous_<time>/ (nothing is deleted)")
     _sample_parser(sub.add_parser("sample", help="sample from a trained workdir"))
+    _eval_parsers(sub)
+    b = sub.add_parser("bench-samplers", help="sampler accuracy vs NFE on exact-score problems")
+    b.add_argument("--out", default="bench_out")
+    b.add_argument("--nfe", default="5,8,10,15,20,50,100")
+    b.add_argument("--samplers", default="")
+    b.add_argument("--cases", default="ring2d,gmm64,image3072")
+    b.add_argument("--batch", type=int, default=256)
+    bt = sub.add_parser("bench-train", help="train-step throughput and FLOP utilisation")
+    bt.add_argument("--config", required=True)
+    bt.add_argument("--steps", type=int, default=10)
+    return ap
+
+
+def _eval_parsers(sub) -> None:
     ev = sub.add_parser("eval", help="FD/KID/precision/recall of samplers x NFE")
     ev.add_argument("--workdir", required=True)
     ev.add_argument("--classifier", default=None,
@@ -71,23 +86,20 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("--atol", type=float, default=1e-4)
     lk.add_argument("--seed", type=int, default=0)
     lk.add_argument("--out", default=None)
-    b = sub.add_parser("bench-samplers", help="sampler accuracy vs NFE on exact-score problems")
-    b.add_argument("--out", default="bench_out")
-    b.add_argument("--nfe", default="5,8,10,15,20,50,100")
-    b.add_argument("--samplers", default="")
-    b.add_argument("--cases", default="ring2d,gmm64,image3072")
-    b.add_argument("--batch", type=int, default=256)
-    bt = sub.add_parser("bench-train", help="train-step throughput and FLOP utilisation")
-    bt.add_argument("--config", required=True)
-    bt.add_argument("--steps", type=int, default=10)
-    return ap
+    og = sub.add_parser("optimize-grid", help="learn a time grid for a sampler and NFE")
+    og.add_argument("--workdir", required=True)
+    og.add_argument("--sampler", required=True)
+    og.add_argument("--nfe", type=int, required=True, help="total NFE, the final call included")
+    og.add_argument("--num", type=int, default=256, help="calibration noise draws")
+    og.add_argument("--iters", type=int, default=150)
+    og.add_argument("--seed", type=int, default=0)
 
 
 def _sample_parser(s) -> None:
     s.add_argument("--workdir", required=True)
     s.add_argument("--sampler", default=None)
     s.add_argument("--steps", type=int, default=None)
-    s.add_argument("--grid", default=None)
+    s.add_argument("--grid", default=None, help="a grid name, or 'learned' (see optimize-grid)")
     s.add_argument("--num", type=int, default=64)
     s.add_argument("--batch", type=int, default=256,
                    help="samples per compiled call: memory stays flat whatever --num is")
@@ -161,6 +173,12 @@ def _run(args, overrides) -> int:
 
         workdir_bits_per_dim(args.workdir, args.num, args.batch, args.trace, rtol=args.rtol,
                              atol=args.atol, seed=args.seed, out=args.out)
+    elif args.cmd == "optimize-grid":
+        from diffusion_jax.learned_grids import optimize_workdir_grid
+
+        info = optimize_workdir_grid(args.workdir, args.sampler, args.nfe, args.num, args.iters,
+                                     args.seed)
+        print(json.dumps({k: v for k, v in info.items() if k != "ts"}))
     elif args.cmd == "bench-train":
         from diffusion_jax.bench.train import bench_train
         from diffusion_jax.config import load_config

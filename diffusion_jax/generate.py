@@ -21,6 +21,7 @@ from diffusion_jax import guidance
 from diffusion_jax.conditioning import downsample
 from diffusion_jax.data.sources import first_images, get_source
 from diffusion_jax.experiment import Experiment
+from diffusion_jax.learned_grids import load_learned_grid
 from diffusion_jax.methods.diffusion import Diffusion, check_sample_inputs, model_denoiser
 from diffusion_jax.utils.images import load_images, make_mask
 from diffusion_jax.workdir import load, load_classifier, read_experiment
@@ -34,7 +35,7 @@ class SampleRequest:
     seed: int = 0
     sampler: str | None = None
     steps: int | None = None
-    grid: str | None = None
+    grid: str | None = None            # a grid name, or "learned" (WORKDIR/grids, optimize-grid)
     labels: str | None = None          # "all" (one row per class), "K" or "a,b,c"
     guidance: float | None = None      # classifier-free guidance scale
     classifier: str | None = None      # a noise-conditional classifier workdir
@@ -189,6 +190,13 @@ def generate(workdir: str, req: SampleRequest, out: str | None = None) -> Genera
     b = min(req.batch, n)
     check_sample_inputs(method.model, _take(cond, 0, b, n), req.guidance, classifier,
                         (b,) + exp.shape)
+    if req.grid == "learned":
+        if req.strength is not None or req.resample > 1:
+            raise ValueError("--grid learned is for sampling and replacement inpainting, not "
+                             "for --strength or --resample")
+        sampler = req.sampler or method.sampler
+        req = dataclasses.replace(req, grid=load_learned_grid(
+            workdir, sampler, req.steps or method.num_steps, exp.config["process"]["name"]))
     _, params, step = load(workdir)
     images = (np.lib.format.open_memmap(out, "w+", np.float32, (n,) + exp.shape)
               if out is not None and str(out).endswith(".npy")

@@ -45,3 +45,25 @@ def test_eval_cli_writes_table(tmp_path, configs, capsys):
     assert "needs a feature extractor" in configs.cli_error(capsys, ["eval", "--workdir", wd])
     assert "not a classifier" in configs.cli_error(
         capsys, ["eval", "--workdir", wd, "--classifier", wd])
+
+
+def test_optimize_grid_then_sample_with_the_learned_grid(tmp_path, configs, capsys):
+    wd = str(tmp_path / "toy")
+    assert main(["train", "--config", str(configs.root / "experiments/toy_gmm.py"), "--workdir", wd]
+                + [f"--config.{o}" for o in configs.toy_overrides(2)]) == 0
+    capsys.readouterr()
+    assert main(["optimize-grid", "--workdir", wd, "--sampler", "dpmpp_2m", "--nfe", "4",
+                 "--num", "16", "--iters", "3"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["num_steps"] == 3 and info["heldout_rmse"] >= 0 and info["process"] == "vp_linear"
+    stored = json.loads((tmp_path / "toy" / "grids" / "dpmpp_2m_3steps.json").read_text())
+    assert len(stored["ts"]) == 4
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--workdir", wd, "--sampler", "dpmpp_2m", "--steps", "3", "--grid",
+                 "learned", "--num", "4", "--out", str(out)]) == 0 and out.exists()
+    err = configs.cli_error(capsys, ["sample", "--workdir", wd, "--sampler", "dpmpp_2m",
+                                     "--steps", "4", "--grid", "learned"])
+    assert "no learned grid for dpmpp_2m with 4 steps" in err and "--nfe 5" in err
+    assert "at least 16 calibration" in configs.cli_error(
+        capsys, ["optimize-grid", "--workdir", wd, "--sampler", "dpmpp_2m", "--nfe", "4",
+                 "--num", "8"])

@@ -188,10 +188,11 @@ def check_sample_inputs(model, cond: dict | None, guidance_scale, classifier, x_
 
 
 @functools.lru_cache(maxsize=64)
-def make_sample_fn(model, process, par, sampler: str, num_steps: int, grid: str,
+def make_sample_fn(model, process, par, sampler: str, num_steps: int, grid: str | tuple,
                    guidance_scale: float | None = None, classifier: tuple | None = None):
     """``fn(params, x_T, key, cond=None, known=None, mask=None) -> images``, jitted whole (one
-    XLA program per shape). ``known``/``mask`` (1 = known): inpainting by replacement.
+    XLA program per shape). ``grid``: a grid name, or the times themselves (a tuple: a learned
+    grid). ``known``/``mask`` (1 = known): inpainting by replacement.
     ``classifier = (log_prob, scale, num_classes)`` adds classifier guidance."""
     clf = None if classifier is None else classifier[:2]
 
@@ -200,8 +201,9 @@ def make_sample_fn(model, process, par, sampler: str, num_steps: int, grid: str,
         if known is not None:
             denoise = guidance.inpaint(denoise, process, known, mask, jax.random.fold_in(key, 1))
         # inpainting's output is its last denoised estimate, whose known part is exact
+        where = dict(ts=np.asarray(grid)) if isinstance(grid, tuple) else dict(grid=grid)
         return run_sampler(denoise, process, x_T, sampler=sampler, num_steps=num_steps, key=key,
-                           grid=grid, final="ode" if known is None else "denoise")
+                           final="ode" if known is None else "denoise", **where)
 
     jitted = jax.jit(fn)
 

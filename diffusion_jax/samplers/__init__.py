@@ -12,6 +12,7 @@ from diffusion_jax.samplers.dpm_solver import DPMSolver, DPMSolverPP, DPMSolverP
 from diffusion_jax.samplers.driver import resolve_sampler, run, sample, steps_for_budget, total_nfe
 from diffusion_jax.samplers.grids import GRIDS, make_grid
 from diffusion_jax.samplers.heun import Euler, Heun
+from diffusion_jax.samplers.learned_grid import optimize_grid
 from diffusion_jax.samplers.ode import AdaptiveODE, ODESolver, dopri5
 from diffusion_jax.samplers.plms import PLMS
 from diffusion_jax.samplers.sde import (AnnealedLangevin, EulerMaruyama, PredictorCorrector,
@@ -50,6 +51,6 @@ SAMPLERS = {
 }
 
 __all__ = ["SAMPLERS", "GRIDS", "Context", "Sampler", "make_grid", "run", "sample", "total_nfe",
-           "resolve_sampler", "steps_for_budget", "dopri5"] + [c.__name__ for c in (
+           "resolve_sampler", "steps_for_budget", "dopri5", "optimize_grid"] + [c.__name__ for c in (
     DDIM, DDPM, DEIS, DPMSolver, DPMSolverPP, DPMSolverPP2S, DPMSolverPPSDE, Euler, Heun, AdaptiveODE,
     ODESolver, PLMS, AnnealedLangevin, EulerMaruyama, PredictorCorrector, ReverseDiffusion, UniPC)]

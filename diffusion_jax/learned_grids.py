@@ -1,0 +1,77 @@
+"""Learned time grids for a trained workdir: ``optimize-grid`` calibrates one per sampler and step
+count (``samplers.optimize_grid`` on the model's own PF-ODE) and stores it in
+``WORKDIR/grids/<sampler>_<steps>steps.json``; ``sample --grid learned`` (and ``eval``) read it.
+
+    python -m diffusion_jax optimize-grid --workdir runs/fm --sampler ipndm_v --nfe 6
+    python -m diffusion_jax sample --workdir runs/fm --sampler ipndm_v --steps 5 --grid learned
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax.samplers import optimize_grid, resolve_sampler, sample, steps_for_budget
+from diffusion_jax.samplers.learned_grid import MIN_CALIBRATION, reference_endpoints
+from diffusion_jax.workdir import load, read_experiment
+
+
+def grid_path(workdir, sampler: str, steps: int) -> Path:
+    return Path(workdir) / "grids" / f"{sampler}_{steps}steps.json"
+
+
+def load_learned_grid(workdir, sampler: str, steps: int, process_name: str) -> tuple:
+    """The stored grid's times (a tuple, hashable for the compiled-sampler cache)."""
+    path = grid_path(workdir, sampler, steps)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no learned grid for {sampler} with {steps} steps in {path.parent}: run "
+            f"`python -m diffusion_jax optimize-grid --workdir {workdir} --sampler {sampler} "
+            f"--nfe {resolve_sampler(sampler).nfe(steps) + 1}`")
+    row = json.loads(path.read_text())
+    if row["process"] != process_name:
+        raise ValueError(f"{path} was learned for process {row['process']!r}, this model uses "
+                         f"{process_name!r}: run optimize-grid again")
+    if len(row["ts"]) != steps + 1:
+        raise ValueError(f"{path} holds {len(row['ts']) - 1} steps, not {steps}")
+    return tuple(float(t) for t in row["ts"])
+
+
+def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 256, iters: int = 150,
+                          seed: int = 0, log=print) -> dict:
+    """Calibrate on ``num`` noise draws (seed ``seed``), report the error on as many other draws
+    (seed ``seed + 1``) for the learned and the experiment's grid, store the grid."""
+    exp = read_experiment(workdir)
+    method = exp.method
+    if not getattr(method, "generates", False) or not hasattr(method, "denoiser"):
+        raise ValueError(f"{workdir} holds a {exp.method_name!r} run: learned grids are for "
+                         "diffusion models")
+    steps = steps_for_budget(sampler, nfe)
+    if steps is None:
+        raise ValueError(f"NFE {nfe} is too few for {sampler} (the final denoising call counts)")
+    if num < MIN_CALIBRATION:
+        raise ValueError(f"--num {num}: optimize-grid needs at least {MIN_CALIBRATION} "
+                         "calibration samples")
+    _, params, step = load(workdir)
+    denoise = method.denoiser(params)
+    shape = (num,) + exp.shape
+    x_cal = method.process.prior_sample(jax.random.key(seed), shape)
+    x_new = method.process.prior_sample(jax.random.key(seed + 1), shape)
+    ts, info = optimize_grid(denoise, method.process, sampler, steps, x_cal, iters=iters, log=log)
+    ref = reference_endpoints(denoise, method.process, x_new)
+    err = lambda **kw: float(jnp.sqrt(jnp.mean((sample(denoise, method.process, x_new,
+                                                       sampler=sampler, **kw) - ref) ** 2)))
+    info.update(process=exp.config["process"]["name"], nfe=nfe, checkpoint_step=step,
+                heldout_rmse=err(ts=ts), heldout_rmse_default=err(num_steps=steps,
+                                                                   grid=method.grid),
+                default_grid=method.grid, ts=[float(t) for t in np.asarray(ts)])
+    path = grid_path(workdir, sampler, steps)
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(info, indent=1))
+    log(f"held-out RMSE to the PF-ODE endpoint: learned {info['heldout_rmse']:.4g}, "
+        f"{method.grid} {info['heldout_rmse_default']:.4g}; wrote {path}")
+    return info
