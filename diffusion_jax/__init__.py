@@ -38,7 +38,7 @@ def train_experiment(config, workdir: str) -> dict:
     return train(exp, workdir, periodic)
 
 
-def sampler_fn(model, process, parameterization, sampler: str, num_steps: int, grid: str = "logsnr",
+def sampler_fn(model, process, parameterization, sampler: str, num_steps: int, grid: str = "default",
                guidance_scale: float | None = None):
     """A jitted ``fn(params, x_T, key, cond=None, known=None, mask=None) -> samples`` for a trained
     flax model (``cond={"y": labels}`` with ``guidance_scale``: classifier-free guidance;

@@ -96,7 +96,7 @@ class SampleSpec:
     sampler: str = "dpmpp_2m"
     num_steps: int = 20
     num: int = 64
-    grid: str = "logsnr"
+    grid: str = "default"  # the sampler's own (samplers.DEFAULT_GRIDS)
     guidance: float | None = None   # classifier-free guidance scale (class-conditional models)
 
 

@@ -22,6 +22,7 @@ from diffusion_jax.conditioning import downsample
 from diffusion_jax.data.sources import first_images, get_source
 from diffusion_jax.experiment import Experiment
 from diffusion_jax.learned_grids import load_learned_grid
+from diffusion_jax.samplers import default_grid
 from diffusion_jax.methods.diffusion import Diffusion, check_sample_inputs, model_denoiser
 from diffusion_jax.utils.images import load_images, make_mask
 from diffusion_jax.workdir import load, load_classifier, read_experiment
@@ -233,6 +234,10 @@ def _take(x, start: int, b: int, n: int):
 def _run(method: Diffusion, params, req: SampleRequest, cond, init, mask, classifier, key, b):
     steps = req.steps or method.num_steps
     grid = req.grid or method.grid
+    if grid == "default" and req.mask and req.resample > 1:
+        grid = "logsnr"  # RePaint's ancestral steps
+    elif grid == "default" and req.strength is not None:
+        grid = default_grid(req.sampler or method.sampler)
     if req.mask and req.resample > 1:
         fn = make_repaint_fn(method, steps, req.resample, grid, req.guidance)
         return fn(params, init, jnp.asarray(mask), key, cond)

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.samplers import optimize_grid, resolve_sampler, sample, steps_for_budget
+from diffusion_jax.samplers import (default_grid, optimize_grid, resolve_sampler, sample,
+                                    steps_for_budget)
 from diffusion_jax.samplers.learned_grid import MIN_CALIBRATION, reference_endpoints
 from diffusion_jax.workdir import load, read_experiment
 
@@ -68,10 +69,11 @@ def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 256, iters
     info.update(process=exp.config["process"]["name"], nfe=nfe, checkpoint_step=step,
                 heldout_rmse=err(ts=ts), heldout_rmse_default=err(num_steps=steps,
                                                                    grid=method.grid),
-                default_grid=method.grid, ts=[float(t) for t in np.asarray(ts)])
+                default_grid=default_grid(sampler) if method.grid == "default" else method.grid,
+                ts=[float(t) for t in np.asarray(ts)])
     path = grid_path(workdir, sampler, steps)
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(info, indent=1))
     log(f"held-out RMSE to the PF-ODE endpoint: learned {info['heldout_rmse']:.4g}, "
-        f"{method.grid} {info['heldout_rmse_default']:.4g}; wrote {path}")
+        f"{info['default_grid']} {info['heldout_rmse_default']:.4g}; wrote {path}")
     return info

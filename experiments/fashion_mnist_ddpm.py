@@ -32,6 +32,6 @@ def get_config() -> ConfigDict:
                               time_limit_minutes=13.0,
                               fid_every=0, fid_num=500,          # training-time FD (0: off)
                               fid_classifier="", fid_inception=""))  # its feature extractor
-    c.sample = ConfigDict(dict(sampler="dpmpp_2m", num_steps=20, num=64, grid="logsnr",
+    c.sample = ConfigDict(dict(sampler="dpmpp_2m", num_steps=20, num=64, grid="default",
                                guidance=None))  # CFG scale for class-conditional models
     return c

@@ -24,5 +24,5 @@ def get_config() -> ConfigDict:
     c.train = ConfigDict(dict(steps=3000, batch_size=256, ema_decay=0.999, ema_start=0,
                               log_every=50, ckpt_every=1000, sample_every=0, keep=2,
                               time_limit_minutes=0.0))
-    c.sample = ConfigDict(dict(sampler="dpmpp_2m", num_steps=20, num=2048, grid="logsnr"))
+    c.sample = ConfigDict(dict(sampler="dpmpp_2m", num_steps=20, num=2048, grid="default"))
     return c

@@ -52,8 +52,9 @@ def test_every_deterministic_sampler_is_covered():
 def test_convergence_order(problem, name):
     _, proc, den, x_T, ref = problem
     with jax.enable_x64(True):
-        errs = [float(jnp.sqrt(jnp.mean((dj.sample(den, proc, x_T, sampler=name, num_steps=n)
-                                         - ref) ** 2))) for n in STEPS.get(name, (100, 200))]
+        errs = [float(jnp.sqrt(jnp.mean((dj.sample(den, proc, x_T, sampler=name, num_steps=n,
+                                                   grid="logsnr") - ref) ** 2)))
+                for n in STEPS.get(name, (100, 200))]
     slope = np.log2(errs[0] / errs[1])
     assert abs(slope - ORDERS[name]) <= 0.3, (name, errs, slope)
     assert errs[1] < 2e-2
@@ -72,7 +73,8 @@ def test_second_order_on_other_processes(proc):
                dj.sample(den, proc, x_T, sampler="ode_dopri5",
                          sampler_kwargs=dict(rtol=1e-11, atol=1e-11)))
         for name in ("heun", "dpmpp_2m"):
-            e = [float(jnp.max(jnp.abs(dj.sample(den, proc, x_T, sampler=name, num_steps=n) - ref)))
+            e = [float(jnp.max(jnp.abs(dj.sample(den, proc, x_T, sampler=name, num_steps=n,
+                                                 grid="logsnr") - ref)))
                  for n in (100, 200)]
             assert abs(np.log2(e[0] / e[1]) - 2) <= 0.3, (name, e)
 
@@ -330,3 +332,15 @@ def test_a_learned_grid_beats_its_initial_grid_on_held_out_noise():
         dj.optimize_grid(den, proc, "dpmpp_2m", 9, x_cal[:8])
     with pytest.raises(ValueError, match="deterministic sampler, got 'ddpm'"):
         dj.optimize_grid(den, proc, "ddpm", 9, x_cal)
+
+
+def test_a_named_sampler_gets_its_measured_default_grid(problem):
+    _, proc, den, x_T, _ = problem
+    x = x_T.astype(jnp.float32)
+    den32 = dj.gmm.random_mixture(4, 5, 0.3, seed=1).denoiser(proc)
+    for name in ("unipc", "plms", "heun"):
+        want = dj.sample(den32, proc, x, sampler=name, num_steps=4, grid=dj.samplers.DEFAULT_GRIDS[name])
+        np.testing.assert_array_equal(dj.sample(den32, proc, x, sampler=name, num_steps=4), want)
+    obj = dj.samplers.UniPC(order=3)  # an object: no name to look up, logsnr
+    np.testing.assert_array_equal(dj.sample(den32, proc, x, sampler=obj, num_steps=4),
+                                  dj.sample(den32, proc, x, sampler=obj, num_steps=4, grid="logsnr"))

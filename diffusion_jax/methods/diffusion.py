@@ -42,7 +42,7 @@ class Diffusion(SingleNetwork):
     ema_start: int = 0
     sampler: str = "dpmpp_2m"
     num_steps: int = 20
-    grid: str = "logsnr"
+    grid: str = "default"  # the sampler's own (samplers.DEFAULT_GRIDS)
     guidance: float | None = None
     name: str = "diffusion"
     generates = True

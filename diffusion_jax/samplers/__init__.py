@@ -10,7 +10,7 @@ from diffusion_jax.samplers.ddim import DDIM, DDPM
 from diffusion_jax.samplers.deis import DEIS
 from diffusion_jax.samplers.dpm_solver import DPMSolver, DPMSolverPP, DPMSolverPP2S, DPMSolverPPSDE
 from diffusion_jax.samplers.driver import resolve_sampler, run, sample, steps_for_budget, total_nfe
-from diffusion_jax.samplers.grids import GRIDS, make_grid
+from diffusion_jax.samplers.grids import DEFAULT_GRIDS, GRIDS, default_grid, make_grid
 from diffusion_jax.samplers.heun import Euler, Heun
 from diffusion_jax.samplers.learned_grid import optimize_grid
 from diffusion_jax.samplers.ode import AdaptiveODE, ODESolver, dopri5
@@ -50,7 +50,7 @@ SAMPLERS = {
     "ald": AnnealedLangevin,
 }
 
-__all__ = ["SAMPLERS", "GRIDS", "Context", "Sampler", "make_grid", "run", "sample", "total_nfe",
+__all__ = ["SAMPLERS", "GRIDS", "DEFAULT_GRIDS", "default_grid", "Context", "Sampler", "make_grid", "run", "sample", "total_nfe",
            "resolve_sampler", "steps_for_budget", "dopri5", "optimize_grid"] + [c.__name__ for c in (
     DDIM, DDPM, DEIS, DPMSolver, DPMSolverPP, DPMSolverPP2S, DPMSolverPPSDE, Euler, Heun, AdaptiveODE,
     ODESolver, PLMS, AnnealedLangevin, EulerMaruyama, PredictorCorrector, ReverseDiffusion, UniPC)]

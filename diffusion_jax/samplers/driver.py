@@ -12,7 +12,7 @@ import numpy as np
 
 from diffusion_jax.processes import Process
 from diffusion_jax.samplers.base import Context, Sampler
-from diffusion_jax.samplers.grids import make_grid
+from diffusion_jax.samplers.grids import default_grid, make_grid
 
 Array = jax.Array
 
@@ -87,7 +87,7 @@ def resolve_sampler(sampler: str | Sampler, **kwargs) -> Sampler:
 
 
 def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sampler = "dpmpp_2m",
-           num_steps: int = 20, key: Array | None = None, grid: str = "logsnr",
+           num_steps: int = 20, key: Array | None = None, grid: str = "default",
            ts=None, final_denoise: bool = True, final: str = "ode",
            sampler_kwargs: dict | None = None) -> Array:
     """Draw samples by integrating from ``x_T`` (at ``t_max``) down to ``t_min``.
@@ -100,7 +100,8 @@ def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sa
       sampler: a name in ``SAMPLERS`` or a sampler object.
       num_steps: steps along the grid (NFE = ``sampler.nfe(num_steps) + final_denoise``).
       key: PRNG key for stochastic samplers (default: key 0).
-      grid: a name in ``GRIDS``; or give ``ts`` (decreasing times) explicitly.
+      grid: a name in ``GRIDS``, or ``"default"`` (the sampler's measured best,
+        ``DEFAULT_GRIDS``); or give ``ts`` (decreasing times) explicitly.
       final: the step from ``t_min`` to the data end: ``"ode"`` (second order in
         ``(sigma/alpha)^2``, the default) or ``"denoise"`` (the first-order jump ``x0_hat``).
 
@@ -112,7 +113,7 @@ def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sa
     if final not in FINAL_STEPS:
         raise ValueError(f"unknown final step {final!r}; valid: {', '.join(FINAL_STEPS)}")
     if ts is None:
-        ts = make_grid(process, num_steps, grid)
+        ts = make_grid(process, num_steps, default_grid(sampler) if grid == "default" else grid)
     else:
         ts = np.asarray(ts, dtype=np.float64)
         if ts.ndim != 1 or len(ts) < 2 or np.any(np.diff(ts) >= 0):

@@ -15,6 +15,21 @@ from diffusion_jax.processes import DiscreteVP, Process
 
 GRIDS = ("uniform", "logsnr", "quadratic", "karras", "leading", "trailing")
 
+# The grid a sampler gets when none is named (``grid="default"``): for each sampler the grid with
+# the lowest geometric-mean RMSE, relative to the best of all samplers and grids, over the three
+# exact-score cases of ``bench-samplers`` at NFE 5, 6, 8 and 10 (README, "Default grids"; the
+# measurement is scripts/bench_default_grids.py). Samplers not listed were not measured: logsnr.
+DEFAULT_GRIDS = {
+    "ddim": "quadratic", "dpmpp_2m": "quadratic", "dpmpp_3m": "quadratic", "dpmpp_2s": "quadratic",
+    "dpm_solver_2": "quadratic", "unipc": "quadratic", "deis": "quadratic", "ipndm_v": "quadratic",
+    "plms": "logsnr", "ipndm": "logsnr", "heun": "uniform",
+}
+
+
+def default_grid(sampler) -> str:
+    """``DEFAULT_GRIDS[name]`` for a sampler name, ``"logsnr"`` otherwise (sampler objects too)."""
+    return DEFAULT_GRIDS.get(sampler, "logsnr") if isinstance(sampler, str) else "logsnr"
+
 
 def make_grid(process: Process, num_steps: int, kind: str = "logsnr", rho: float = 7.0,
               t_max: float | None = None, t_min: float | None = None) -> np.ndarray:
