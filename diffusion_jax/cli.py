@@ -75,6 +75,9 @@ def _eval_parsers(sub) -> None:
     ev.add_argument("--guidance", type=float, default=None)
     ev.add_argument("--samplers", default="ddim,dpmpp_2m,unipc,heun")
     ev.add_argument("--nfe", default="5,10,20")
+    ev.add_argument("--grids", default="default",
+                    help="grid names, comma-separated; 'learned' uses the workdir's optimize-grid "
+                         "results")
     ev.add_argument("--num", type=int, default=2000)
     ev.add_argument("--out", default=None)
     lk = sub.add_parser("likelihood", help="bits/dim on the test split (PF-ODE, dequantised)")
@@ -167,7 +170,7 @@ def _run(args, overrides) -> int:
             raise ValueError("eval needs a feature extractor: --classifier DIR or --inception W.npz")
         evaluate(args.workdir, args.classifier, args.samplers.split(","),
                  [int(v) for v in args.nfe.split(",")], args.num, out=args.out,
-                 inception=args.inception, guidance=args.guidance)
+                 inception=args.inception, guidance=args.guidance, grids=args.grids.split(","))
     elif args.cmd == "likelihood":
         from diffusion_jax.eval.bpd import workdir_bits_per_dim
 

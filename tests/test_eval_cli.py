@@ -33,7 +33,7 @@ def test_eval_cli_writes_table(tmp_path, configs, capsys):
     rows = json.loads((tmp_path / "fm" / "eval" / "eval.json").read_text())
     assert len(rows) == 1 and rows[0]["fd"] > 0 and "classifier" in rows[0]["extractor"]
     assert (tmp_path / "fm" / "eval" / "fd_vs_nfe.png").exists()
-    assert "| ddim | 3 |" in (tmp_path / "fm" / "eval" / "eval.md").read_text()
+    assert "| ddim | default | 3 |" in (tmp_path / "fm" / "eval" / "eval.md").read_text()
     assert (tmp_path / "fm" / "eval" / "reference_features.npz").exists()
     # bits/dim on the test split: PF-ODE with dequantisation, mean and standard error.
     assert main(["likelihood", "--workdir", wd, "--num", "16", "--batch", "8", "--rtol", "1e-2"]) == 0

@@ -20,6 +20,7 @@ from diffusion_jax.data.pipeline import image_batches
 from diffusion_jax.eval import metrics as M
 from diffusion_jax.eval.features import Extractor, classifier_extractor, make_extractor
 from diffusion_jax.experiment import Experiment
+from diffusion_jax.learned_grids import load_learned_grid
 from diffusion_jax.methods.diffusion import Diffusion
 from diffusion_jax.samplers import steps_for_budget
 from diffusion_jax.workdir import load
@@ -70,9 +71,11 @@ def training_fd(exp: Experiment, workdir: str | Path):
 
 def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int, batch: int = 500,
              out: str | None = None, inception: str | None = None,
-             guidance: float | None = None) -> list[dict]:
-    """Samplers x NFE -> FD, KID, precision/recall, class score (and, for class-conditional
-    models, the fraction of samples the classifier assigns to the requested class)."""
+             guidance: float | None = None, grids=("default",)) -> list[dict]:
+    """Samplers x NFE x grids -> FD, KID, precision/recall, class score (and, for
+    class-conditional models, the fraction of samples the classifier assigns to the requested
+    class). ``grids``: grid names, or ``"learned"`` (the workdir's ``optimize-grid`` results;
+    a sampler x NFE without one is skipped with a note)."""
     exp, params, step = load(workdir)
     method = exp.method
     if not isinstance(method, Diffusion):
@@ -89,29 +92,43 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
     for s_name in samplers:
         for nfe in nfes:
             steps = steps_for_budget(s_name, nfe)
-            if steps is None:
-                continue
-            fn = method.sample_fn(s_name, steps, guidance_scale=guidance if k else None)
-            draw = lambda p, key, n, i: fn(p, method.process.prior_sample(key, (n,) + exp.shape),
-                                           key, {"y": (jnp.arange(n) + i) % k} if k else None)
-            t0 = time.perf_counter()
-            images = sample_images(method, params, num, jax.random.key(0), min(batch, num), draw)
-            secs = time.perf_counter() - t0
-            feats, probs = extractor(images)
-            kid_m, kid_s = M.kid(feats, real_feats, 20, min(1000, num))
-            p, r = M.precision_recall(real_feats[:num], feats)
-            row = {"sampler": s_name, "nfe": nfe, "steps": steps, "num": num,
-                   "fd": M.fd_from_features(feats, real_feats), "kid": kid_m, "kid_std": kid_s,
-                   "precision": p, "recall": r, "class_score": M.inception_score(probs)[0],
-                   "seconds": secs, "extractor": extractor.name, "checkpoint_step": step}
-            if k:
-                pred = np.argmax(judge(images)[1], axis=1)
-                row["agreement"] = float(np.mean(pred == np.arange(num) % k))
-                row["guidance"] = guidance
-            rows.append(row)
-            print(json.dumps({k_: round(v, 4) if isinstance(v, float) else v for k_, v in row.items()}))
+            for grid in grids if steps is not None else ():
+                if grid == "learned":
+                    try:
+                        grid = load_learned_grid(workdir, s_name, steps,
+                                                 exp.config["process"]["name"])
+                    except FileNotFoundError:
+                        print(f"note: no learned grid for {s_name} at NFE {nfe}; skipped")
+                        continue
+                fn = method.sample_fn(s_name, steps, grid, guidance_scale=guidance if k else None)
+                row = _eval_row(method, exp.shape, params, fn, num, batch, k, extractor, judge,
+                                real_feats)
+                row.update(sampler=s_name, nfe=nfe, steps=steps, extractor=extractor.name,
+                           grid="learned" if isinstance(grid, tuple) else grid,
+                           checkpoint_step=step, **({"guidance": guidance} if k else {}))
+                rows.append(row)
+                print(json.dumps({k_: round(v, 4) if isinstance(v, float) else v
+                                  for k_, v in row.items()}))
     _write(rows, out, extractor, num, len(real_feats), step, guidance if k else None)
     return rows
+
+
+def _eval_row(method, shape, params, fn, num, batch, k, extractor, judge, real_feats) -> dict:
+    draw = lambda p, key, n, i: fn(p, method.process.prior_sample(key, (n,) + shape), key,
+                                   {"y": (jnp.arange(n) + i) % k} if k else None)
+    t0 = time.perf_counter()
+    images = sample_images(method, params, num, jax.random.key(0), min(batch, num), draw)
+    secs = time.perf_counter() - t0
+    feats, probs = extractor(images)
+    kid_m, kid_s = M.kid(feats, real_feats, 20, min(1000, num))
+    p, r = M.precision_recall(real_feats[:num], feats)
+    row = {"num": num, "fd": M.fd_from_features(feats, real_feats), "kid": kid_m,
+           "kid_std": kid_s, "precision": p, "recall": r,
+           "class_score": M.inception_score(probs)[0], "seconds": secs}
+    if k:
+        pred = np.argmax(judge(images)[1], axis=1)
+        row["agreement"] = float(np.mean(pred == np.arange(num) % k))
+    return row
 
 
 def _write(rows, out: Path, extractor, num, n_real, step, guidance) -> None:
@@ -121,9 +138,10 @@ def _write(rows, out: Path, extractor, num, n_real, step, guidance) -> None:
     lines = [f"FD/KID with the {extractor.name}, {num} samples vs the {n_real}-image "
              f"test split; checkpoint step {step}"
              + (f"; guidance {guidance}" if agree else "") + "\n",
-             "| sampler | NFE | FD | KID | precision | recall |" + (" class agreement |" if agree else "")
-             + " s |", "|---|---|---|---|---|---|---|" + ("---|" if agree else "")]
-    lines += [f"| {r['sampler']} | {r['nfe']} | {r['fd']:.3f} | {r['kid']:.4f} | {r['precision']:.3f} "
+             "| sampler | grid | NFE | FD | KID | precision | recall |"
+             + (" class agreement |" if agree else "") + " s |",
+             "|---|---|---|---|---|---|---|---|" + ("---|" if agree else "")]
+    lines += [f"| {r['sampler']} | {r['grid']} | {r['nfe']} | {r['fd']:.3f} | {r['kid']:.4f} | {r['precision']:.3f} "
               f"| {r['recall']:.3f} |" + (f" {r['agreement']:.3f} |" if agree else "")
               + f" {r['seconds']:.1f} |" for r in rows]
     (out / "eval.md").write_text("\n".join(lines) + "\n")
@@ -137,9 +155,10 @@ def _plot(rows, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for s in dict.fromkeys(r["sampler"] for r in rows):
-        pts = [(r["nfe"], r["fd"]) for r in rows if r["sampler"] == s]
-        ax.plot(*zip(*pts), marker="o", label=s)
+    for s, g in dict.fromkeys((r["sampler"], r["grid"]) for r in rows):
+        pts = [(r["nfe"], r["fd"]) for r in rows if (r["sampler"], r["grid"]) == (s, g)]
+        ax.plot(*zip(*pts), marker="o", ls="--" if g == "learned" else "-",
+                label=s if g == "default" else f"{s} ({g})")
     ax.set_xscale("log")
     ax.set_xlabel("NFE")
     ax.set_ylabel("FD (classifier features)")

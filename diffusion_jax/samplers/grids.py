@@ -1,9 +1,10 @@
 """Time grids: ``num_steps + 1`` decreasing times from ``t_max`` to ``t_min`` of a process.
 
-The final-step rule (one rule for every sampler): a sampler takes ``num_steps`` steps along the
-grid and lands on ``t_min``; the driver then returns ``x0_hat = denoise(x_{t_min}, t_min)``, one
-more network evaluation, counted in the NFE. This is EDM's last step to ``sigma = 0`` and DDIM's
-step to ``alpha = 1``, written once in the driver instead of in every sampler.
+The final step (one rule for every sampler): a sampler takes ``num_steps`` steps along the grid
+and lands on ``t_min``; the driver then calls the denoiser once more there (counted in the NFE)
+and steps to the data end, ``sigma = 0`` (``driver.final_step``: an ODE step in
+``(sigma/alpha)^2`` by default, or EDM's/DDIM's jump to ``x0_hat``), written once in the driver
+instead of in every sampler.
 """
 
 from __future__ import annotations
