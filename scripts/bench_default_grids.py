@@ -1,8 +1,9 @@
 """Which grid each sampler should get by default: every deterministic sampler x {uniform, logsnr,
 quadratic, karras} at NFE 5, 6, 8, 10 on the exact-score cases of ``bench-samplers`` (RMSE to the
 exact PF-ODE endpoint at sigma = 0, NFE counted with the final call). Prints, per sampler and
-grid, the geometric mean of RMSE / (best RMSE of all samplers and grids at that case and NFE);
-``samplers.DEFAULT_GRIDS`` takes the lowest.
+grid, the geometric mean of RMSE / (best RMSE of all samplers and grids at that case and NFE).
+A choice enters ``samplers.DEFAULT_GRIDS`` only when it also wins on a trained model (``eval
+--grids``): quadratic wins here and loses on the demo model, see the README.
 
     python scripts/bench_default_grids.py [--batch 256] [--out grids.json]
 """

@@ -16,15 +16,15 @@ from diffusion_jax.processes import DiscreteVP, Process
 
 GRIDS = ("uniform", "logsnr", "quadratic", "karras", "leading", "trailing")
 
-# The grid a sampler gets when none is named (``grid="default"``): for each sampler the grid with
-# the lowest geometric-mean RMSE, relative to the best of all samplers and grids, over the three
-# exact-score cases of ``bench-samplers`` at NFE 5, 6, 8 and 10 (README, "Default grids"; the
-# measurement is scripts/bench_default_grids.py). Samplers not listed were not measured: logsnr.
-DEFAULT_GRIDS = {
-    "ddim": "quadratic", "dpmpp_2m": "quadratic", "dpmpp_3m": "quadratic", "dpmpp_2s": "quadratic",
-    "dpm_solver_2": "quadratic", "unipc": "quadratic", "deis": "quadratic", "ipndm_v": "quadratic",
-    "plms": "logsnr", "ipndm": "logsnr", "heun": "uniform",
-}
+# The grid a sampler gets when none is named (``grid="default"``). Measured twice: on the
+# exact-score mixtures of ``bench-samplers`` (VP-linear; scripts/bench_default_grids.py) the
+# quadratic grid was best for most ODE solvers at 5-10 NFE (UniPC 1.50 against logsnr 1.62, in
+# geometric-mean RMSE relative to the best), but on the trained Fashion-MNIST demo model
+# (VP-cosine) it was far worse at every NFE (UniPC FD 307 against 169 at NFE 5, 182 against 116
+# at NFE 8; README, "Default grids"). A default must hold on the models people train, so every
+# sampler keeps logsnr until a choice wins on both; learned grids (``optimize_grid``) adapt to
+# the model instead (UniPC at NFE 5: FD 114).
+DEFAULT_GRIDS: dict[str, str] = {}
 
 
 def default_grid(sampler) -> str:
