@@ -103,9 +103,11 @@ def _train(exp: Experiment, workdir: Path, source, mesh, periodic) -> dict:
     data_state = data_iter.get_state()
     try:
         for step in range(step0, tc.steps):
-            batch = next(data_iter)
-            state, metrics = step_fn(state, global_batch(batch, bsh), k_train)
-            data_state = data_iter.get_state()
+            batch = global_batch(next(data_iter), bsh)
+            after = data_iter.get_state()
+            # one statement: CPython runs signal handlers at calls and jumps, not between the
+            # stores of an unpacking, so the state and its position change together
+            state, metrics, data_state = *step_fn(state, batch, k_train), after
             done = step + 1
             # The loss is checked at every log step and before every checkpoint, so that a NaN
             # state is never saved even when ckpt_every is not a multiple of log_every.
