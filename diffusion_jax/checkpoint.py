@@ -147,10 +147,14 @@ class Checkpointer:
     def quarantine(self, step: int, why: str) -> Path:
         """Move a damaged step out of ``checkpoints/`` (never deleted), with the reason beside it."""
         qdir = self.workdir / "quarantine"
-        qdir.mkdir(exist_ok=True)
         dest = qdir / f"step_{step}_{time.strftime('%Y%m%d-%H%M%S')}"
-        shutil.move(str(self.dir / str(step)), str(dest))
-        (dest / "REASON.txt").write_text(why + "\n")
+        if jax.process_index() == 0:  # one mover on a shared filesystem; the others wait
+            qdir.mkdir(exist_ok=True)
+            shutil.move(str(self.dir / str(step)), str(dest))
+            (dest / "REASON.txt").write_text(why + "\n")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"quarantine {step}")
         self._open()  # the manager caches its list of steps
         return dest
 
