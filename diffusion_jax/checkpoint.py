@@ -117,12 +117,15 @@ class Checkpointer:
                 f"({len(diffs)} arrays differ):\n  " + "\n  ".join(diffs[:8])
                 + "\nUse a new --workdir, or the checkpoint's settings.")
 
-    def _verify(self, step: int, state) -> None:
+    def _stored_fingerprints(self, step: int) -> dict | None:
         try:
-            stored = self.manager.restore(step, args=ocp.args.Composite(
+            return self.manager.restore(step, args=ocp.args.Composite(
                 integrity=ocp.args.JsonRestore()))["integrity"]["fingerprints"]
         except Exception:  # noqa: BLE001 - written before fingerprints existed: finite check only
-            stored = None
+            return None
+
+    def _verify(self, step: int, state) -> None:
+        stored = self._stored_fingerprints(step)
         sums, bad = fingerprints(state)
         if bad:
             raise ValueError(f"{_names(bad)} hold NaN/inf")
@@ -133,11 +136,7 @@ class Checkpointer:
 
     def verify_subtree(self, step: int, tree: dict) -> None:
         """Check restored fields (e.g. ``{"ema_params": ...}``) against the step's fingerprints."""
-        try:
-            stored = self.manager.restore(step, args=ocp.args.Composite(
-                integrity=ocp.args.JsonRestore()))["integrity"]["fingerprints"]
-        except Exception:  # noqa: BLE001 - no fingerprints stored: finite check only
-            stored = {}
+        stored = self._stored_fingerprints(step) or {}
         sums, bad = fingerprints(tree)
         wrong = bad + [k for k in sums if k in stored and stored[k] != sums[k]]
         if wrong:
