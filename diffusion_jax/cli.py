@@ -5,8 +5,12 @@ Verbs:
                   classifier too (``experiments/fashion_mnist_classifier.py``)
   train-classifier  the same as ``train`` (kept for old command lines)
   sample          samples from a trained workdir, with guidance, inpainting, SDEdit, super-resolution
-  eval            FD / KID / precision / recall of samplers x NFE budgets
-  likelihood      bits/dim on the test split (probability-flow ODE)
+                  (diffusion); latent slerp rows and temperature (GAN / VAE / flow)
+  eval            FD / KID / precision / recall of samplers x NFE budgets (one row for a GAN,
+                  VAE or flow)
+  likelihood      bits/dim on the test split (diffusion: PF-ODE; flow: exact; VAE: ELBO, IWAE)
+  compare         the families side by side: FD, KID, precision/recall, class coverage,
+                  bits/dim, parameters, training time, sampling speed (compare.md/json/png)
   optimize-grid   learn a sampler's time grid for a trained workdir (``sample --grid learned``)
   bench-samplers  sampler accuracy vs NFE on exact-score Gaussian mixtures
   bench-train     train-step throughput, FLOPs and memory of an experiment
@@ -121,6 +125,12 @@ def _sample_parser(s) -> None:
     s.add_argument("--resample", type=int, default=1, help="RePaint resamplings per step")
     s.add_argument("--strength", type=float, default=None, help="SDEdit strength in [0, 1]")
     s.add_argument("--low-res", default=None, help="super-resolution input (.png/.npz) or 'test'")
+    s.add_argument("--temperature", type=float, default=None,
+                   help="flow / VAE: the latents' standard deviation (flow default: the "
+                        "experiment's flow.temperature)")
+    s.add_argument("--interpolate", type=int, default=0,
+                   help="GAN / VAE / flow: --num rows of this many images along slerp paths in "
+                        "latent space (VAE/flow: between test images; GAN: random latents)")
 
 
 def _train(args, overrides) -> int:
@@ -150,7 +160,8 @@ def _sample(args) -> int:
         num=args.num, batch=args.batch, seed=args.seed, sampler=args.sampler, steps=args.steps,
         grid=args.grid, labels=args.labels, guidance=args.guidance, classifier=args.classifier,
         classifier_scale=args.classifier_scale, init_image=args.init_image, mask=args.mask,
-        resample=args.resample, strength=args.strength, low_res=args.low_res)
+        resample=args.resample, strength=args.strength, low_res=args.low_res,
+        temperature=args.temperature, interpolate=args.interpolate)
     g = generate(args.workdir, req, out=args.out)
     out = {"step": g.step, "out": args.out, "num": len(g.images)}
     out.update(save_output(args.out, g.images, g.inputs, g.nrow, g.labels))

@@ -8,7 +8,8 @@ error and missing required keys are named, before anything is compiled.
 Sections: ``seed``, ``method`` (a name in ``METHODS``), ``mesh`` ({axis: size}),
 ``sharding_rules`` (optional logical-axis rules; ``DEFAULT_RULES``), ``data``, ``model``,
 ``optimizer``, ``train``, ``sample``, and per method: diffusion ``process``, ``parameterization``,
-``loss``; classifier ``process`` (``name=""``: a clean-image classifier), ``augment``.
+``loss``; classifier ``process`` (``name=""``: a clean-image classifier), ``augment``; gan
+``gan``; vae ``vae``; flow ``flow``. A section of another method is refused.
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ from diffusion_jax import parameterization as parameterizations
 from diffusion_jax import processes
 from diffusion_jax.conditioning import Conditioning
 from diffusion_jax.losses import LossConfig
-from diffusion_jax.methods import ClassifierMethod, Diffusion, Method
+from diffusion_jax.methods.gan import GAN_LOSSES
+from diffusion_jax.methods import GAN, ClassifierMethod, Diffusion, FlowMethod, Method, VAEMethod
 from diffusion_jax.models import MLP, UNet, UNetConfig, check_image_size
 from diffusion_jax.models.classifier import Classifier
+from diffusion_jax.models.flow import Glow, check_flow_size
+from diffusion_jax.models.gan import Discriminator, Generator, check_gan_size
+from diffusion_jax.models.vae import VAE
 from diffusion_jax.optim import make_optimizer
 
 # Logical axis names used by the models -> mesh axes. An experiment may replace them
@@ -72,6 +77,7 @@ class OptimizerSpec:
     grad_clip: float = 1.0
     grad_accum: int = 1
     b2: float = 0.999
+    b1: float = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,8 +225,107 @@ def _build_classifier(config, data, opt, train, sample, tx) -> ClassifierMethod:
     return ClassifierMethod(model, tx, data.shape, process, aug.get("shift", 0), train.ema_decay)
 
 
-# The one name -> builder table of methods (the CLI and ``from_config`` use it).
-METHODS = {"diffusion": _build_diffusion, "classifier": _build_classifier}
+@dataclasses.dataclass(frozen=True)
+class GANSpec:
+    loss: str = "hinge"          # non_saturating | hinge | wgan_gp
+    n_critic: int = 1            # discriminator updates per generator update
+    gp_weight: float = 10.0      # WGAN-GP's lambda
+    r1_gamma: float = 0.0        # > 0: R1 penalty gamma/2 * E||grad D(x)||^2 on real images
+    d_lr: float = 0.0            # the discriminator's learning rate (TTUR); 0: optimizer.lr
+    z_dim: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class GANModelSpec:
+    ch: int = 64                 # the generator's width at full resolution
+    d_ch: int = 64               # the discriminator's
+    levels: int = 2              # stride-2 stages
+    spectral_norm: bool = True   # on every discriminator layer
+    conditional: bool = False    # class-conditional (projection discriminator)
+
+
+@dataclasses.dataclass(frozen=True)
+class VAESpec:
+    beta: float = 1.0            # KL weight (small for latent diffusion's autoencoder)
+    kl_warmup: int = 0           # steps of linear KL warm-up
+    iw_samples: int = 64         # k of the importance-weighted bound
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowSpec:
+    temperature: float = 0.7     # sampling temperature (std of the latents)
+
+
+def _opt_for(config, train: TrainSpec, opt: OptimizerSpec, lr: float | None = None):
+    return make_optimizer(lr or opt.lr, opt.warmup_steps, train.steps, opt.schedule,
+                          opt.weight_decay, opt.b2, opt.grad_clip, opt.grad_accum, opt.b1)
+
+
+def _build_gan(config, data, opt, train, sample, tx) -> GAN:
+    if data.dim:
+        raise ConfigError("the GAN is for images; data.dim is set (vector data)")
+    g = _typed(GANSpec, _section(config, "gan", False), "gan")
+    if g.loss not in GAN_LOSSES:
+        raise ConfigError(f"unknown gan.loss={g.loss!r}; valid: {', '.join(GAN_LOSSES)}")
+    if g.n_critic < 1:
+        raise ConfigError(f"gan.n_critic={g.n_critic} must be >= 1")
+    m = _typed(GANModelSpec, _section(config, "model"), "model")
+    try:
+        check_gan_size(data.image_size, m.levels)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if m.conditional and not data.num_classes:
+        raise ConfigError("model.conditional=True needs data.num_classes > 0")
+    k = data.num_classes if m.conditional else 0
+    gen = Generator(data.image_size, data.channels, m.ch, m.levels, k)
+    disc = Discriminator(m.d_ch, m.levels, k, m.spectral_norm)
+    return GAN(gen, disc, tx, _opt_for(config, train, opt, g.d_lr or None), data.shape, g.z_dim,
+               g.loss, g.n_critic, g.gp_weight, g.r1_gamma, train.ema_decay, train.ema_start)
+
+
+def _build_vae(config, data, opt, train, sample, tx) -> VAEMethod:
+    if data.dim:
+        raise ConfigError("the VAE is for images; data.dim is set (vector data)")
+    v = _typed(VAESpec, _section(config, "vae", False), "vae")
+    model = _typed(VAE, _section(config, "model"), "model", image_size=data.image_size,
+                   channels=data.channels)
+    try:
+        check_gan_size(data.image_size, model.levels)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return VAEMethod(model, tx, data.shape, v.beta, v.kl_warmup, v.iw_samples, train.ema_decay,
+                     train.ema_start)
+
+
+def _build_flow(config, data, opt, train, sample, tx) -> FlowMethod:
+    if data.dim:
+        raise ConfigError("the flow is for images; data.dim is set (vector data)")
+    f = _typed(FlowSpec, _section(config, "flow", False), "flow")
+    model = _typed(Glow, _section(config, "model"), "model")
+    try:
+        check_flow_size(data.image_size, model.levels)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return FlowMethod(model, tx, data.shape, f.temperature, train.ema_decay, train.ema_start)
+
+
+# The one name -> builder table of methods (the CLI and ``from_config`` use it), and the sections
+# only some methods read: a section of another method is refused, with the field named.
+METHODS = {"diffusion": _build_diffusion, "classifier": _build_classifier, "gan": _build_gan,
+           "vae": _build_vae, "flow": _build_flow}
+METHOD_SECTIONS = {"diffusion": ("process", "parameterization", "loss"),
+                   "classifier": ("process", "augment"), "gan": ("gan",), "vae": ("vae",),
+                   "flow": ("flow",)}
+
+
+def _check_sections(config, name: str) -> None:
+    for section in sorted({s for v in METHOD_SECTIONS.values() for s in v}):
+        if section in config and section not in METHOD_SECTIONS[name]:
+            owners = [m for m, v in METHOD_SECTIONS.items() if section in v]
+            keys = list(_plain(config[section]) or {}) if isinstance(config[section], ConfigDict) else []
+            field = f"{section}.{keys[0]}" if keys else section
+            raise ConfigError(f"{field} is a setting of the {'/'.join(owners)} method; this "
+                              f"experiment's method is {name!r}: remove the {section!r} section")
 
 
 def from_config(config: ConfigDict) -> Experiment:
@@ -228,13 +333,13 @@ def from_config(config: ConfigDict) -> Experiment:
     name = config.get("method", "diffusion")
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
+    _check_sections(config, name)
     data = _typed(DataSpec, _section(config, "data"), "data")
     opt = _typed(OptimizerSpec, _section(config, "optimizer"), "optimizer")
     train = _typed(TrainSpec, _section(config, "train"), "train")
     sample = _typed(SampleSpec, _section(config, "sample", False), "sample")
     _check_train(train)
-    tx = make_optimizer(opt.lr, opt.warmup_steps, train.steps, opt.schedule, opt.weight_decay,
-                        opt.b2, opt.grad_clip, opt.grad_accum)
+    tx = _opt_for(config, train, opt)
     method = METHODS[name](config, data, opt, train, sample, tx)
     return Experiment(name, int(config.get("seed", 0)), data, _mesh(config), opt, train, sample,
                       method, json.loads(config.to_json()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ from diffusion_jax.learned_grids import load_learned_grid
 from diffusion_jax.samplers import default_grid
 from diffusion_jax.methods.diffusion import Diffusion, check_sample_inputs, model_denoiser
 from diffusion_jax.utils.images import load_images, make_mask
+from diffusion_jax.utils.interpolate import slerp
 from diffusion_jax.workdir import load, load_classifier, read_experiment
 
 
@@ -46,6 +48,8 @@ class SampleRequest:
     resample: int = 1                  # RePaint resamplings per step (1: replacement)
     strength: float | None = None      # SDEdit
     low_res: str | None = None         # super-resolution input: file or "test"
+    temperature: float | None = None   # flow / VAE: the latents' standard deviation
+    interpolate: int = 0               # > 0: ``num`` rows of this many slerp steps (GAN/VAE/flow)
 
 
 @dataclasses.dataclass
@@ -76,6 +80,16 @@ def check_request(req: SampleRequest) -> None:
         raise ValueError(f"--resample must be >= 1, got {req.resample}")
     if req.resample != 1 and not req.mask:
         raise ValueError("--resample is RePaint's option for inpainting: pass --mask too")
+    if req.interpolate and req.interpolate < 2:
+        raise ValueError(f"--interpolate {req.interpolate}: give at least 2 steps per row")
+    if req.temperature is not None and req.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {req.temperature}")
+
+
+# The flags only diffusion models read (the sample command of a GAN / VAE / flow refuses them).
+DIFFUSION_FLAGS = {"sampler": None, "steps": None, "grid": None, "guidance": None,
+                   "classifier": None, "init_image": None, "mask": None, "resample": 1,
+                   "strength": None, "low_res": None}
 
 
 def parse_labels(spec: str, num_classes: int, n: int) -> tuple[np.ndarray, int | None]:
@@ -172,6 +186,11 @@ def generate(workdir: str, req: SampleRequest, out: str | None = None) -> Genera
         raise ValueError(f"{workdir} holds a {exp.method_name!r} run, which does not generate "
                          "samples")
     test = lambda: get_source(exp.data.dataset, "test", exp.data.data_dir or None)
+    if not isinstance(method, Diffusion):
+        return _generate_family(workdir, exp, req, test, out)
+    if req.temperature is not None or req.interpolate:
+        raise ValueError("--temperature and --interpolate are for GAN / VAE / flow workdirs; "
+                         f"{workdir} holds a diffusion model")
     classifier = _classifier(req, exp)
     cond, n, nrow, inputs = _conditioning(req, exp, method, classifier, test)
     if req.guidance is not None and not method.conditioning.num_classes:
@@ -216,6 +235,74 @@ def generate(workdir: str, req: SampleRequest, out: str | None = None) -> Genera
         images.flush()
     y = np.asarray(cond["y"]) if "y" in cond else None
     return Generated(images, inputs, nrow, y, step)
+
+
+def _generate_family(workdir, exp: Experiment, req: SampleRequest, test, out) -> Generated:
+    """Samples (or slerp rows) of a GAN, VAE or flow: one network evaluation per image."""
+    method, name = exp.method, exp.method_name
+    for flag, default in DIFFUSION_FLAGS.items():
+        if getattr(req, flag) != default:
+            raise ValueError(f"--{flag.replace('_', '-')} is an option of diffusion sampling; "
+                             f"{workdir} holds a {name} (its options: --num --batch --seed "
+                             "--out --interpolate" + (" --labels" if name == "gan" else "")
+                             + (" --temperature" if name != "gan" else "") + ")")
+    if req.temperature is not None and name == "gan":
+        raise ValueError("--temperature is for flows and VAEs; a GAN samples z ~ N(0, I)")
+    k = getattr(method, "num_classes", 0)
+    if req.labels and not k:
+        raise ValueError(f"--labels needs a class-conditional model; {workdir} holds an "
+                         f"unconditional {name}")
+    labels, nrow = (parse_labels(req.labels, k, req.num) if req.labels else (None, None))
+    n = len(labels) if labels is not None else req.num
+    _, params, step = load(workdir)
+    key = jax.random.key(req.seed)
+    temp = {} if req.temperature is None else {"temperature": req.temperature}
+    if req.interpolate:
+        images = np.asarray(_interpolation_rows(method, params, key, n, req.interpolate, test, labels))
+        nrow = req.interpolate
+    else:
+        b = min(req.batch, n)
+        images = (np.lib.format.open_memmap(out, "w+", np.float32, (n,) + exp.shape)
+                  if out is not None and str(out).endswith(".npy")
+                  else np.empty((n,) + exp.shape, np.float32))
+        for i, start in enumerate(tqdm(range(0, n, b), desc="sample", disable=n <= b)):
+            kw = dict(temp)
+            if labels is not None:
+                kw["cond"] = {"y": _take(labels, start, b, n)}
+            chunk = np.asarray(method.sample(params, jax.random.fold_in(key, i), b, **kw))
+            images[start: start + b] = chunk[: n - start]
+    if not np.all(np.isfinite(images)):
+        raise FloatingPointError(f"samples from {workdir} (checkpoint step {step}) hold NaN/inf: "
+                                 "the parameters diverged")
+    if isinstance(images, np.memmap):
+        images.flush()
+    return Generated(images, None, nrow, labels, step)
+
+
+def _interpolation_rows(method, params, key, rows: int, steps: int, test, labels):
+    """``rows`` x ``steps`` images along slerp paths: between the latents of consecutive test
+    images (VAE: posterior means; flow: its exact latents) or between random latents (GAN)."""
+    t = jnp.linspace(0.0, 1.0, steps)
+    if method.name == "gan":
+        ka, kb = jax.random.split(key)
+        za, zb = (jax.random.normal(k, (rows, method.z_dim)) for k in (ka, kb))
+        z = slerp(za, zb, t).reshape(rows * steps, -1)
+        y = None if labels is None else jnp.repeat(jnp.asarray(labels), steps)
+        return method.sample_from(params, z, y)
+    x = jnp.asarray(first_images(test(), 2 * rows, method.shape))
+    if method.name == "vae":
+        z = method.encode(params, x)
+        path = slerp(z[:rows], z[rows:], t)
+        return method.decode(params, path.reshape((rows * steps,) + z.shape[1:]))
+    zs = method.encode(params, x)  # the flow: one latent per level, slerped jointly
+    flat = jnp.concatenate([z.reshape(2 * rows, -1) for z in zs], -1)
+    path = slerp(flat[:rows], flat[rows:], t).reshape(rows * steps, -1)
+    parts, i = [], 0
+    for z in zs:
+        size = math.prod(z.shape[1:])
+        parts.append(path[:, i: i + size].reshape((rows * steps,) + z.shape[1:]))
+        i += size
+    return method.decode(params, parts)
 
 
 def _take(x, start: int, b: int, n: int):

@@ -49,6 +49,27 @@ def tiny_image_config(tmp_path, steps: int = 2, n_images: int = 64):
         "train.time_limit_minutes=0.0"])
 
 
+FAMILY_OVERRIDES = {
+    "gan": ["model.ch=4", "model.d_ch=4", "gan.z_dim=8"],
+    "vae": ["model.ch=4", "model.latent_dim=4", "vae.iw_samples=4", "vae.kl_warmup=2"],
+    "flow": ["model.steps=2", "model.hidden=8"],
+}
+
+
+def family_config(family: str, tmp_path, steps: int = 4, extra=()):
+    """A GAN / VAE / flow experiment at smoke size on random 8x8 8-bit images with labels (the
+    same file for the same ``tmp_path``, so a resumed run sees the same data)."""
+    path = Path(tmp_path) / "tiny_family.npz"
+    if not path.exists():
+        rng = np.random.default_rng(0)
+        np.savez(path, images=rng.integers(0, 256, size=(64, 8, 8, 1), dtype=np.uint8),
+                 labels=rng.integers(0, 10, 64))
+    return _config(f"fashion_mnist_{family}.py", [
+        f"data.dataset=npz:{path}", "data.image_size=8", f"train.steps={steps}",
+        "train.batch_size=8", "train.log_every=1", "train.ckpt_every=2", "train.ema_start=0",
+        "train.time_limit_minutes=0.0", "sample.num=4", *FAMILY_OVERRIDES[family], *extra])
+
+
 def experiment(cfg):
     from diffusion_jax.experiment import from_config
 
@@ -71,5 +92,6 @@ def configs():
     """The config helpers above, for tests (no test module imports another)."""
     import types
     return types.SimpleNamespace(toy=toy_config, toy_overrides=toy_overrides,
-                                 tiny_image=tiny_image_config, experiment=experiment,
+                                 tiny_image=tiny_image_config, family=family_config,
+                                 experiment=experiment,
                                  cli_error=cli_error, root=ROOT)

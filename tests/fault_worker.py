@@ -1,5 +1,6 @@
 """A trainer in its own process, for test_faults: ``python fault_worker.py WORKDIR STEPS [K]``.
-Trains the toy experiment (the same settings as ``conftest.toy_config``) and, with ``K``, kills
+Trains the toy experiment (the same settings as ``conftest.toy_config``; with ``FAULT_FAMILY``
+set, ``conftest.family_config``) and, with ``K``, kills
 itself with SIGKILL right after the checkpoint save of step ``K`` has started (the asynchronous
 write is then in flight). ``FAULT_STEP_SLEEP`` seconds are slept before each step. Exits with the
 CLI's exit code otherwise."""
@@ -31,5 +32,8 @@ if len(sys.argv) > 3:
 if os.environ.get("FAULT_STEP_SLEEP"):  # slow steps, so that the test's signals land mid-run
     pause, global_batch = float(os.environ["FAULT_STEP_SLEEP"]), loop.global_batch
     loop.global_batch = lambda *a: (time.sleep(pause), global_batch(*a))[1]
-out = loop.train(from_config(conftest.toy_config(steps)), workdir)
+family = os.environ.get("FAULT_FAMILY")  # a GAN / VAE / flow run instead of the toy one
+cfg = (conftest.family_config(family, Path(workdir).parent, steps) if family
+       else conftest.toy_config(steps))
+out = loop.train(from_config(cfg), workdir)
 sys.exit(loop.EXIT_CODES[out["status"]])

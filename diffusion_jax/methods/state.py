@@ -37,21 +37,37 @@ def state_shardings(model: nn.Module, tx: optax.GradientTransformation, example:
     """``(abstract_state, shardings)`` from shapes alone (nothing is computed): the layout comes
     from the model's logical axis names; the abstract state is what a checkpoint restores into."""
     abstract, boxed = jax.eval_shape(_init_fn(model, tx, example), jax.random.key(0))
+    param_sh = param_shardings(boxed, mesh, rules)
+    rep = replicated(mesh)
+    shardings = TrainState(rep, param_sh, param_sh, opt_shardings(tx, abstract.opt_state, param_sh, rep))
+    return with_shardings(abstract, shardings), shardings
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def param_shardings(boxed, mesh: Mesh, rules):
+    """Parameter shardings from the logical axis names of a boxed parameter tree (dimensions a
+    mesh axis does not divide are replicated)."""
     spec = nn.get_partition_spec(boxed)
     rules = rules_for_mesh(rules, mesh)
     with nn.logical_axis_rules(rules):
-        param_sh = nn.logical_to_mesh_sharding(spec, mesh, rules)
-    param_sh = _replicate_indivisible(nn.meta.unbox(boxed), param_sh, mesh)
-    rep = NamedSharding(mesh, jax.sharding.PartitionSpec())
-    # Optimizer moments take their parameter's layout; counts and other scalars are replicated.
-    opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, nn.meta.unbox(abstract.opt_state),
-                                   param_sh, transform_non_params=lambda _: rep)
-    shardings = TrainState(rep, param_sh, param_sh, opt_sh)
-    unboxed = TrainState(abstract.step, nn.meta.unbox(abstract.params),
-                         nn.meta.unbox(abstract.ema_params), nn.meta.unbox(abstract.opt_state))
-    abstract = jax.tree_util.tree_map(
-        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), unboxed, shardings)
-    return abstract, shardings
+        sh = nn.logical_to_mesh_sharding(spec, mesh, rules)
+    return _replicate_indivisible(nn.meta.unbox(boxed), sh, mesh)
+
+
+def opt_shardings(tx: optax.GradientTransformation, opt_state, param_sh, rep):
+    """Optimizer moments take their parameter's layout; counts and other scalars are replicated."""
+    return optax.tree_map_params(tx, lambda _, sh: sh, nn.meta.unbox(opt_state), param_sh,
+                                 transform_non_params=lambda _: rep)
+
+
+def with_shardings(abstract, shardings):
+    """The abstract (unboxed) tree with each leaf's sharding attached: a restore target."""
+    return jax.tree_util.tree_map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+        nn.meta.unbox(abstract), shardings)
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, example: tuple, key) -> TrainState:
