@@ -93,6 +93,15 @@ def _eval_parsers(sub) -> None:
     lk.add_argument("--atol", type=float, default=1e-4)
     lk.add_argument("--seed", type=int, default=0)
     lk.add_argument("--out", default=None)
+    cp = sub.add_parser("compare", help="families side by side (GAN, VAE, flow, diffusion)")
+    cp.add_argument("--workdirs", required=True, help="comma-separated workdirs")
+    cp.add_argument("--classifier", required=True,
+                    help="classifier workdir: the features of FD/KID/precision/recall and the "
+                         "judge of class coverage")
+    cp.add_argument("--num", type=int, default=2000, help="samples per model")
+    cp.add_argument("--bpd-num", type=int, default=256, help="test images for bits/dim")
+    cp.add_argument("--labels", default=None, help="comma-separated names for the rows")
+    cp.add_argument("--out", default="compare")
     og = sub.add_parser("optimize-grid", help="learn a time grid for a sampler and NFE")
     og.add_argument("--workdir", required=True)
     og.add_argument("--sampler", required=True)
@@ -187,6 +196,15 @@ def _run(args, overrides) -> int:
 
         workdir_bits_per_dim(args.workdir, args.num, args.batch, args.trace, rtol=args.rtol,
                              atol=args.atol, seed=args.seed, out=args.out)
+    elif args.cmd == "compare":
+        from diffusion_jax.eval.compare import compare
+
+        workdirs = [w for w in args.workdirs.split(",") if w]
+        labels = args.labels.split(",") if args.labels else None
+        if labels and len(labels) != len(workdirs):
+            raise ValueError(f"--labels names {len(labels)} rows but --workdirs has "
+                             f"{len(workdirs)}")
+        compare(workdirs, args.classifier, args.num, args.out, args.bpd_num, labels)
     elif args.cmd == "optimize-grid":
         from diffusion_jax.learned_grids import optimize_workdir_grid
 

@@ -91,6 +91,22 @@ def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
     return float(np.mean(scores)), float(np.std(scores))
 
 
+COLLAPSE_FRACTION = 0.9  # one class holding more than this share of the samples: collapsed
+
+
+def class_coverage(probs: np.ndarray, threshold: float = 0.05) -> dict:
+    """The class histogram of samples under a classifier (its argmax) and what it says about mode
+    coverage: ``coverage`` (the fraction of classes holding at least ``threshold`` of the samples),
+    ``entropy`` (of the histogram, in nats; ``log K`` when balanced), ``max_fraction`` and
+    ``top_class``; ``collapsed`` when one class holds more than ``COLLAPSE_FRACTION``."""
+    k = probs.shape[1]
+    hist = np.bincount(np.argmax(probs, axis=1), minlength=k) / len(probs)
+    nz = hist[hist > 0]
+    return {"coverage": float(np.mean(hist >= threshold)), "entropy": float(-np.sum(nz * np.log(nz))),
+            "max_fraction": float(hist.max()), "top_class": int(hist.argmax()),
+            "collapsed": bool(hist.max() > COLLAPSE_FRACTION), "histogram": hist.tolist()}
+
+
 def save_stats(path: str | Path, feats: np.ndarray, extractor: str) -> None:
     mu, sigma = feature_stats(feats)
     np.savez(path, mu=mu, sigma=sigma, n=len(feats), extractor=np.array(extractor))

@@ -56,15 +56,29 @@ def sample_images(method, params, num: int, key, batch: int = 250, sample_fn=Non
 def training_fd(exp: Experiment, workdir: str | Path):
     """The loop's ``periodic`` hook for ``train.fid_every``: FD of ``train.fid_num`` samples (the
     experiment's sampler; balanced labels for class-conditional models) against the test split,
-    with the extractor of ``train.fid_classifier`` / ``train.fid_inception``."""
+    with the extractor of ``train.fid_classifier`` / ``train.fid_inception``. With a classifier
+    of the data's classes it also logs mode coverage (``coverage``, ``class_entropy``,
+    ``max_class_fraction``) of one fixed batch of latents, and flags a collapsed model."""
     tc = exp.train
     extractor = make_extractor(tc.fid_classifier or None, tc.fid_inception or None)
     real = reference_features(extractor, exp, Path(workdir) / "eval" / "reference_features.npz")
+    fixed = jax.random.key(exp.seed + 1)  # the same latents every time: a curve, not noise
 
     def hook(params, step, key) -> dict:
-        fd = M.fd_from_features(extractor(sample_images(exp.method, params, tc.fid_num, key))[0], real)
-        print(f"step {step}: FD {fd:.3f} ({tc.fid_num} samples, {extractor.name})")
-        return {"fd": fd, "fd_num": tc.fid_num, "extractor": extractor.name}
+        feats, probs = extractor(sample_images(exp.method, params, tc.fid_num, fixed))
+        row = {"fd": M.fd_from_features(feats, real), "fd_num": tc.fid_num,
+               "extractor": extractor.name}
+        msg = f"step {step}: FD {row['fd']:.3f} ({tc.fid_num} samples, {extractor.name})"
+        if probs.shape[1] == exp.data.num_classes:
+            cov = M.class_coverage(probs)
+            row.update(coverage=cov["coverage"], class_entropy=cov["entropy"],
+                       max_class_fraction=cov["max_fraction"], class_histogram=cov["histogram"])
+            msg += f"; class coverage {cov['coverage']:.2f}, entropy {cov['entropy']:.3f}"
+            if cov["collapsed"]:
+                msg += (f"\nWARNING: mode collapse at step {step}: class {cov['top_class']} holds "
+                        f"{100 * cov['max_fraction']:.0f}% of the samples")
+        print(msg, flush=True)
+        return row
 
     return hook
 
@@ -78,9 +92,8 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
     a sampler x NFE without one is skipped with a note)."""
     exp, params, step = load(workdir)
     method = exp.method
-    if not isinstance(method, Diffusion):
-        raise ValueError(f"eval compares samplers of a diffusion model; {workdir} holds a "
-                         f"{exp.method_name!r} run")
+    if not getattr(method, "generates", False):
+        raise ValueError(f"{workdir} holds a {exp.method_name!r} run, which makes no samples")
     extractor = make_extractor(classifier_dir, inception)
     judge = classifier_extractor(classifier_dir) if classifier_dir else None
     k = method.conditioning.num_classes
@@ -89,6 +102,14 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
     out = Path(out or Path(workdir) / "eval")
     real_feats = reference_features(extractor, exp, out / "reference_features.npz")
     rows = []
+    if not isinstance(method, Diffusion):  # a GAN / VAE / flow: one network evaluation, no sampler
+        draw = lambda p, key, n, i: method.sample(p, key, n)
+        row = _eval_row(draw, params, num, batch, 0, extractor, None, real_feats)
+        row.update(sampler=exp.method_name, nfe=1, steps=1, extractor=extractor.name, grid="-",
+                   checkpoint_step=step)
+        _write([row], out, extractor, num, len(real_feats), step, None)
+        print(json.dumps({k_: round(v, 4) if isinstance(v, float) else v for k_, v in row.items()}))
+        return [row]
     for s_name in samplers:
         for nfe in nfes:
             steps = steps_for_budget(s_name, nfe)
@@ -101,8 +122,8 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
                         print(f"note: no learned grid for {s_name} at NFE {nfe}; skipped")
                         continue
                 fn = method.sample_fn(s_name, steps, grid, guidance_scale=guidance if k else None)
-                row = _eval_row(method, exp.shape, params, fn, num, batch, k, extractor, judge,
-                                real_feats)
+                draw = _diffusion_draw(method, exp.shape, fn, k)
+                row = _eval_row(draw, params, num, batch, k, extractor, judge, real_feats)
                 row.update(sampler=s_name, nfe=nfe, steps=steps, extractor=extractor.name,
                            grid="learned" if isinstance(grid, tuple) else grid,
                            checkpoint_step=step, **({"guidance": guidance} if k else {}))
@@ -113,11 +134,15 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
     return rows
 
 
-def _eval_row(method, shape, params, fn, num, batch, k, extractor, judge, real_feats) -> dict:
-    draw = lambda p, key, n, i: fn(p, method.process.prior_sample(key, (n,) + shape), key,
+def _diffusion_draw(method, shape, fn, k):
+    return lambda p, key, n, i: fn(p, method.process.prior_sample(key, (n,) + shape), key,
                                    {"y": (jnp.arange(n) + i) % k} if k else None)
+
+
+def _eval_row(draw, params, num, batch, k, extractor, judge, real_feats) -> dict:
+    """``draw(params, key, n, i)`` makes samples ``i .. i+n-1``."""
     t0 = time.perf_counter()
-    images = sample_images(method, params, num, jax.random.key(0), min(batch, num), draw)
+    images = sample_images(None, params, num, jax.random.key(0), min(batch, num), draw)
     secs = time.perf_counter() - t0
     feats, probs = extractor(images)
     kid_m, kid_s = M.kid(feats, real_feats, 20, min(1000, num))

@@ -210,7 +210,7 @@ def _finish(exp: Experiment, state, workdir: Path, status: str, log: MetricLogge
             out["samples"] = str(write_preview(exp, params, workdir, "samples.png", key, log,
                                                int(state.step)))
     if jax.process_index() == 0:
-        for name, label in (("loss", "loss"), ("fd", "FD")):
+        for name, label in (("loss", "loss"), ("fd", "FD"), ("coverage", "class coverage")):
             rows = [h for h in log.history if name in h]
             if rows:
                 plot_curve([h["step"] for h in rows], [h[name] for h in rows],
