@@ -268,3 +268,56 @@ def test_sample_and_interpolate_each_family(workdirs, capsys, tmp_path, configs)
     err = configs.cli_error(capsys, ["sample", "--workdir", str(workdirs["gan"]), "--sampler",
                                      "ddim"])
     assert "--sampler" in err and "gan" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(configs, workdirs):
+    wd = workdirs["gan"].parent / "classifier"
+    data = workdirs["gan"].parent / "tiny_family.npz"
+    assert main(["train", "--config", str(configs.root / "experiments/fashion_mnist_classifier.py"),
+                 "--workdir", str(wd), f"--config.data.dataset=npz:{data}",
+                 "--config.data.image_size=8", "--config.model.channels=8",
+                 "--config.model.feature_dim=8", "--config.train.steps=2",
+                 "--config.train.batch_size=8"]) == 0
+    return str(wd)
+
+
+def test_compare_writes_the_table_json_and_figure(workdirs, tiny_classifier, tmp_path):
+    out = tmp_path / "cmp"
+    wds = ",".join(str(workdirs[f]) for f in ("gan", "vae", "flow"))
+    assert main(["compare", "--workdirs", wds, "--classifier", tiny_classifier, "--num", "32",
+                 "--bpd-num", "8", "--out", str(out)]) == 0
+    res = json.loads((out / "compare.json").read_text())
+    rows = {r["family"]: r for r in res["rows"]}
+    assert list(rows) == ["gan", "vae", "flow"] and res["num"] == 32
+    assert rows["gan"]["bits_per_dim"] is None and "no likelihood" in rows["gan"]["bpd_kind"]
+    assert rows["vae"]["bpd_bounds"]["iwae"] <= rows["vae"]["bpd_bounds"]["elbo"]
+    assert set(rows["flow"]["bpd_bounds"]) == {"exact"}
+    for r in rows.values():
+        assert r["train_steps"] == 4 and r["images_per_s"] > 0 and r["nfe_per_sample"] == 1
+        assert 0 <= r["coverage"] <= 1 and 0 <= r["class_entropy"] <= math.log(10) + 1e-9
+        assert math.isclose(sum(r["class_histogram"]), 1.0)
+    md = (out / "compare.md").read_text()
+    assert md.count("\n| ") == 4 and "no likelihood" in md
+    assert (out / "compare.png").stat().st_size > 10_000
+
+
+def test_a_collapsed_gan_is_flagged_in_the_log(workdirs, tiny_classifier, capsys, monkeypatch):
+    from diffusion_jax.eval import metrics, sample_eval
+    from diffusion_jax.eval.features import Extractor
+    from diffusion_jax.workdir import load
+
+    exp, params, _ = load(workdirs["gan"])
+    cov = metrics.class_coverage(np.eye(10)[[3] * 95 + [1] * 5])
+    assert cov["collapsed"] and cov["top_class"] == 3 and cov["coverage"] == 0.2
+    assert not metrics.class_coverage(np.eye(10)[np.arange(100) % 10])["collapsed"]
+    # a judge that puts every sample in class 3: the hook logs the collapse, it does not hide it
+    one_class = Extractor("stub judge", lambda x: (x.reshape(x.shape[0], -1)[:, :4],
+                                                   jnp.eye(10)[jnp.full(x.shape[0], 3)]))
+    monkeypatch.setattr(sample_eval, "make_extractor", lambda *a: one_class)
+    import dataclasses
+    exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, fid_num=20))
+    row = sample_eval.training_fd(exp, workdirs["gan"])(params, 7, jax.random.key(0))
+    assert row["max_class_fraction"] == 1.0 and row["coverage"] == 0.1
+    assert "WARNING: mode collapse at step 7: class 3 holds 100% of the samples" in \
+        capsys.readouterr().out
