@@ -38,6 +38,15 @@ def train_experiment(config, workdir: str) -> dict:
     return train(exp, workdir, periodic)
 
 
+def compare(workdirs, classifier: str, num: int = 2000, out: str = "compare", bpd_num: int = 256,
+            labels=None) -> list[dict]:
+    """Trained workdirs of any families side by side (``compare.md``/``.json``/``.png`` in
+    ``out``); see ``diffusion_jax.eval.compare``."""
+    from diffusion_jax.eval.compare import compare as run
+
+    return run(workdirs, classifier, num, out, bpd_num, labels)
+
+
 def sampler_fn(model, process, parameterization, sampler: str, num_steps: int, grid: str = "default",
                guidance_scale: float | None = None):
     """A jitted ``fn(params, x_T, key, cond=None, known=None, mask=None) -> samples`` for a trained
@@ -51,4 +60,4 @@ __version__ = "0.1.0"
 
 __all__ = ["processes", "parameterization", "samplers", "gmm", "guidance", "likelihood", "sample",
            "SAMPLERS", "GRIDS", "make_grid", "total_nfe", "make_denoiser", "load_config",
-           "build_experiment", "train_experiment", "sampler_fn", "__version__"]
+           "build_experiment", "train_experiment", "sampler_fn", "compare", "__version__"]

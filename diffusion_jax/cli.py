@@ -99,7 +99,8 @@ def _eval_parsers(sub) -> None:
                     help="classifier workdir: the features of FD/KID/precision/recall and the "
                          "judge of class coverage")
     cp.add_argument("--num", type=int, default=2000, help="samples per model")
-    cp.add_argument("--bpd-num", type=int, default=256, help="test images for bits/dim")
+    cp.add_argument("--bpd-num", type=int, default=256,
+                    help="test images for bits/dim (0: skip the likelihoods)")
     cp.add_argument("--labels", default=None, help="comma-separated names for the rows")
     cp.add_argument("--out", default="compare")
     og = sub.add_parser("optimize-grid", help="learn a time grid for a sampler and NFE")

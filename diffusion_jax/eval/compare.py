@@ -63,6 +63,8 @@ def _nfe(exp) -> int:
 def _bits(workdir, exp, num: int, out: Path) -> dict:
     if exp.method_name == "gan":
         return {"bits_per_dim": None, "bound": "none (a GAN has no likelihood)"}
+    if num == 0:
+        return {"bits_per_dim": None, "bound": "not measured (--bpd-num 0)"}
     res = workdir_bits_per_dim(str(workdir), num, min(num, 128), out=str(out))
     if exp.method_name == "diffusion":
         res["bound"] = "PF-ODE (dequantised, Hutchinson)"
@@ -103,7 +105,8 @@ def compare(workdirs, classifier: str, num: int = 2000, out: str | Path = "compa
                "max_class_fraction": cov["max_fraction"], "class_histogram": cov["histogram"],
                "nfe_per_sample": _nfe(exp),
                "images_per_s": sampling_speed(exp.method, params), "num": num}
-        print(f"[{label}] bits/dim on {bpd_num} test images", flush=True)
+        if bpd_num:
+            print(f"[{label}] bits/dim on {bpd_num} test images", flush=True)
         bits = _bits(w, exp, bpd_num, out / f"likelihood_{i}_{exp.method_name}.json")
         row.update(bits_per_dim=bits.get("bits_per_dim"), bpd_kind=bits.get("bound", ""),
                    bpd_bounds={k: v["bits_per_dim"] for k, v in bits.get("bounds", {}).items()},
@@ -127,7 +130,7 @@ def _fmt(v, spec):
 def _markdown(rows, extractor: str, num: int, n_real: int, bpd_num: int) -> str:
     def bpd(r):
         if r["bits_per_dim"] is None:
-            return "no likelihood"
+            return "no likelihood" if r["method"] == "gan" else "not measured"
         if r["bpd_bounds"] and len(r["bpd_bounds"]) > 1:
             return " / ".join(f"{v:.3f} ({k})" for k, v in r["bpd_bounds"].items())
         return f"{r['bits_per_dim']:.3f} ({r['bpd_kind']})"
