@@ -116,6 +116,19 @@ def test_vae_bounds_are_ordered_and_the_iwae_tightens_with_k(configs, tmp_path):
     assert float(jnp.mean(b32["iwae"])) <= float(jnp.mean(b32["elbo"]))
 
 
+def test_the_spatial_latent_autoencoder_for_latent_diffusion(configs, tmp_path):
+    exp = from_config(configs.family("vae", tmp_path, extra=["model.latent_dim=0",
+                                                             "vae.beta=0.001"]))
+    m = exp.method
+    state = m.init(jax.random.key(0))
+    x = jnp.zeros((3, 8, 8, 1))
+    z = m.encode(state.params, x)
+    assert z.shape == (3, 2, 2, 4) and m.decode(state.params, z).shape == x.shape
+    batch = {"image": x, "label": jnp.zeros(3, jnp.int32)}
+    _, metrics = jax.jit(m.train_step)(state, batch, jax.random.key(1))
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["kl_weight"]) == pytest.approx(5e-4)
+
+
 # --- the GAN ----------------------------------------------------------------------------------
 
 def test_wgan_gp_penalty_of_a_linear_critic_is_hand_computed():
