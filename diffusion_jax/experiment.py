@@ -31,6 +31,8 @@ from diffusion_jax.methods.gan import GAN_LOSSES
 from diffusion_jax.methods import GAN, ClassifierMethod, Diffusion, FlowMethod, Method, VAEMethod
 from diffusion_jax.models import MLP, UNet, UNetConfig, check_image_size
 from diffusion_jax.models.classifier import Classifier
+from diffusion_jax.models.dit import DiT, DiTConfig, check_patch_size
+from diffusion_jax.models.layers import REMAT_POLICIES, remat_policy
 from diffusion_jax.models.flow import Glow, check_flow_size
 from diffusion_jax.models.gan import Discriminator, Generator, check_gan_size
 from diffusion_jax.models.vae import VAE
@@ -39,7 +41,8 @@ from diffusion_jax.optim import make_optimizer
 # Logical axis names used by the models -> mesh axes. An experiment may replace them
 # (``config.sharding_rules``); mesh axes absent from a mesh are dropped for that mesh.
 DEFAULT_RULES = (("batch", ("data", "fsdp")), ("conv_out", "fsdp"), ("mlp", "fsdp"),
-                 ("conv_in", None), ("embed", None))
+                 ("kv", "fsdp"), ("conv_in", None), ("embed", None), ("heads", None),
+                 ("patch", None))
 
 
 class ConfigError(ValueError):
@@ -188,15 +191,29 @@ def _diffusion_model(section, data: DataSpec):
     num_classes = data.num_classes if conditional else 0
     if name == "mlp":
         model = _typed(MLP, arch, "model")
+    elif name == "dit":
+        dcfg = _typed(DiTConfig, arch, "model", num_classes=num_classes)
+        try:
+            check_patch_size(data.image_size, dcfg.patch_size)
+            remat_policy(dcfg.remat) if dcfg.remat != "none" else None
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if dcfg.hidden_size % dcfg.num_heads or dcfg.hidden_size % 4:
+            raise ConfigError(f"model.hidden_size={dcfg.hidden_size} must be divisible by "
+                              f"model.num_heads={dcfg.num_heads} and by 4")
+        model = DiT(dcfg, dtype=jnp.dtype(common.get("dtype", "float32")))
     elif name == "unet":
         ucfg = _typed(UNetConfig, arch, "model", num_classes=num_classes)
+        if ucfg.remat != "none" and ucfg.remat not in REMAT_POLICIES:
+            raise ConfigError(f"unknown model.remat={ucfg.remat!r}; valid: none, "
+                              f"{', '.join(REMAT_POLICIES)}")
         check_image_size(data.image_size, ucfg.channel_mult)
         if ucfg.low_res_size and data.image_size % ucfg.low_res_size:
             raise ConfigError(f"model.low_res_size={ucfg.low_res_size} must divide "
                               f"data.image_size={data.image_size}")
         model = UNet(ucfg, dtype=jnp.dtype(common.get("dtype", "float32")))
     else:
-        raise ConfigError(f"unknown model {name!r}; valid: 'unet', 'mlp'")
+        raise ConfigError(f"unknown model {name!r}; valid: 'unet', 'dit', 'mlp'")
     cond = Conditioning(num_classes=num_classes, context_dim=arch.get("context_dim", 0),
                         low_res_size=arch.get("low_res_size", 0),
                         **({"drop_prob": common["cond_drop"]} if "cond_drop" in common else {}))

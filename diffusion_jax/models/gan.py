@@ -36,7 +36,7 @@ def check_gan_size(image_size: int, levels: int) -> None:
 
 class Generator(nn.Module):
     """``z [B, z_dim] (, y [B]) -> images [B, S, S, C]`` in (-1, 1): a dense layer to
-    ``S/2^L x S/2^L x ch*2^L``, then ``L`` stride-2 transposed convolutions halving the width,
+    ``S/2^L x S/2^L x ch*2^L``, then ``L`` x [2x nearest upsampling, 3x3 conv] halving the width,
     GroupNorm (per sample: sampling does not depend on the batch) and ReLU, then a 3x3 conv and
     tanh. Class-conditional: a learned class embedding is concatenated to ``z``."""
     image_size: int
@@ -55,8 +55,10 @@ class Generator(nn.Module):
         for i in range(self.levels):
             h = nn.relu(nn.GroupNorm(min(32, width // 4) or 1)(h))
             width //= 2
-            h = nn.ConvTranspose(width, (4, 4), strides=(2, 2), padding="SAME",
-                                 kernel_init=_conv_init(), name=f"up{i}")(h)
+            b, hh, ww, c = h.shape  # resize-convolution: no checkerboard (Odena et al. 2016), and
+            h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest")  # 10x faster than a
+            h = nn.Conv(width, (3, 3), padding="SAME", kernel_init=_conv_init(),  # transposed
+                        name=f"up{i}")(h)  # conv's backward on XLA:CPU
         h = nn.relu(nn.GroupNorm(min(32, width // 4) or 1)(h))
         return jnp.tanh(nn.Conv(self.channels, (3, 3), padding="SAME", kernel_init=_conv_init(),
                                 name="out")(h))

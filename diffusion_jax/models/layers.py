@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 KERNEL_AXES_CONV = (None, None, "conv_in", "conv_out")
@@ -26,6 +27,38 @@ def dense(features, dtype=jnp.float32, param_dtype=jnp.float32, zero=False, name
         1.0, "fan_avg", "uniform")
     return nn.Dense(features, dtype=dtype, param_dtype=param_dtype,
                     kernel_init=nn.with_logical_partitioning(init, KERNEL_AXES_DENSE), name=name)
+
+
+def attention(q, k, v, mask=None, bias=None):
+    """Multi-head attention on ``[B, T, N, H]`` queries/keys/values through
+    ``jax.nn.dot_product_attention``: XLA's fused attention on CPU and TPU, cuDNN flash attention
+    on GPUs for 16-bit inputs. Softmax in float32 whatever the compute dtype."""
+    impl = None
+    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and mask is None:
+        impl = "cudnn"
+    try:
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=impl)
+    except Exception:  # noqa: BLE001 - cuDNN unavailable for this shape / version: XLA's kernel
+        if impl is None:
+            raise
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
+
+
+def flax_attention_fn(query, key, value, bias=None, mask=None, **_):
+    """``attention`` in the signature of flax's ``MultiHeadDotProductAttention(attention_fn=)``
+    (dropout-free: the attention blocks here use none)."""
+    return attention(query, key, value, mask=mask, bias=bias)
+
+
+# Rematerialisation policies selectable in an experiment (``model.remat``): "full" recomputes a
+# block's activations in the backward pass, "dots" keeps the matmul outputs and recomputes the rest.
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def remat_policy(name: str):
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {name!r}; valid: none, {', '.join(REMAT_POLICIES)}")
+    return REMAT_POLICIES[name]
 
 
 def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
@@ -71,7 +104,7 @@ class AttnBlock(nn.Module):
         y = group_norm(c, self.dtype)(x).reshape(b, h * w, c)
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
-            out_kernel_init=nn.initializers.zeros)(y, y)
+            out_kernel_init=nn.initializers.zeros, attention_fn=flax_attention_fn)(y, y)
         return (x + y.reshape(b, h, w, c)) / math.sqrt(2.0)
 
 
@@ -90,5 +123,6 @@ class CrossAttnBlock(nn.Module):
         kv = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype)(context.astype(self.dtype))
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, qkv_features=c, out_features=c, dtype=self.dtype,
-            param_dtype=self.param_dtype, out_kernel_init=nn.initializers.zeros)(q, kv)
+            param_dtype=self.param_dtype, out_kernel_init=nn.initializers.zeros,
+            attention_fn=flax_attention_fn)(q, kv)
         return x + y.reshape(b, h, w, c)

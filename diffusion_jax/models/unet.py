@@ -19,7 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.models.layers import AttnBlock, CrossAttnBlock, ResBlock, conv, dense, group_norm, timestep_embedding
+from diffusion_jax.models.layers import (AttnBlock, CrossAttnBlock, ResBlock, conv, dense, group_norm,
+                                        remat_policy, timestep_embedding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,8 @@ class UNetConfig:
     out_channels: int | None = None
     context_dim: int = 0          # > 0: cross-attention to ``context [B, L, context_dim]``
     low_res_size: int = 0         # > 0: concatenate an upsampled ``low_res [B, s, s, C]`` input
+    remat: str = "none"           # none | full | dots: recompute each res/attention block's
+                                  # activations in the backward pass (layers.REMAT_POLICIES)
 
 
 def check_image_size(size: int, channel_mult) -> None:
@@ -67,26 +70,40 @@ class UNet(nn.Module):
         if cfg.num_classes:
             y = jnp.full(x.shape[:1], cfg.num_classes) if y is None else y
             emb = emb + nn.Embed(cfg.num_classes + 1, emb_dim, param_dtype=self.param_dtype)(y)
-        block = lambda f: ResBlock(f, cfg.dropout, **kw)
+        res_cls, attn_cls = ResBlock, AttnBlock
+        if cfg.remat != "none":  # the same parameter names as without remat (checkpoints agree)
+            policy = remat_policy(cfg.remat)
+            res_cls = nn.remat(ResBlock, policy=policy, static_argnums=(3,))
+            attn_cls = nn.remat(AttnBlock, policy=policy)
+        count = {"res": 0, "attn": 0}
+
+        def block(f):
+            count["res"] += 1
+            return res_cls(f, cfg.dropout, **kw, name=f"ResBlock_{count['res'] - 1}")
+
+        def AttnBlock_(heads, **kw_):  # noqa: N802
+            count["attn"] += 1
+            return attn_cls(heads, **kw_, name=f"AttnBlock_{count['attn'] - 1}")
+
         h = conv(cfg.channels, **kw)(x.astype(self.dtype))
         skips = [h]
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
                 h = block(cfg.channels * mult)(h, emb, train)
                 if h.shape[1] in cfg.attn_resolutions:
-                    h = attend(AttnBlock(cfg.num_heads, **kw)(h))
+                    h = attend(AttnBlock_(cfg.num_heads, **kw)(h))
                 skips.append(h)
             if level < len(cfg.channel_mult) - 1:
                 h = conv(h.shape[-1], stride=2, **kw)(h)
                 skips.append(h)
         h = block(h.shape[-1])(h, emb, train)
-        h = attend(AttnBlock(cfg.num_heads, **kw)(h))
+        h = attend(AttnBlock_(cfg.num_heads, **kw)(h))
         h = block(h.shape[-1])(h, emb, train)
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for _ in range(cfg.num_res_blocks + 1):
                 h = block(cfg.channels * mult)(jnp.concatenate([h, skips.pop()], -1), emb, train)
                 if h.shape[1] in cfg.attn_resolutions:
-                    h = attend(AttnBlock(cfg.num_heads, **kw)(h))
+                    h = attend(AttnBlock_(cfg.num_heads, **kw)(h))
             if level > 0:
                 b, hh, ww, c = h.shape
                 h = jax_resize(h, (b, 2 * hh, 2 * ww, c))

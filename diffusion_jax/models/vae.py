@@ -11,6 +11,7 @@ autoencoder latent diffusion trains on).
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from diffusion_jax.models.layers import conv, dense, group_norm
@@ -61,8 +62,9 @@ class Decoder(nn.Module):
             h = nn.silu(group_norm(width, jnp.float32)(h))
             h = conv(width)(h)
             h = nn.silu(group_norm(width, jnp.float32)(h))
-            width //= 2
-            h = nn.ConvTranspose(width, (4, 4), strides=(2, 2), padding="SAME", name=f"up{i}")(h)
+            width //= 2  # resize-convolution (a transposed conv's backward is slow on XLA:CPU)
+            b, hh, ww, c = h.shape
+            h = conv(width, name=f"up{i}")(jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest"))
         h = nn.silu(group_norm(width, jnp.float32)(h))
         out = conv(2 * self.channels)(h)
         mean, log_scale = jnp.split(out, 2, axis=-1)
