@@ -1,0 +1,174 @@
+"""Consistency models (Song et al. 2023; Song & Dhariwal 2023): a network ``f(x_t, t)`` that maps
+every point of a probability-flow ODE trajectory to the trajectory's data end, so that one
+evaluation samples and a few evaluations refine.
+
+For any process (VP, VE, ...) the function works in EDM coordinates ``y = x / alpha`` and
+``s = sigma / alpha``: ``f(x, t) = c_skip(s) y + (1 - c_skip(s)) D(x, t)`` with
+``c_skip = s_d^2 / ((s - s_min)^2 + s_d^2)``, so ``f(x, t_min) = x / alpha(t_min)`` exactly (the
+boundary condition) and ``f`` is the denoiser ``D`` (the project's parameterisation of the
+network) at high noise; a student initialised from a diffusion teacher starts at the teacher's
+one-step denoiser.
+
+    f = consistency_function(denoise, process)                    # f(x, t) -> x0
+    loss = distillation_loss(f_student, f_target, teacher_denoise, process, x0, ts, key)
+    x = multistep_sample(f, process, x_T, sample_times(process, 2), key)   # 2 evaluations
+
+``distillation_loss`` uses the project's samplers for the teacher's one ODE step (``heun``: 2
+teacher evaluations; ``ddim``: 1). ``training_loss`` is consistency training without a teacher
+(iCT): the same noise at two adjacent levels, pseudo-Huber distance, lognormal level sampling and
+a step-count curriculum.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax.processes import Process
+from diffusion_jax.samplers import resolve_sampler
+from diffusion_jax.samplers import run as run_sampler
+
+SIGMA_DATA = 0.5
+CONSISTENCY_LOSSES = ("l2", "pseudo_huber")
+
+
+def _b(v, x):
+    v = jnp.asarray(v, x.dtype)
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim)) if v.ndim else v
+
+
+def edm_sigma(process: Process, t):
+    """``s = sigma(t) / alpha(t)``: the noise level of ``y = x / alpha``."""
+    return process.sigma(t) / process.alpha(t)
+
+
+def t_of_edm_sigma(process: Process, s):
+    return process.t_of_logsnr(-2.0 * jnp.log(s))
+
+
+def consistency_function(denoise: Callable, process: Process, sigma_data: float = SIGMA_DATA):
+    """``f(x, t, *args) -> x0`` from a denoiser ``denoise(x, t, *args)``; exact identity (in ``y``)
+    at ``process.t_min``."""
+    with jax.ensure_compile_time_eval():  # a constant, also when built inside a trace
+        s_min = float(edm_sigma(process, jnp.asarray(process.t_min)))
+
+    def f(x, t, *args, **kwargs):
+        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        s = edm_sigma(process, t)
+        c_skip = sigma_data ** 2 / ((s - s_min) ** 2 + sigma_data ** 2)
+        y = x / _b(process.alpha(t), x)
+        return _b(c_skip, x) * y + _b(1.0 - c_skip, x) * denoise(x, t, *args, **kwargs)
+
+    return f
+
+
+def distance(a, b, kind: str = "l2", c: float | None = None):
+    """Per-example ``||a - b||^2 / D`` (``l2``) or pseudo-Huber ``sqrt(||a - b||^2 + c^2) - c``
+    (``c`` default ``0.00054 sqrt(D)``, iCT)."""
+    d = math.prod(a.shape[1:])
+    sq = jnp.sum(((a - b) ** 2).reshape(a.shape[0], -1), axis=-1)
+    if kind == "l2":
+        return sq / d
+    if kind != "pseudo_huber":
+        raise ValueError(f"unknown consistency loss {kind!r}; valid: {', '.join(CONSISTENCY_LOSSES)}")
+    c = 0.00054 * math.sqrt(d) if c is None else c
+    return jnp.sqrt(sq + c * c) - c
+
+
+def distillation_loss(f_student: Callable, f_target: Callable, teacher_denoise: Callable,
+                      process: Process, x0, ts, key, solver: str = "heun", kind: str = "l2"):
+    """Consistency distillation on the grid ``ts`` (decreasing, ``ts[-1] = t_min``): for each
+    example a random adjacent pair ``t_n > t_{n+1}``, ``x_{t_n} ~ q(x_t | x0)``, the teacher's
+    one ODE step to ``t_{n+1}`` with the project sampler ``solver`` (vmapped over examples, so
+    every example has its own pair), and the distance between ``f_student(x_{t_n}, t_n)`` and
+    the stop-gradient ``f_target(x_{t_{n+1}}, t_{n+1})``. Returns ``(loss, mean n)``."""
+    ts = jnp.asarray(ts, x0.dtype)
+    k_n, k_e, k_s = jax.random.split(key, 3)
+    b = x0.shape[0]
+    n = jax.random.randint(k_n, (b,), 0, ts.shape[0] - 1)
+    t, t_next = ts[n], ts[n + 1]
+    noise = jax.random.normal(k_e, x0.shape, x0.dtype)
+    x_t = _b(process.alpha(t), x0) * x0 + _b(process.sigma(t), x0) * noise
+    obj = resolve_sampler(solver)
+
+    def one_step(x, t0, t1, k):
+        return run_sampler(obj, teacher_denoise, process, x[None], jnp.stack([t0, t1]), k,
+                           final_denoise=False)[0][0]
+
+    x_next = jax.vmap(one_step)(x_t, t, t_next, jax.random.split(k_s, b))
+    target = jax.lax.stop_gradient(f_target(jax.lax.stop_gradient(x_next), t_next))
+    return jnp.mean(distance(f_student(x_t, t), target, kind)), jnp.mean(n.astype(x0.dtype))
+
+
+def ct_num_scales(step, total_steps: int, s0: int = 10, s1: int = 1280):
+    """iCT's curriculum: ``N(k) = min(s0 2^floor(k / K'), s1) + 1`` with
+    ``K' = floor(K / (log2(s1 / s0) + 1))`` (traced in ``step``)."""
+    k_prime = max(1, math.floor(total_steps / (math.log2(s1 / s0) + 1)))
+    return jnp.minimum(s0 * 2 ** (step // k_prime), s1) + 1
+
+
+def karras_sigmas(num, s_min, s_max, rho: float = 7.0, size: int | None = None):
+    """``num`` EDM sigmas increasing from ``s_min`` to ``s_max`` (Karras spacing; ``num`` may be
+    traced: the array has ``size`` entries, those past ``num`` repeat ``s_max``)."""
+    size = size or int(num)
+    i = jnp.minimum(jnp.arange(size), num - 1)
+    a, b = s_min ** (1 / rho), s_max ** (1 / rho)
+    return (a + i / (num - 1) * (b - a)) ** rho
+
+
+def training_loss(f_student: Callable, process: Process, x0, step, key, total_steps: int,
+                  s0: int = 10, s1: int = 1280, kind: str = "pseudo_huber",
+                  p_mean: float = -1.1, p_std: float = 2.0):
+    """Consistency training (iCT, no teacher): ``N(step)`` Karras levels, a pair ``n`` drawn with
+    lognormal weight, ``x0 + s eps`` at both levels with the same ``eps``, the target
+    ``f(x_{s_n})`` with the current parameters under ``stop_gradient``, weight ``1/(s_{n+1} -
+    s_n)``. Returns ``(loss, num_scales)``."""
+    tmin, tmax = jnp.asarray(process.t_min), jnp.asarray(process.t_max)
+    s_min, s_max = edm_sigma(process, tmin), edm_sigma(process, tmax)
+    num = ct_num_scales(step, total_steps, s0, s1)
+    sig = karras_sigmas(num, s_min, s_max, size=s1 + 1)  # increasing: sig[0] = s_min
+    erf = jax.scipy.special.erf
+    cdf = lambda s: erf((jnp.log(s) - p_mean) / (math.sqrt(2.0) * p_std))
+    w = cdf(sig[1:]) - cdf(sig[:-1])
+    w = jnp.where(jnp.arange(s1) < num - 1, w, 0.0)
+    k_n, k_e = jax.random.split(key)
+    n = jax.random.categorical(k_n, jnp.log(jnp.maximum(w, 1e-30)))
+    s_lo, s_hi = sig[n], sig[n + 1]
+    t_lo, t_hi = t_of_edm_sigma(process, s_lo), t_of_edm_sigma(process, s_hi)
+    eps = jax.random.normal(k_e, x0.shape, x0.dtype)
+    x_hi = process.alpha(t_hi) * (x0 + s_hi * eps)
+    x_lo = process.alpha(t_lo) * (x0 + s_lo * eps)
+    target = jax.lax.stop_gradient(f_student(x_lo, t_lo))
+    d = distance(f_student(x_hi, t_hi), target, kind)
+    return jnp.mean(d / (s_hi - s_lo)), num
+
+
+def sample_times(process: Process, steps: int, s_first: float = 0.8, s_last: float = 0.05):
+    """The ``steps`` times a multistep consistency sampler evaluates at: ``t_max``, then (for
+    ``steps >= 2``) EDM noise levels ``s`` spaced geometrically from ``s_first`` down to
+    ``s_last`` (Song et al. 2023 use ``s = 0.821`` for the second of two steps on data in
+    [-1, 1]); levels outside the process's range are clipped to it."""
+    if steps < 1:
+        raise ValueError(f"a consistency model samples in >= 1 steps, got {steps}")
+    with jax.ensure_compile_time_eval():
+        lo = float(edm_sigma(process, jnp.asarray(process.t_min)))
+        hi = float(edm_sigma(process, jnp.asarray(process.t_max)))
+        s = np.geomspace(s_first, s_last, steps - 1) if steps > 1 else np.zeros(0)
+        s = np.clip(s, lo * 1.0001, hi * 0.9999)
+        ts = [float(t_of_edm_sigma(process, jnp.asarray(v))) for v in s]
+    return np.array([process.t_max] + ts)
+
+
+def multistep_sample(f: Callable, process: Process, x_T, ts, key):
+    """``x = f(x_T, ts[0])``, then for each later ``t``: re-noise ``x`` to ``t`` and map back
+    (Song et al. 2023, Algorithm 1). ``len(ts)`` network evaluations."""
+    ts = np.asarray(ts)
+    x = f(x_T, ts[0])
+    for i, t in enumerate(ts[1:]):
+        z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+        x = f(process.alpha(t) * x + process.sigma(t) * z, t)
+    return x
