@@ -20,6 +20,7 @@ import json
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
@@ -27,6 +28,8 @@ from diffusion_jax import parameterization as parameterizations
 from diffusion_jax import processes
 from diffusion_jax.conditioning import Conditioning
 from diffusion_jax.losses import LossConfig
+from diffusion_jax.consistency import CONSISTENCY_LOSSES
+from diffusion_jax.methods.consistency import CONSISTENCY_MODES, ConsistencyMethod
 from diffusion_jax.methods.gan import GAN_LOSSES
 from diffusion_jax.methods import GAN, ClassifierMethod, Diffusion, FlowMethod, Method, VAEMethod
 from diffusion_jax.models import MLP, UNet, UNetConfig, check_image_size
@@ -326,13 +329,106 @@ def _build_flow(config, data, opt, train, sample, tx) -> FlowMethod:
     return FlowMethod(model, tx, data.shape, f.temperature, train.ema_decay, train.ema_start)
 
 
+@dataclasses.dataclass(frozen=True)
+class ConsistencySpec:
+    mode: str = "cd"             # cd (distillation from a teacher workdir) | ct (no teacher)
+    teacher: str = ""            # CD: a trained diffusion workdir (its model, process and
+                                 # parameterization are used; the experiment need not repeat them)
+    solver: str = "heun"         # CD: the project sampler taking the teacher's one ODE step
+    num_scales: int = 18         # CD: Karras discretisation of [t_min, t_max]
+    loss: str = ""               # l2 | pseudo_huber ("": l2 for CD, pseudo_huber for CT)
+    s0: int = 10                 # CT curriculum: scales at the start ...
+    s1: int = 1280               # ... and at the end
+    sample_steps: int = 1        # evaluations of `sample` (CLI: sample --steps)
+
+
+def _teacher_experiment(path: str, data: DataSpec) -> "Experiment":
+    """The teacher workdir's stored experiment, checked against the student's data."""
+    from pathlib import Path
+
+    from diffusion_jax.checkpoint import Checkpointer
+
+    if not (Path(path) / "checkpoints").is_dir() or Checkpointer(path).latest_step() is None:
+        raise ConfigError(f"consistency.teacher={path!r} holds no checkpoint: train a diffusion "
+                          "model there first")
+    teacher = from_config(stored(Checkpointer(path).read_config()))
+    if teacher.method_name != "diffusion":
+        raise ConfigError(f"consistency.teacher={path!r} holds a {teacher.method_name!r} run; "
+                          "the teacher must be a diffusion model")
+    if teacher.data.shape != data.shape:
+        raise ConfigError(f"consistency.teacher={path!r} was trained on data of shape "
+                          f"{teacher.data.shape}; this experiment's data has shape {data.shape}")
+    if teacher.method.conditioning.active:
+        raise ConfigError(f"consistency.teacher={path!r} is conditional; distillation of "
+                          "conditional teachers is not supported yet")
+    return teacher
+
+
+def _teacher_loader(path: str, teacher: "Experiment"):
+    """``() -> the teacher's EMA parameters`` (host arrays), read without an optimizer state."""
+    def load():
+        from diffusion_jax.checkpoint import Checkpointer
+        from diffusion_jax.parallel import make_mesh
+
+        mesh = make_mesh((("data", 1),), devices=jax.devices()[:1])
+        abstract, _ = teacher.method.abstract_state(mesh, teacher.mesh.rules)
+        ck = Checkpointer(path)
+        out = ck.restore_subtree(ck.latest_step(), {"ema_params": abstract.ema_params})
+        return jax.device_get(out["ema_params"])
+    return load
+
+
+def _build_consistency(config, data, opt, train, sample, tx) -> ConsistencyMethod:
+    c = _typed(ConsistencySpec, _section(config, "consistency"), "consistency")
+    if c.mode not in CONSISTENCY_MODES:
+        raise ConfigError(f"unknown consistency.mode={c.mode!r}; valid: "
+                          f"{', '.join(CONSISTENCY_MODES)}")
+    loss = c.loss or ("l2" if c.mode == "cd" else "pseudo_huber")
+    if loss not in CONSISTENCY_LOSSES:
+        raise ConfigError(f"unknown consistency.loss={loss!r}; valid: "
+                          f"{', '.join(CONSISTENCY_LOSSES)}")
+    if c.sample_steps < 1:
+        raise ConfigError(f"consistency.sample_steps={c.sample_steps} must be >= 1")
+    loader = None
+    if c.mode == "cd":
+        if not c.teacher:
+            raise ConfigError("consistency.mode='cd' needs consistency.teacher=WORKDIR (a "
+                              "trained diffusion model), or use consistency.mode='ct'")
+        teacher = _teacher_experiment(c.teacher, data)
+        t = teacher.method
+        for section in ("process", "parameterization"):
+            if section in config and _plain(config[section]) != teacher.config[section]:
+                raise ConfigError(f"{section}={_plain(config[section])} differs from the "
+                                  f"teacher's {teacher.config[section]} ({c.teacher}): the "
+                                  f"student uses the teacher's; remove the {section!r} section")
+        model, process, par = t.model, t.process, t.parameterization
+        loader = _teacher_loader(c.teacher, teacher)
+        try:
+            from diffusion_jax.samplers import resolve_sampler
+            resolve_sampler(c.solver)
+        except ValueError as e:
+            raise ConfigError(f"consistency.solver: {e}") from None
+    else:
+        model, cond = _diffusion_model(_section(config, "model"), data)
+        if cond.active:
+            raise ConfigError("consistency training of conditional models is not supported yet: "
+                              "set model.conditional=False")
+        pkw, pz = _plain(_section(config, "process")), _plain(_section(config, "parameterization"))
+        process = processes.make_process(pkw.pop("name"), **pkw)
+        par = parameterizations.make_parameterization(pz.pop("name"), **pz)
+    return ConsistencyMethod(model, process, par, tx, data.shape, c.mode, loader, c.solver,
+                             c.num_scales, loss, c.s0, c.s1, train.steps, c.sample_steps,
+                             train.ema_decay)
+
+
 # The one name -> builder table of methods (the CLI and ``from_config`` use it), and the sections
 # only some methods read: a section of another method is refused, with the field named.
 METHODS = {"diffusion": _build_diffusion, "classifier": _build_classifier, "gan": _build_gan,
-           "vae": _build_vae, "flow": _build_flow}
+           "vae": _build_vae, "flow": _build_flow, "consistency": _build_consistency}
 METHOD_SECTIONS = {"diffusion": ("process", "parameterization", "loss"),
                    "classifier": ("process", "augment"), "gan": ("gan",), "vae": ("vae",),
-                   "flow": ("flow",)}
+                   "flow": ("flow",),
+                   "consistency": ("consistency", "process", "parameterization")}
 
 
 def _check_sections(config, name: str) -> None:

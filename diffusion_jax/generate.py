@@ -240,14 +240,24 @@ def generate(workdir: str, req: SampleRequest, out: str | None = None) -> Genera
 def _generate_family(workdir, exp: Experiment, req: SampleRequest, test, out) -> Generated:
     """Samples (or slerp rows) of a GAN, VAE or flow: one network evaluation per image."""
     method, name = exp.method, exp.method_name
+    few_step = name == "consistency"
     for flag, default in DIFFUSION_FLAGS.items():
+        if flag == "steps" and few_step:
+            continue
         if getattr(req, flag) != default:
             raise ValueError(f"--{flag.replace('_', '-')} is an option of diffusion sampling; "
                              f"{workdir} holds a {name} (its options: --num --batch --seed "
-                             "--out --interpolate" + (" --labels" if name == "gan" else "")
-                             + (" --temperature" if name != "gan" else "") + ")")
-    if req.temperature is not None and name == "gan":
-        raise ValueError("--temperature is for flows and VAEs; a GAN samples z ~ N(0, I)")
+                             "--out" + (" --steps" if few_step else " --interpolate")
+                             + (" --labels" if name == "gan" else "")
+                             + (" --temperature" if name in ("vae", "flow") else "") + ")")
+    if req.temperature is not None and name not in ("vae", "flow"):
+        raise ValueError(f"--temperature is for flows and VAEs, not a {name}")
+    if req.interpolate and few_step:
+        raise ValueError("--interpolate is for GAN / VAE / flow latents; a consistency model "
+                         "has none")
+    if few_step and req.steps and req.steps > method.max_steps:
+        print(f"warning: --steps {req.steps} is more than the {method.max_steps} scales this "
+              f"consistency model was trained on; more steps than that do not help")
     k = getattr(method, "num_classes", 0)
     if req.labels and not k:
         raise ValueError(f"--labels needs a class-conditional model; {workdir} holds an "
@@ -257,6 +267,8 @@ def _generate_family(workdir, exp: Experiment, req: SampleRequest, test, out) ->
     _, params, step = load(workdir)
     key = jax.random.key(req.seed)
     temp = {} if req.temperature is None else {"temperature": req.temperature}
+    if few_step and req.steps:
+        temp["steps"] = req.steps
     if req.interpolate:
         images = np.asarray(_interpolation_rows(method, params, key, n, req.interpolate, test, labels))
         nrow = req.interpolate

@@ -140,3 +140,78 @@ def test_consistency_training_without_a_teacher_learns_the_ring():
 def test_ct_curriculum_doubles_from_s0_to_s1():
     ks = [C.ct_num_scales(k, 600, 10, 80) for k in (0, 149, 150, 300, 450, 599)]
     assert [int(v) for v in ks] == [11, 11, 21, 41, 81, 81]
+
+
+# --- the method on the engine and the CLI -------------------------------------------------------
+
+def _consistency_config(configs, teacher=None, steps=4, **kw):
+    cfg = configs.toy(steps)
+    for section in ("loss",) + (("process", "parameterization") if teacher else ()):
+        del cfg[section]
+    cfg.method = "consistency"
+    cfg.consistency = ({"mode": "cd", "teacher": str(teacher), "num_scales": 6, **kw} if teacher
+                       else {"mode": "ct", "s0": 4, "s1": 16, **kw})
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def toy_teacher(configs, tmp_path_factory):
+    from diffusion_jax.experiment import from_config
+    from diffusion_jax.train.loop import train
+
+    wd = tmp_path_factory.mktemp("teacher") / "run"
+    train(from_config(configs.toy(4)), str(wd))
+    return wd
+
+
+def test_distillation_on_the_engine_keeps_the_teacher_frozen_and_samples_from_the_cli(
+        configs, toy_teacher, tmp_path, capsys):
+    from diffusion_jax.cli import main
+    from diffusion_jax.experiment import from_config
+    from diffusion_jax.train.loop import train
+    from diffusion_jax.workdir import load
+
+    out = train(from_config(_consistency_config(configs, toy_teacher)), str(tmp_path / "cd"))
+    assert out["status"] == "done"
+    state = out["state"]
+    _, teacher, _ = load(toy_teacher)
+    for a, b in zip(jax.tree_util.tree_leaves(state.teacher), jax.tree_util.tree_leaves(teacher)):
+        np.testing.assert_array_equal(a, b)  # frozen: the teacher's EMA, bit for bit
+    moved = [float(jnp.abs(a - b).max()) for a, b in zip(
+        jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(teacher))]
+    assert max(moved) > 0  # the student started as the teacher and learned
+    for steps in ("1", "2"):
+        path = tmp_path / f"s{steps}.npz"
+        assert main(["sample", "--workdir", str(tmp_path / "cd"), "--num", "8", "--steps", steps,
+                     "--out", str(path)]) == 0
+        with np.load(path) as f:
+            assert f["images"].shape == (8, 2) and np.all(np.isfinite(f["images"]))
+    capsys.readouterr()
+    assert main(["sample", "--workdir", str(tmp_path / "cd"), "--num", "4", "--steps", "9",
+                 "--out", str(tmp_path / "s9.npz")]) == 0
+    assert "more than the 6 scales" in capsys.readouterr().out
+
+
+def test_consistency_training_runs_on_the_engine(configs, tmp_path):
+    from diffusion_jax.experiment import from_config
+    from diffusion_jax.train.loop import train
+
+    out = train(from_config(_consistency_config(configs)), str(tmp_path / "ct"))
+    assert out["status"] == "done" and out["state"].teacher == {}
+
+
+def test_a_teacher_of_other_data_or_process_is_refused_before_compiling(configs, toy_teacher,
+                                                                         tmp_path):
+    from diffusion_jax.experiment import ConfigError, from_config
+
+    cfg = _consistency_config(configs, toy_teacher)
+    cfg.data.dim = 3
+    with pytest.raises(ConfigError, match=r"trained on data of shape \(2,\); this experiment's "
+                                          r"data has shape \(3,\)"):
+        from_config(cfg)
+    cfg = _consistency_config(configs, toy_teacher)
+    cfg.process = {"name": "vp_cosine"}
+    with pytest.raises(ConfigError, match="differs from the teacher's"):
+        from_config(cfg)
+    with pytest.raises(ConfigError, match="holds no checkpoint"):
+        from_config(_consistency_config(configs, tmp_path / "nothing"))

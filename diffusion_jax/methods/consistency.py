@@ -1,0 +1,160 @@
+"""Consistency models as a method: distillation from a trained diffusion teacher (CD) or
+training from data alone (CT, iCT's recipe), sampled in 1, 2, 4, ... network evaluations.
+
+    method = ConsistencyMethod(model, process, par, tx, shape, mode="cd",
+                               teacher_loader=load_teacher_ema)
+
+The train state holds the student, its EMA (CD's target network and the sampling parameters)
+and, for CD, the frozen teacher's parameters (the student starts as a copy of them). The
+functions themselves live in ``diffusion_jax.consistency``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from diffusion_jax import consistency as C
+from diffusion_jax.methods.ema import ema_update
+from diffusion_jax.methods.state import (opt_shardings, param_shardings, replicated,
+                                         with_shardings)
+from diffusion_jax.parameterization import Parameterization, make_denoiser
+from diffusion_jax.processes import Process
+from diffusion_jax.samplers import make_grid
+
+CONSISTENCY_MODES = ("cd", "ct")
+
+
+@flax.struct.dataclass
+class ConsistencyState:
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    teacher: Any  # the frozen teacher's parameters (CD); {} for CT
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ConsistencyMethod:
+    """``num_scales``: CD's discretisation of ``[t_min, t_max]`` (Karras grid); ``s0``/``s1``: CT's
+    curriculum of scales; ``sample_steps``: the default number of evaluations of ``sample``."""
+    model: Any
+    process: Process
+    parameterization: Parameterization
+    tx: optax.GradientTransformation
+    shape: tuple[int, ...]
+    mode: str = "cd"
+    teacher_loader: Callable | None = None   # () -> the teacher's parameters (CD)
+    solver: str = "heun"
+    num_scales: int = 18
+    loss: str = "l2"
+    s0: int = 10
+    s1: int = 1280
+    total_steps: int = 100_000
+    sample_steps: int = 1
+    ema_decay: float = 0.95
+    name: str = "consistency"
+    generates = True
+
+    @property
+    def max_steps(self) -> int:
+        """The trained discretisation: more sampling steps than this gain nothing."""
+        return self.num_scales if self.mode == "cd" else self.s1
+
+    # -- state -------------------------------------------------------------------------------
+    def _init(self, key):
+        x, t = jnp.zeros((1,) + self.shape), jnp.zeros((1,))
+        params = self.model.init({"params": key}, x, t)["params"]
+        return ConsistencyState(jnp.zeros((), jnp.int32), params, params,
+                                self.tx.init(nn.meta.unbox(params)),
+                                params if self.mode == "cd" else {})
+
+    def abstract_state(self, mesh: Mesh, rules):
+        abstract = jax.eval_shape(self._init, jax.random.key(0))
+        p_sh = param_shardings(abstract.params, mesh, rules)
+        rep = replicated(mesh)
+        shardings = ConsistencyState(rep, p_sh, p_sh, opt_shardings(self.tx, abstract.opt_state,
+                                                                    p_sh, rep),
+                                     p_sh if self.mode == "cd" else {})
+        return with_shardings(abstract, shardings), shardings
+
+    def init(self, key) -> ConsistencyState:
+        """CT: a fresh network. CD: the student, its EMA and the frozen teacher all start as the
+        teacher's parameters (read by ``teacher_loader`` on the host)."""
+        state = nn.meta.unbox(self._init(key))
+        if self.mode != "cd":
+            return state
+        if self.teacher_loader is None:
+            raise ValueError("consistency distillation needs a teacher: set "
+                             "consistency.teacher=WORKDIR")
+        shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                        state.params)
+        # read on the host, also when init is traced by jit (the loop creates states sharded)
+        loaded = lambda: jax.tree_util.tree_map(np.asarray, self.teacher_loader())
+        teacher = jax.pure_callback(loaded, shapes)
+        return state.replace(params=teacher, ema_params=teacher, teacher=teacher)
+
+    def sample_params(self, state: ConsistencyState):
+        return state.ema_params
+
+    # -- the functions -----------------------------------------------------------------------
+    def denoiser(self, params) -> Callable:
+        net = lambda x, t: self.model.apply({"params": params}, x, t)
+        return make_denoiser(net, self.process, self.parameterization)
+
+    def function(self, params) -> Callable:
+        """The consistency function ``f(x, t) -> x0`` of ``params``."""
+        return C.consistency_function(self.denoiser(params), self.process)
+
+    def train_step(self, state: ConsistencyState, batch: dict, key: jax.Array):
+        key = jax.random.fold_in(key, state.step)
+        x0 = batch["image"]
+        if self.mode == "cd":
+            ts = make_grid(self.process, self.num_scales, "karras")
+            teacher = self.denoiser(state.teacher)
+
+            def loss_fn(p):
+                return C.distillation_loss(self.function(p), self.function(state.ema_params),
+                                           teacher, self.process, x0, ts, key, self.solver,
+                                           self.loss)
+        else:
+            def loss_fn(p):
+                return C.training_loss(self.function(p), self.process, x0, state.step, key,
+                                       self.total_steps, self.s0, self.s1, self.loss)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = ema_update(state.ema_params, params, self.ema_decay)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                   ("mean_pair" if self.mode == "cd" else "num_scales"): aux}
+        return ConsistencyState(state.step + 1, params, ema, opt_state, state.teacher), metrics
+
+    # -- sampling ----------------------------------------------------------------------------
+    def sample(self, params, key, n: int, steps: int | None = None):
+        """``n`` samples in ``steps`` network evaluations (default ``sample_steps``)."""
+        steps = steps or self.sample_steps
+        x_T = self.process.prior_sample(key, (n,) + self.shape)
+        return _sampler(self, steps)(params, x_T, jax.random.fold_in(key, 1))
+
+    def preview(self, params, key, n: int, test_images):
+        return np.asarray(self.sample(params, key, n)), None
+
+    def evaluate(self, params, test_source) -> dict:
+        return {}
+
+
+@functools.lru_cache(maxsize=16)
+def _sampler(method: ConsistencyMethod, steps: int):
+    ts = C.sample_times(method.process, steps)
+    return jax.jit(lambda p, x_T, key: C.multistep_sample(method.function(p), method.process,
+                                                          x_T, ts, key))
