@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 from typing import Any
 
@@ -30,6 +31,7 @@ from diffusion_jax.conditioning import Conditioning
 from diffusion_jax.losses import LossConfig
 from diffusion_jax.consistency import CONSISTENCY_LOSSES
 from diffusion_jax.methods.consistency import CONSISTENCY_MODES, ConsistencyMethod
+from diffusion_jax.methods.latent import LatentDiffusion
 from diffusion_jax.methods.gan import GAN_LOSSES
 from diffusion_jax.methods import GAN, ClassifierMethod, Diffusion, FlowMethod, Method, VAEMethod
 from diffusion_jax.models import MLP, UNet, UNetConfig, check_image_size
@@ -224,14 +226,96 @@ def _diffusion_model(section, data: DataSpec):
 
 
 def _build_diffusion(config, data, opt, train, sample, tx) -> Diffusion:
-    model, cond = _diffusion_model(_section(config, "model"), data)
+    latent = _plain(config.get("latent")) if "latent" in config else None
+    model_data = data
+    if latent:
+        ae_dir, ae_exp, latent_shape = _autoencoder(latent, data)
+        model_data = dataclasses.replace(data, image_size=latent_shape[0],
+                                         channels=latent_shape[-1])
+    model, cond = _diffusion_model(_section(config, "model"), model_data)
     pkw, pz = _plain(_section(config, "process")), _plain(_section(config, "parameterization"))
     process = processes.make_process(pkw.pop("name"), **pkw)
     par = parameterizations.make_parameterization(pz.pop("name"), **pz)
     loss = _typed(LossConfig, _section(config, "loss", False), "loss")
-    return Diffusion(model, process, par, loss, tx, data.shape, cond, train.ema_decay,
-                     train.ema_start, sample.sampler, sample.num_steps, sample.grid,
-                     sample.guidance)
+    args = (model, process, par, loss, tx, model_data.shape, cond, train.ema_decay,
+            train.ema_start, sample.sampler, sample.num_steps, sample.grid, sample.guidance)
+    if not latent:
+        return Diffusion(*args)
+    if cond.low_res_size or cond.context_dim:
+        raise ConfigError("latent diffusion supports class conditioning only (no low_res_size "
+                          "or context_dim)")
+    loader = _params_loader(ae_dir, ae_exp)
+    scale = float(latent.get("scale", 0.0)) or latent_scale(ae_dir, ae_exp.method.model, data)
+    return LatentDiffusion(*args, autoencoder=ae_exp.method.model, ae_loader=loader,
+                           scale=scale, pixel_shape=data.shape)
+
+
+def _autoencoder(latent: dict, data: DataSpec):
+    """The ``latent`` section's autoencoder workdir, checked against this experiment's data."""
+    unknown = set(latent) - {"autoencoder", "scale"}
+    if unknown:
+        raise ConfigError(f"unknown config key latent.{sorted(unknown)[0]} (valid: autoencoder, "
+                          "scale)")
+    ae_dir = latent.get("autoencoder", "")
+    ae = _stored_experiment(ae_dir, "latent.autoencoder")
+    if ae.method_name != "vae":
+        raise ConfigError(f"latent.autoencoder={ae_dir!r} holds a {ae.method_name!r} run; it "
+                          "must be a VAE (experiments/fashion_mnist_vae.py with "
+                          "--config.model.latent_dim=0)")
+    if ae.method.model.latent_dim:
+        raise ConfigError(f"latent.autoencoder={ae_dir!r} has a flat {ae.method.model.latent_dim}"
+                          "-d latent; latent diffusion needs a spatial one (model.latent_dim=0)")
+    if ae.data.shape != data.shape:
+        raise ConfigError(f"latent.autoencoder={ae_dir!r} was trained on images of shape "
+                          f"{ae.data.shape}; this experiment's data has shape {data.shape}")
+    return ae_dir, ae, ae.method.model.latent_shape
+
+
+def _stored_experiment(path: str, field: str) -> "Experiment":
+    from pathlib import Path
+
+    from diffusion_jax.checkpoint import Checkpointer
+
+    if not path or not (Path(path) / "checkpoints").is_dir() or \
+            Checkpointer(path).latest_step() is None:
+        raise ConfigError(f"{field}={path!r} holds no checkpoint: train it first")
+    return from_config(stored(Checkpointer(path).read_config()))
+
+
+def _params_loader(path: str, exp: "Experiment"):
+    """``() -> the workdir's EMA parameters`` (host arrays), read without an optimizer state."""
+    def load():
+        from diffusion_jax.checkpoint import Checkpointer
+        from diffusion_jax.parallel import make_mesh
+
+        mesh = make_mesh((("data", 1),), devices=jax.devices()[:1])
+        abstract, _ = exp.method.abstract_state(mesh, exp.mesh.rules)
+        ck = Checkpointer(path)
+        out = ck.restore_subtree(ck.latest_step(), {"ema_params": abstract.ema_params})
+        return jax.device_get(out["ema_params"])
+    return load
+
+
+LATENT_SCALE_IMAGES = 2048
+
+
+@functools.lru_cache(maxsize=4)
+def latent_scale(ae_dir: str, ae_model, data: DataSpec) -> float:
+    """``1 / std`` of the autoencoder's posterior means over the first ``LATENT_SCALE_IMAGES``
+    training images: the factor that makes the latents unit-variance (Rombach et al. 2022)."""
+    import numpy as np
+
+    from diffusion_jax.data.sources import first_images, get_source
+
+    params = _params_loader(ae_dir, _stored_experiment(ae_dir, "latent.autoencoder"))()
+    src = get_source(data.dataset, "train", data.data_dir or None)
+    n = min(LATENT_SCALE_IMAGES, len(src))
+    x = first_images(src, n, data.shape)
+    enc = jax.jit(lambda p, x: ae_model.apply({"params": p}, x, method=VAE.encode)[0])
+    z = np.concatenate([np.asarray(enc(params, x[i: i + 256])) for i in range(0, n, 256)])
+    scale = float(1.0 / z.std())
+    print(f"latent scale {scale:.4f} (1/std of {n} training latents of {ae_dir})")
+    return scale
 
 
 def _build_classifier(config, data, opt, train, sample, tx) -> ClassifierMethod:
@@ -344,17 +428,10 @@ class ConsistencySpec:
 
 def _teacher_experiment(path: str, data: DataSpec) -> "Experiment":
     """The teacher workdir's stored experiment, checked against the student's data."""
-    from pathlib import Path
-
-    from diffusion_jax.checkpoint import Checkpointer
-
-    if not (Path(path) / "checkpoints").is_dir() or Checkpointer(path).latest_step() is None:
-        raise ConfigError(f"consistency.teacher={path!r} holds no checkpoint: train a diffusion "
-                          "model there first")
-    teacher = from_config(stored(Checkpointer(path).read_config()))
-    if teacher.method_name != "diffusion":
+    teacher = _stored_experiment(path, "consistency.teacher")
+    if teacher.method_name != "diffusion" or isinstance(teacher.method, LatentDiffusion):
         raise ConfigError(f"consistency.teacher={path!r} holds a {teacher.method_name!r} run; "
-                          "the teacher must be a diffusion model")
+                          "the teacher must be a (pixel-space) diffusion model")
     if teacher.data.shape != data.shape:
         raise ConfigError(f"consistency.teacher={path!r} was trained on data of shape "
                           f"{teacher.data.shape}; this experiment's data has shape {data.shape}")
@@ -362,20 +439,6 @@ def _teacher_experiment(path: str, data: DataSpec) -> "Experiment":
         raise ConfigError(f"consistency.teacher={path!r} is conditional; distillation of "
                           "conditional teachers is not supported yet")
     return teacher
-
-
-def _teacher_loader(path: str, teacher: "Experiment"):
-    """``() -> the teacher's EMA parameters`` (host arrays), read without an optimizer state."""
-    def load():
-        from diffusion_jax.checkpoint import Checkpointer
-        from diffusion_jax.parallel import make_mesh
-
-        mesh = make_mesh((("data", 1),), devices=jax.devices()[:1])
-        abstract, _ = teacher.method.abstract_state(mesh, teacher.mesh.rules)
-        ck = Checkpointer(path)
-        out = ck.restore_subtree(ck.latest_step(), {"ema_params": abstract.ema_params})
-        return jax.device_get(out["ema_params"])
-    return load
 
 
 def _build_consistency(config, data, opt, train, sample, tx) -> ConsistencyMethod:
@@ -402,7 +465,7 @@ def _build_consistency(config, data, opt, train, sample, tx) -> ConsistencyMetho
                                   f"teacher's {teacher.config[section]} ({c.teacher}): the "
                                   f"student uses the teacher's; remove the {section!r} section")
         model, process, par = t.model, t.process, t.parameterization
-        loader = _teacher_loader(c.teacher, teacher)
+        loader = _params_loader(c.teacher, teacher)
         try:
             from diffusion_jax.samplers import resolve_sampler
             resolve_sampler(c.solver)
@@ -425,7 +488,7 @@ def _build_consistency(config, data, opt, train, sample, tx) -> ConsistencyMetho
 # only some methods read: a section of another method is refused, with the field named.
 METHODS = {"diffusion": _build_diffusion, "classifier": _build_classifier, "gan": _build_gan,
            "vae": _build_vae, "flow": _build_flow, "consistency": _build_consistency}
-METHOD_SECTIONS = {"diffusion": ("process", "parameterization", "loss"),
+METHOD_SECTIONS = {"diffusion": ("process", "parameterization", "loss", "latent"),
                    "classifier": ("process", "augment"), "gan": ("gan",), "vae": ("vae",),
                    "flow": ("flow",),
                    "consistency": ("consistency", "process", "parameterization")}

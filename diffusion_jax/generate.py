@@ -191,6 +191,10 @@ def generate(workdir: str, req: SampleRequest, out: str | None = None) -> Genera
     if req.temperature is not None or req.interpolate:
         raise ValueError("--temperature and --interpolate are for GAN / VAE / flow workdirs; "
                          f"{workdir} holds a diffusion model")
+    if getattr(method, "pixel_shape", None) and (req.mask or req.strength is not None
+                                                 or req.low_res or req.classifier):
+        raise ValueError("--mask, --strength, --low-res and --classifier work on pixels; "
+                         f"{workdir} is a latent diffusion model (it samples latents)")
     classifier = _classifier(req, exp)
     cond, n, nrow, inputs = _conditioning(req, exp, method, classifier, test)
     if req.guidance is not None and not method.conditioning.num_classes:

@@ -334,3 +334,38 @@ def test_a_collapsed_gan_is_flagged_in_the_log(workdirs, tiny_classifier, capsys
     assert row["max_class_fraction"] == 1.0 and row["coverage"] == 0.1
     assert "WARNING: mode collapse at step 7: class 3 holds 100% of the samples" in \
         capsys.readouterr().out
+
+
+# --- latent diffusion on the VAE's spatial latent -----------------------------------------------
+
+def test_latent_diffusion_on_a_trained_autoencoder(configs, tmp_path, capsys):
+    ae = tmp_path / "ae"
+    train(from_config(configs.family("vae", tmp_path, 2, extra=["model.latent_dim=0",
+                                                                 "vae.beta=0.001"])), str(ae))
+    cfg = configs.tiny_image(tmp_path)
+    cfg.data.dataset = f"npz:{tmp_path / 'tiny_family.npz'}"
+    cfg.latent = {"autoencoder": str(ae), "scale": 0.0}
+    cfg.model.channel_mult = (1,)
+    exp = from_config(cfg)
+    m = exp.method
+    assert m.shape == (2, 2, 4) and m.pixel_shape == (8, 8, 1)
+    # the measured scale makes the training latents unit-variance
+    from diffusion_jax.data.sources import first_images, get_source
+    x = first_images(get_source(exp.data.dataset, "train"), 64, (8, 8, 1))
+    z = m.encode(m.ae_params(), jnp.asarray(x))
+    np.testing.assert_allclose(float(jnp.std(z)), 1.0, rtol=1e-3)
+    out = train(exp, str(tmp_path / "ldm"))
+    assert out["status"] == "done"
+    assert main(["sample", "--workdir", str(tmp_path / "ldm"), "--num", "4", "--out",
+                 str(tmp_path / "ldm.npz")]) == 0
+    with np.load(tmp_path / "ldm.npz") as f:
+        assert f["images"].shape == (4, 8, 8, 1) and np.all(np.abs(f["images"]) <= 1)
+    # refusals, before compiling: a missing autoencoder, another image shape, a flat latent
+    cfg.latent = {"autoencoder": str(tmp_path / "none")}
+    with pytest.raises(ConfigError, match="latent.autoencoder=.* holds no checkpoint"):
+        from_config(cfg)
+    cfg.latent = {"autoencoder": str(ae)}
+    cfg.data.image_size = 16
+    with pytest.raises(ConfigError, match=r"trained on images of shape \(8, 8, 1\); this "
+                                          r"experiment's data has shape \(16, 16, 1\)"):
+        from_config(cfg)

@@ -36,6 +36,9 @@ def workdir_bits_per_dim(workdir: str, num: int = 512, batch: int = 128, trace: 
             f"a {exp.method_name!r} run has no likelihood"
         raise ValueError(f"{workdir}: {what}; the families with one: diffusion (PF-ODE), flow "
                          "(exact), vae (ELBO and IWAE bounds)")
+    if getattr(method, "pixel_shape", None):
+        raise ValueError(f"{workdir} is a latent diffusion model: the PF-ODE gives the density "
+                         "of latents, not of pixels, so it has no bits/dim of the images")
     exp, params, step = load(workdir)
     cc, process = method.conditioning, method.process
     if cc.low_res_size or cc.context_dim:

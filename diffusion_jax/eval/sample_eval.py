@@ -102,14 +102,20 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
     out = Path(out or Path(workdir) / "eval")
     real_feats = reference_features(extractor, exp, out / "reference_features.npz")
     rows = []
-    if not isinstance(method, Diffusion):  # a GAN / VAE / flow: one network evaluation, no sampler
-        draw = lambda p, key, n, i: method.sample(p, key, n)
-        row = _eval_row(draw, params, num, batch, 0, extractor, None, real_feats)
-        row.update(sampler=exp.method_name, nfe=1, steps=1, extractor=extractor.name, grid="-",
-                   checkpoint_step=step)
-        _write([row], out, extractor, num, len(real_feats), step, None)
-        print(json.dumps({k_: round(v, 4) if isinstance(v, float) else v for k_, v in row.items()}))
-        return [row]
+    if not isinstance(method, Diffusion):
+        # a GAN / VAE / flow: one network evaluation; a consistency model: one row per --nfe
+        few = exp.method_name == "consistency"
+        for nfe in (nfes if few else [1]):
+            kw = {"steps": nfe} if few else {}
+            draw = lambda p, key, n, i, kw=kw: method.sample(p, key, n, **kw)
+            row = _eval_row(draw, params, num, batch, 0, extractor, None, real_feats)
+            row.update(sampler=exp.method_name, nfe=nfe, steps=nfe, extractor=extractor.name,
+                       grid="-", checkpoint_step=step)
+            rows.append(row)
+            print(json.dumps({k_: round(v, 4) if isinstance(v, float) else v
+                              for k_, v in row.items()}))
+        _write(rows, out, extractor, num, len(real_feats), step, None)
+        return rows
     for s_name in samplers:
         for nfe in nfes:
             steps = steps_for_budget(s_name, nfe)
@@ -122,7 +128,7 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
                         print(f"note: no learned grid for {s_name} at NFE {nfe}; skipped")
                         continue
                 fn = method.sample_fn(s_name, steps, grid, guidance_scale=guidance if k else None)
-                draw = _diffusion_draw(method, exp.shape, fn, k)
+                draw = _diffusion_draw(method, method.shape, fn, k)
                 row = _eval_row(draw, params, num, batch, k, extractor, judge, real_feats)
                 row.update(sampler=s_name, nfe=nfe, steps=steps, extractor=extractor.name,
                            grid="learned" if isinstance(grid, tuple) else grid,

@@ -1,0 +1,111 @@
+"""Latent diffusion (Rombach et al. 2022): diffusion on the scaled latents of a frozen autoencoder
+(the VAE method's spatial-latent autoencoder, from its own workdir); samples are decoded to
+pixels.
+
+    method = LatentDiffusion(..., autoencoder=vae_model, ae_loader=load, scale=1 / latent_std)
+
+Training encodes each batch on the fly inside the jitted step (the posterior mean, times
+``scale``) with the autoencoder's parameters held frozen in the train state; sampling decodes
+with the same parameters. ``scale`` makes the latents unit-variance on the training data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from diffusion_jax.methods.diffusion import Diffusion
+from diffusion_jax.methods.state import TrainState, param_shardings, with_shardings
+from diffusion_jax.models.vae import VAE
+
+
+@flax.struct.dataclass
+class LatentState:
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    autoencoder: Any  # frozen
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LatentDiffusion(Diffusion):
+    """``shape`` is the latent's; ``pixel_shape`` the images'. ``ae_loader() -> params`` reads the
+    autoencoder's (EMA) parameters on the host."""
+    autoencoder: VAE | None = None
+    ae_loader: Callable | None = None
+    scale: float = 1.0
+    pixel_shape: tuple[int, ...] = ()
+    name: str = "latent_diffusion"
+
+    # -- state -------------------------------------------------------------------------------
+    def _ae_abstract(self):
+        x = jnp.zeros((1,) + self.pixel_shape)
+        eps = jnp.zeros((1,) + self.autoencoder.latent_shape)
+        return jax.eval_shape(lambda: self.autoencoder.init(jax.random.key(0), x, eps)["params"])
+
+    def abstract_state(self, mesh: Mesh, rules):
+        abstract, sh = super().abstract_state(mesh, rules)
+        boxed = self._ae_abstract()
+        ae_sh = param_shardings(boxed, mesh, rules)
+        ae_abs = with_shardings(boxed, ae_sh)
+        return (LatentState(abstract.step, abstract.params, abstract.ema_params,
+                            abstract.opt_state, ae_abs),
+                LatentState(sh.step, sh.params, sh.ema_params, sh.opt_state, ae_sh))
+
+    def init(self, key) -> LatentState:
+        st = super().init(key)
+        shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                        flax.linen.meta.unbox(self._ae_abstract()))
+        ae = jax.pure_callback(lambda: jax.device_get(self.ae_params()), shapes)
+        return LatentState(st.step, st.params, st.ema_params, st.opt_state, ae)
+
+    def ae_params(self):
+        """The frozen autoencoder's parameters (read once per process)."""
+        return _load(self.ae_loader)
+
+    # -- training ----------------------------------------------------------------------------
+    def encode(self, ae_params, images):
+        mu, _ = self.autoencoder.apply({"params": ae_params}, images, method=VAE.encode)
+        return mu * self.scale
+
+    def decode(self, ae_params, latents):
+        mean, _ = self.autoencoder.apply({"params": ae_params}, latents / self.scale,
+                                         method=VAE.decode)
+        return mean
+
+    def train_step(self, state: LatentState, batch: dict, key: jax.Array):
+        z = jax.lax.stop_gradient(self.encode(state.autoencoder, batch["image"]))
+        inner = TrainState(state.step, state.params, state.ema_params, state.opt_state)
+        new, metrics = super().train_step(inner, {**batch, "image": z}, key)
+        return LatentState(new.step, new.params, new.ema_params, new.opt_state,
+                           state.autoencoder), metrics
+
+    # -- sampling: latents -> pixels ---------------------------------------------------------
+    def sample_fn(self, *args, **kwargs) -> Callable:
+        inner = super().sample_fn(*args, **kwargs)
+        decode = _decoder(self)
+        ae = self.ae_params()
+
+        def fn(params, x_T, key, cond=None, known=None, mask=None):
+            if known is not None:
+                raise ValueError("inpainting edits pixels; this model samples latents")
+            return decode(ae, inner(params, x_T, key, cond))
+
+        return fn
+
+
+@functools.lru_cache(maxsize=4)
+def _load(loader):
+    return jax.device_get(loader())
+
+
+@functools.lru_cache(maxsize=4)
+def _decoder(method: LatentDiffusion):
+    return jax.jit(method.decode)
