@@ -6,22 +6,11 @@ data with `tfds build cifar10 --file_format=array_record` where TFDS can downloa
 
 from pathlib import Path
 
-from diffusion_jax.config import load_config
+from diffusion_jax.config import cifar10_tpu, load_config
 
 
 def get_config():
-    c = load_config(str(Path(__file__).with_name("fashion_mnist_vae.py")))
-    c.data.dataset = "tfds:cifar10"
-    c.data.image_size = 32
-    c.data.channels = 3
-    c.data.random_flip = True
-    c.mesh = {"data": -1, "fsdp": 1}
-    c.train.steps = 200_000
-    c.train.batch_size = 256
-    c.train.log_every = 100
-    c.train.ckpt_every = 5000
-    c.train.sample_every = 10_000
-    c.train.time_limit_minutes = 0.0
+    c = cifar10_tpu(load_config(str(Path(__file__).with_name("fashion_mnist_vae.py"))))
     c.model.ch = 64
     c.model.levels = 3
     c.model.latent_dim = 256

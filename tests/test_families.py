@@ -160,8 +160,7 @@ def test_spectral_norm_converges_to_the_top_singular_value():
     np.testing.assert_allclose(sigma, np.linalg.svd(k, compute_uv=False)[0], rtol=1e-4)
 
 
-@pytest.mark.parametrize("loss", ["wgan_gp", "non_saturating"])
-def test_a_gan_step_is_pure_and_the_same_on_1_and_8_devices(loss):
+def test_a_gan_step_is_pure_and_the_same_on_1_and_8_devices(loss="wgan_gp"):
     gen = Generator(8, 1, ch=4, levels=2, num_classes=3)
     disc = Discriminator(ch=4, levels=2, num_classes=3)
     tx = lambda: optax.adam(1e-3, 0.0, 0.9)

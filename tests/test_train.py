@@ -146,7 +146,7 @@ def test_bad_config_input(configs, tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (lambda c: setattr(c, "method", "gann"), "unknown method 'gann'; valid: diffusion, classifier"),
-    (lambda c: setattr(c.model, "name", "vit"), "unknown model 'vit'; valid: 'unet', 'mlp'"),
+    (lambda c: setattr(c.model, "name", "vit"), "unknown model 'vit'; valid: 'unet', 'dit', 'mlp'"),
     (lambda c: c.train.__delitem__("steps"), "missing the required field train.steps"),
     (lambda c: c.__delitem__("data"), "missing the required section 'data'"),
     (lambda c: setattr(c.model, "channel", 4), "unknown config key model.channel; did you mean "

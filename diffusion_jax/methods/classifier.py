@@ -12,8 +12,7 @@ import numpy as np
 import optax
 
 from diffusion_jax.data.pipeline import image_batches
-from diffusion_jax.methods.ema import ema_update
-from diffusion_jax.methods.state import SingleNetwork, TrainState
+from diffusion_jax.methods.state import SingleNetwork, TrainState, apply_gradients
 from diffusion_jax.models.classifier import Classifier
 from diffusion_jax.processes import Process
 
@@ -62,9 +61,8 @@ class ClassifierMethod(SingleNetwork):
             return loss, jnp.mean(jnp.argmax(logits, -1) == y)
 
         (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = ema_update(state.ema_params, params, self.ema_decay)
+        params, opt_state, ema = apply_gradients(self.tx, state.params, state.opt_state, grads,
+                                                 state.ema_params, self.ema_decay)
         metrics = {"loss": loss, "train_accuracy": acc, "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, ema, opt_state), metrics
 

@@ -24,8 +24,7 @@ import optax
 from jax.sharding import Mesh
 
 from diffusion_jax import consistency as C
-from diffusion_jax.methods.ema import ema_update
-from diffusion_jax.methods.state import (opt_shardings, param_shardings, replicated,
+from diffusion_jax.methods.state import (apply_gradients, opt_shardings, param_shardings, replicated,
                                          with_shardings)
 from diffusion_jax.parameterization import Parameterization, make_denoiser
 from diffusion_jax.processes import Process
@@ -132,9 +131,8 @@ class ConsistencyMethod:
                                        self.total_steps, self.s0, self.s1, self.loss)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = ema_update(state.ema_params, params, self.ema_decay)
+        params, opt_state, ema = apply_gradients(self.tx, state.params, state.opt_state, grads,
+                                                 state.ema_params, self.ema_decay)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                    ("mean_pair" if self.mode == "cd" else "num_scales"): aux}
         return ConsistencyState(state.step + 1, params, ema, opt_state, state.teacher), metrics

@@ -20,8 +20,7 @@ import optax
 from diffusion_jax import guidance
 from diffusion_jax.conditioning import Conditioning, downsample
 from diffusion_jax.losses import LossConfig, denoising_loss
-from diffusion_jax.methods.ema import ema_update
-from diffusion_jax.methods.state import SingleNetwork, TrainState
+from diffusion_jax.methods.state import SingleNetwork, TrainState, apply_gradients, ema_decay_at
 from diffusion_jax.parameterization import Parameterization, make_denoiser
 from diffusion_jax.processes import Process
 from diffusion_jax.samplers import sample as run_sampler
@@ -75,10 +74,9 @@ class Diffusion(SingleNetwork):
                                   self.parameterization, self.loss, cond=cond, train=True)
 
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        decay = jnp.where(state.step < self.ema_start, 0.0, self.ema_decay)
-        ema = ema_update(state.ema_params, params, decay)
+        params, opt_state, ema = apply_gradients(
+            self.tx, state.params, state.opt_state, grads, state.ema_params,
+            ema_decay_at(state.step, self.ema_decay, self.ema_start))
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, ema, opt_state), metrics
 

@@ -22,8 +22,7 @@ import numpy as np
 import optax
 
 from diffusion_jax.likelihood import bits_per_dim, dequantize
-from diffusion_jax.methods.ema import ema_update
-from diffusion_jax.methods.state import SingleNetwork, TrainState
+from diffusion_jax.methods.state import SingleNetwork, TrainState, apply_gradients, ema_decay_at
 from diffusion_jax.models.flow import Glow, latent_shapes, standard_normal_logp
 
 
@@ -67,10 +66,9 @@ class FlowMethod(SingleNetwork):
             return jnp.mean(bits_per_dim(self.log_prob(p, x), dim))
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = self.tx.update(grads, state.opt_state, params)
-        params = optax.apply_updates(params, updates)
-        decay = jnp.where(state.step < self.ema_start, 0.0, self.ema_decay)
-        ema = ema_update(ema_in, params, decay)
+        params, opt_state, ema = apply_gradients(
+            self.tx, params, state.opt_state, grads, ema_in,
+            ema_decay_at(state.step, self.ema_decay, self.ema_start))
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, ema, opt_state), metrics
 

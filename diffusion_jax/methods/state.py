@@ -109,6 +109,20 @@ def _replicate_indivisible(params, shardings, mesh: Mesh):
     return out
 
 
+def apply_gradients(tx: optax.GradientTransformation, params, opt_state, grads, ema, decay):
+    """One optimizer update and the EMA after it: ``(params, opt_state, ema)``."""
+    from diffusion_jax.methods.ema import ema_update
+
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, ema_update(ema, params, decay)
+
+
+def ema_decay_at(step, decay: float, start: int = 0):
+    """The EMA decay at ``step``: 0 (copy the parameters) before ``start``."""
+    return jnp.where(step < start, 0.0, decay)
+
+
 class SingleNetwork:
     """``abstract_state``, ``init`` and ``sample_params`` of the method contract for methods with
     one network, one optimizer and an EMA (the subclass has ``model``, ``tx`` and

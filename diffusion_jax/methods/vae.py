@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffusion_jax.methods.ema import ema_update
-from diffusion_jax.methods.state import SingleNetwork, TrainState
+from diffusion_jax.methods.state import SingleNetwork, TrainState, apply_gradients, ema_decay_at
 from diffusion_jax.models.vae import VAE
 
 NUM_BINS = 256
@@ -96,10 +95,9 @@ class VAEMethod(SingleNetwork):
             return loss, (jnp.mean(-rec + kl) / dims, jnp.mean(kl) / dims)
 
         (loss, (elbo_bpd, kl_bpd)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        decay = jnp.where(state.step < self.ema_start, 0.0, self.ema_decay)
-        ema = ema_update(state.ema_params, params, decay)
+        params, opt_state, ema = apply_gradients(
+            self.tx, state.params, state.opt_state, grads, state.ema_params,
+            ema_decay_at(state.step, self.ema_decay, self.ema_start))
         metrics = {"loss": loss, "elbo_bpd": elbo_bpd, "kl_bpd": kl_bpd, "kl_weight": self.beta * warm,
                    "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, ema, opt_state), metrics
