@@ -90,7 +90,7 @@ def test_remat_gives_the_same_gradients():
 BF16_LOSS_RTOL = 0.02  # bf16 keeps 8 mantissa bits (0.4% per rounding); a few layers deep: 2%
 
 
-@pytest.mark.parametrize("arch", ["unet", "dit"])
+@pytest.mark.parametrize("arch", [pytest.param("unet", marks=pytest.mark.slow), "dit"])
 def test_a_bf16_step_loss_is_within_tolerance_of_the_f32_step(configs, tmp_path, arch):
     losses = {}
     for dtype in ("float32", "bfloat16"):

@@ -221,6 +221,7 @@ def test_no_accuracy_floor_at_high_nfe():
     assert err["ode"] < err["denoise"] / 4, err
 
 
+@pytest.mark.slow  # a 5-30 step sweep on four grids (34 s): -m slow
 def test_no_error_jump_across_step_counts():
     """Adding a step never makes a multistep solver's endpoint worse by more than 30%, on any
     of four grids from 5 to 30 steps (the old n < 15 rule: up to 30x from 14 to 15 steps)."""

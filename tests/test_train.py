@@ -162,7 +162,12 @@ def test_bad_experiments_are_named_before_compiling(configs, tmp_path, change, m
         from_config(cfg)
 
 
-@pytest.mark.parametrize("path", sorted(p.name for p in EXPERIMENTS.glob("*.py")))
+# the two largest U-Net configs take a minute between them even at smoke size: -m slow
+SLOW_EXPERIMENTS = ("celeba64_ddpm.py", "cifar10_ddpmpp.py")
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_EXPERIMENTS
+                                  else p for p in sorted(p.name for p in EXPERIMENTS.glob("*.py"))])
 def test_every_experiment_builds_and_steps(path):
     cfg = load_config(str(EXPERIMENTS / path))
     needs = cfg.get("consistency", {}).get("teacher") or cfg.get("latent", {}).get("autoencoder")
