@@ -65,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     bt = sub.add_parser("bench-train", help="train-step throughput and FLOP utilisation")
     bt.add_argument("--config", required=True)
     bt.add_argument("--steps", type=int, default=10)
+    bt.add_argument("--peer", default=None,
+                    help="time a peer's implementation of the same U-Net alternately with ours "
+                         "(torch: diffusers' UNet2DModel; needs torch and diffusers installed)")
+    bt.add_argument("--rounds", type=int, default=3,
+                    help="with --peer: alternations of --steps steps each; medians are reported")
+    bt.add_argument("--memory-only", action="store_true",
+                    help="compile only: FLOPs and per-device memory for the experiment's mesh")
     return ap
 
 
@@ -217,7 +224,8 @@ def _run(args, overrides) -> int:
         from diffusion_jax.config import load_config
         from diffusion_jax.experiment import from_config
 
-        bench_train(from_config(load_config(args.config, overrides)), args.steps)
+        bench_train(from_config(load_config(args.config, overrides)), args.steps, args.peer,
+                    args.memory_only, args.rounds)
     else:
         from diffusion_jax.bench.samplers import run_benchmark
 

@@ -23,6 +23,7 @@ ORDERS = {
     "heun": 2, "ode_heun": 2, "dpm_solver_2": 2, "dpmpp_2s": 2, "dpmpp_2m": 2,
     "plms": 2, "ipndm": 2,
     "dpm_solver_3": 3, "dpmpp_3m": 3, "deis": 3, "unipc_2": 3,
+    "deis_tab1": 1, "deis_tab2": 2, "deis_tab3": 3,
     "unipc": 4, "unipc_bh1": 4, "ipndm_v": 4,
     "ode_rk4": 4,
 }
@@ -90,7 +91,7 @@ def test_adaptive_solver_meets_tolerance(problem):
 
 
 STOCHASTIC = {"ddpm": 200, "ddim_eta1": 200, "dpmpp_sde_2m": 200, "euler_maruyama": 1000,
-              "reverse_diffusion": 500, "pc": 500, "ald": 200, "heun_churn": 100}
+              "reverse_diffusion": 500, "pc": 500, "ald": 200, "heun_churn": 100, "restart": 60}
 
 
 @pytest.fixture(scope="module")
@@ -295,6 +296,14 @@ def _eps_history(k):
     return fn
 
 
+def _t_history(k):
+    def fn(proc, den, xs, ts):
+        h = _eps_history(k)(proc, den, xs, ts)
+        h["rhos"] = jnp.stack([jnp.asarray(ts[k - j]) for j in range(1, k + 1)])  # tAB: times
+        return h
+    return fn
+
+
 def _rho_history(k):
     def fn(proc, den, xs, ts):
         h = _eps_history(k)(proc, den, xs, ts)
@@ -309,7 +318,8 @@ def _rho_history(k):
     ("plms on a rho-uniform grid", dj.samplers.PLMS(), _eps_history(3), 3, _rho_grid, 4),
     ("deis", dj.samplers.DEIS(order=3), _rho_history(2), 2, _logsnr_grid, 3),
     ("ipndm_v", dj.samplers.DEIS(order=4), _rho_history(3), 3, _logsnr_grid, 4),
-], ids=["dpmpp_3m", "plms_rho_grid", "deis", "ipndm_v"])
+    ("deis_tab3", dj.samplers.DEIS(order=3, variable="t"), _t_history(2), 2, _logsnr_grid, 3),
+], ids=["dpmpp_3m", "plms_rho_grid", "deis", "ipndm_v", "deis_tab3"])
 def test_multistep_true_orders(problem, name, sampler, carry_fn, warm, grid_fn, order):
     slope = _warm_started_order(problem, sampler, carry_fn, warm, grid_fn)
     assert abs(slope - order) <= 0.4, (name, slope)
@@ -346,3 +356,33 @@ def test_a_named_sampler_gets_its_default_grid(problem, monkeypatch):
     obj = dj.samplers.UniPC(order=3)  # an object: no name to look up, logsnr
     np.testing.assert_array_equal(dj.sample(den32, proc, x, sampler=obj, num_steps=4),
                                   dj.sample(den32, proc, x, sampler=obj, num_steps=4, grid="logsnr"))
+
+
+def test_restart_counts_its_cycles_and_refuses_bad_settings(problem):
+    _, proc, den, x_T, _ = problem
+    r = dj.samplers.Restart()  # 2 cycles of 3 Heun steps
+    ts = dj.make_grid(proc, 10, "logsnr")
+    full = r.expand_grid(proc, ts)
+    assert len(full) - 1 == 10 + 2 * (3 + 1)  # each cycle: one noise injection + 3 ODE steps
+    assert int(np.sum(np.diff(full) > 0)) == 2  # the two injections go up in t
+    assert dj.total_nfe("restart", 10) == 2 * (10 + 6) + 1
+    assert dj.samplers.steps_for_budget("restart", 20) == 3 and dj.total_nfe("restart", 3) == 19
+    for kw in (dict(rho_min=0.5, rho_max=0.3), dict(restart_steps=0)):
+        with pytest.raises(ValueError, match="Restart needs"):
+            dj.sample(den, proc, x_T, sampler=dj.samplers.Restart(**kw), num_steps=10)
+    with pytest.raises(ValueError, match="no interior grid point below rho_max"):
+        dj.sample(den, proc, x_T, sampler=dj.samplers.Restart(rho_max=1e-6, rho_min=1e-7),
+                  num_steps=10)
+
+
+def test_noise_prediction_singlestep_solvers_warn_at_low_nfe(problem):
+    g, proc, _, x_T, _ = problem
+    x, den = x_T.astype(jnp.float32), g.denoiser(proc)
+    with pytest.warns(UserWarning, match="unstable below 11 NFE.*dpmpp_2s"):
+        dj.sample(den, proc, x, sampler="dpm_solver_2", num_steps=2)
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dj.sample(den, proc, x, sampler="dpmpp_2s", num_steps=2)
+        dj.sample(den, proc, x, sampler="dpm_solver_2", num_steps=6)  # 13 NFE: no warning
+    assert not [w for w in caught if "unstable below" in str(w.message)]

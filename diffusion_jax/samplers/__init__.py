@@ -15,6 +15,7 @@ from diffusion_jax.samplers.heun import Euler, Heun
 from diffusion_jax.samplers.learned_grid import optimize_grid
 from diffusion_jax.samplers.ode import AdaptiveODE, ODESolver, dopri5
 from diffusion_jax.samplers.plms import PLMS
+from diffusion_jax.samplers.restart import Restart
 from diffusion_jax.samplers.sde import (AnnealedLangevin, EulerMaruyama, PredictorCorrector,
                                         ReverseDiffusion)
 from diffusion_jax.samplers.unipc import UniPC
@@ -28,6 +29,9 @@ SAMPLERS = {
     "ipndm": PLMS,  # iPNDM: PLMS's Adams-Bashforth with lower-order warm-up (what PLMS is here)
     "ipndm_v": partial(DEIS, order=4),  # variable-step iPNDM = rhoAB-DEIS of order 4
     "deis": partial(DEIS, order=3),
+    "deis_tab1": partial(DEIS, order=1, variable="t"),
+    "deis_tab2": partial(DEIS, order=2, variable="t"),
+    "deis_tab3": partial(DEIS, order=3, variable="t"),
     "ode_euler": partial(ODESolver, method="euler"),
     "ode_heun": partial(ODESolver, method="heun"),
     "ode_rk4": partial(ODESolver, method="rk4"),
@@ -48,9 +52,10 @@ SAMPLERS = {
     "reverse_diffusion": ReverseDiffusion,
     "pc": PredictorCorrector,
     "ald": AnnealedLangevin,
+    "restart": Restart,
 }
 
 __all__ = ["SAMPLERS", "GRIDS", "DEFAULT_GRIDS", "default_grid", "Context", "Sampler", "make_grid", "run", "sample", "total_nfe",
            "resolve_sampler", "steps_for_budget", "dopri5", "optimize_grid"] + [c.__name__ for c in (
     DDIM, DDPM, DEIS, DPMSolver, DPMSolverPP, DPMSolverPP2S, DPMSolverPPSDE, Euler, Heun, AdaptiveODE,
-    ODESolver, PLMS, AnnealedLangevin, EulerMaruyama, PredictorCorrector, ReverseDiffusion, UniPC)]
+    ODESolver, PLMS, Restart, AnnealedLangevin, EulerMaruyama, PredictorCorrector, ReverseDiffusion, UniPC)]

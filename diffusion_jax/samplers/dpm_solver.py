@@ -55,6 +55,12 @@ class DPMSolver(Sampler):
     def nfe_per_step(self) -> int:
         return self.order
 
+    @property
+    def warn_below_nfe(self) -> int:
+        """Noise prediction at orders 2-3 blows up at low NFE (measured: RMSE 25 on the ring and
+        220 at d=3072 at NFE 5, where dpmpp_2s stays below 0.1); ``sample`` warns."""
+        return 11 if self.order >= 2 else 0
+
     def step(self, ctx, carry, i, t, t_next, key):
         p, x = ctx.process, carry["x"]
         a_s, s_s, l_s = coeffs(p, t)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Callable
 
 import jax
@@ -48,6 +49,11 @@ def run(sampler: Sampler, denoise: Callable, process: Process, x_T: Array, ts, k
     if hasattr(sampler, "run"):  # adaptive solvers choose their own grid
         x, nan_step = sampler.run(denoise, process, x_T, float(ts[0]), float(ts[-1]))
     else:
+        if hasattr(sampler, "expand_grid"):  # Restart: the restart cycles join the grid
+            if isinstance(ts, jax.core.Tracer):
+                raise ValueError(f"{type(sampler).__name__} inserts its restart cycles into a "
+                                 "concrete grid; it cannot run on a traced (learned) grid")
+            ts = sampler.expand_grid(process, np.asarray(ts))
         ts = jnp.asarray(ts, dtype=x_T.dtype)
         n = ts.shape[0] - 1
         ctx = Context(denoise, process, n)
@@ -123,6 +129,15 @@ def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sa
     n = len(ts) - 1
     if n < obj.min_steps:
         raise ValueError(f"sampler {type(obj).__name__} needs at least {obj.min_steps} steps, got {n}")
+    # Restart's cycles join the grid (a grid it cannot restart on fails here, before compiling);
+    # NaN steps are reported on the grid the scan runs
+    run_ts = obj.expand_grid(process, ts) if hasattr(obj, "expand_grid") else ts
+    warn_below = getattr(obj, "warn_below_nfe", 0)
+    if warn_below and obj.nfe(n) + int(final_denoise) < warn_below:
+        warnings.warn(f"{type(obj).__name__}(order={getattr(obj, 'order', '?')}) predicts noise "
+                      f"and is unstable below {warn_below} NFE (Lu et al. 2022b: errors of 10-200x"
+                      " measured here at NFE 5); use the data-prediction dpmpp_2s, dpmpp_2m or "
+                      "unipc", stacklevel=2)
     key = jax.random.key(0) if key is None else key
     out = jax.eval_shape(denoise, x_T, jnp.asarray(ts[0], x_T.dtype))  # traces, never compiles
     if out.shape != x_T.shape:
@@ -133,10 +148,11 @@ def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sa
                                final_denoise, final)
         nan_step = int(nan_step)
         if nan_step >= 0:
-            where = "the final denoising step" if nan_step == n else f"step {nan_step} of {n}"
+            m = len(run_ts) - 1
+            where = "the final denoising step" if nan_step == m else f"step {nan_step} of {m}"
             raise FloatingPointError(
                 f"sampler {type(obj).__name__} produced NaN at {where} "
-                f"(t={ts[min(nan_step, n)]:.4g}): check the denoiser's output at that time")
+                f"(t={run_ts[min(nan_step, m)]:.4g}): check the denoiser's output at that time")
         return x
     x, _ = run(obj, denoise, process, x_T, ts, key, final_denoise, final)
     return x
@@ -156,4 +172,6 @@ def steps_for_budget(sampler: str | Sampler, nfe: int) -> int | None:
     ``None`` if even the sampler's minimum number of steps does not fit."""
     s = resolve_sampler(sampler)
     steps = (nfe - 1) // s.nfe_per_step
+    while steps >= s.min_steps and s.nfe(steps) + 1 > nfe:  # samplers with extra calls (Restart)
+        steps -= 1
     return steps if steps >= s.min_steps else None
