@@ -89,7 +89,7 @@ class TorchPeer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     def time_steps(self, n: int) -> float:
         """Seconds per step, mean of ``n`` steps."""

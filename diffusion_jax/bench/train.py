@@ -128,12 +128,12 @@ def bench_train(exp: Experiment, steps: int = 10, peer: str | None = None,
         jax.block_until_ready(m)
         return (time.perf_counter() - t0) / n
 
-    ours(1)
+    ours(2)  # warm-up (first calls allocate; torch/oneDNN also builds its kernels)
     torch_peer = None
     if peer_mod is not None:
         torch_peer = peer_mod.TorchPeer(method.model.config, exp.data.image_size,
                                         exp.data.channels, b, lr=exp.optimizer.lr)
-        torch_peer.time_steps(1)
+        torch_peer.time_steps(3)
     times, ttimes = [], []
     for _ in range(rounds if torch_peer else 1):  # alternate: both see the same machine load
         times.append(ours(steps))
@@ -169,11 +169,11 @@ def side_by_side(r: dict) -> str:
             ("parameters", f"{r['params_M']:.3f}M", f"{p['params_M']:.3f}M"),
             ("step (s, median)", f"{r['step_s']:.3f}", f"{p['step_s']:.3f}"),
             ("img/s", f"{r['img_per_s']:.1f}", f"{p['img_per_s']:.1f}"),
-            ("model GFLOP/step (conv+matmul, fwd+bwd)", f"{r['model_gflop_per_step']:.1f}",
-             f"{p['model_gflop_per_step']:.1f}"),
-            ("achieved GFLOP/s", f"{r['achieved_gflops']:.1f}", f"{p['achieved_gflops']:.1f}"),
+            ("model GFLOP/step (conv+matmul, fwd+bwd)", f"{r['model_gflop_per_step']:.4g}",
+             f"{p['model_gflop_per_step']:.4g}"),
+            ("achieved GFLOP/s", f"{r['achieved_gflops']:.3g}", f"{p['achieved_gflops']:.3g}"),
             ("matmul GFLOP/s (same run)", f"{r['matmul_gflops']:.0f}", f"{p['matmul_gflops']:.0f}"),
-            ("utilisation (of matmul rate)", f"{100 * r['mfu']:.0f}%", f"{100 * p['mfu']:.0f}%")]
+            ("utilisation (of matmul rate)", f"{100 * r['mfu']:.1f}%", f"{100 * p['mfu']:.1f}%")]
     lines = [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines.insert(1, "|---|---|---|")
     lines.append(f"\nours / torch img/s: {r['speed_vs_peer']:.2f}x")
