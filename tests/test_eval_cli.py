@@ -45,6 +45,15 @@ def test_eval_cli_writes_table(tmp_path, configs, capsys):
     assert "needs a feature extractor" in configs.cli_error(capsys, ["eval", "--workdir", wd])
     assert "not a classifier" in configs.cli_error(
         capsys, ["eval", "--workdir", wd, "--classifier", wd])
+    # a consistency model (no conditioning field): one row per --nfe, its evaluations
+    ct = str(tmp_path / "ct")
+    assert main(["train", "--config", str(configs.root / "experiments/fashion_mnist_ct.py"),
+                 "--workdir", ct, "--config.train.steps=2", "--config.model.channels=8",
+                 "--config.model.attn_resolutions=()", "--config.train.batch_size=8",
+                 "--config.sample.num=4", "--config.train.time_limit_minutes=0"]) == 0
+    assert main(["eval", "--workdir", ct, "--classifier", clf, "--nfe", "1", "--num", "32"]) == 0
+    rows = json.loads((tmp_path / "ct" / "eval" / "eval.json").read_text())
+    assert [(r["sampler"], r["nfe"]) for r in rows] == [("consistency", 1)] and rows[0]["fd"] > 0
 
 
 def test_optimize_grid_then_sample_with_the_learned_grid(tmp_path, configs, capsys):

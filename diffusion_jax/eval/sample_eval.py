@@ -96,7 +96,8 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
         raise ValueError(f"{workdir} holds a {exp.method_name!r} run, which makes no samples")
     extractor = make_extractor(classifier_dir, inception)
     judge = classifier_extractor(classifier_dir) if classifier_dir else None
-    k = method.conditioning.num_classes
+    # GAN / VAE / flow / consistency methods here are unconditional: no conditioning field
+    k = getattr(getattr(method, "conditioning", None), "num_classes", 0)
     if k and judge is None:
         raise ValueError("a class-conditional model is judged by a classifier: pass --classifier")
     out = Path(out or Path(workdir) / "eval")
