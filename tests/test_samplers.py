@@ -49,7 +49,11 @@ def test_every_deterministic_sampler_is_covered():
     assert det == set(ORDERS)
 
 
-@pytest.mark.parametrize("name", sorted(ORDERS))
+SLOW_ORDERS = {"deis_tab1", "deis_tab2"}  # tAB-3 stays in the default run (and its warm start)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_ORDERS
+                                  else n for n in sorted(ORDERS)])
 def test_convergence_order(problem, name):
     _, proc, den, x_T, ref = problem
     with jax.enable_x64(True):
