@@ -2,9 +2,9 @@
 of a function, 2 FLOPs per multiply-add, nothing else (normalisation, activations and softmax are
 left out, as MFU figures on TPUs and ``torch.utils.flop_counter`` leave them out).
 
-This is the basis on which ``bench-train`` reports utilisation: *model* FLOPs per train step (three
-times the forward pass: forward, and two products of the same size in the backward pass) divided
-by the step time, against the matmul rate measured in the same run. XLA's own cost analysis counts
+This is the basis on which ``bench-train`` reports utilisation: *model* FLOPs per train step (the
+train step's own jaxpr with remat off: forward and backward exactly as autodiff computes them)
+divided by the step time, against the matmul rate measured in the same run. XLA's own cost analysis counts
 what the compiled program executes instead (recomputation under remat, elementwise work, padding),
 which is a hardware figure, not a model figure.
 
@@ -19,17 +19,13 @@ import math
 import jax
 from jax.extend import core as jex_core
 
-TRAIN_FACTOR = 3  # forward + (grad wrt inputs + grad wrt weights): the usual 3x forward
-
-
 def _dot_flops(eqn) -> int:
     lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
-    (lc, rc), (lb, _) = eqn.params["dimension_numbers"]
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     batch = math.prod(lhs[d] for d in lb)
     contract = math.prod(lhs[d] for d in lc)
     lfree = math.prod(s for d, s in enumerate(lhs) if d not in lc and d not in lb)
-    rfree = math.prod(s for d, s in enumerate(rhs) if d not in rc and d not in eqn.params[
-        "dimension_numbers"][1][1])
+    rfree = math.prod(s for d, s in enumerate(rhs) if d not in rc and d not in rb)
     return 2 * batch * lfree * rfree * contract
 
 
