@@ -4,6 +4,16 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent XLA compilation cache for the whole run, inherited by the trainer, notebook and
+# multi-process subprocesses: many tests build the same tiny programs again (each test jits its
+# own train step or sampler; every fault-injection child recompiles the toy step), and XLA:CPU
+# spends most of this suite compiling. Fresh per run, so a clean clone measures what CI measures;
+# the key includes XLA_FLAGS, so runs with and without the CPU setting never share an entry.
+import tempfile  # noqa: E402
+
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="diffusion_jax_tests_xla_")
 
 from pathlib import Path  # noqa: E402
 
@@ -12,6 +22,12 @@ import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_CACHE:  # a cache the user pointed us at is theirs to keep
+        import shutil
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 def _config(name: str, overrides):
