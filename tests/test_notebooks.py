@@ -21,7 +21,13 @@ def test_notebook_outputs_are_stripped_and_api_is_public(path):
     assert "colab.research.google.com" in "".join(nb["cells"][0]["source"])
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS)
+# Notebook 04 trains a classifier and four families at 28x28 (5 min of compiling here); its parts
+# run in tests/test_families.py (the families, dj.compare), so it runs with -m slow
+SLOW_NOTEBOOKS = ("notebooks/04_gans_vaes_flows_vs_diffusion.ipynb",)
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_NOTEBOOKS
+                                  else p for p in NOTEBOOKS])
 def test_notebook_executes_in_smoke_mode(path, tmp_path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
