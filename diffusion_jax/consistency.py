@@ -161,11 +161,14 @@ def training_loss(f_student: Callable, process: Process, x0, step, key, total_st
     return jnp.mean(d / (s_hi - s_lo)), num
 
 
-def sample_times(process: Process, steps: int, s_first: float = 0.8, s_last: float = 0.05):
+def sample_times(process: Process, steps: int, s_first: float = 0.4, s_last: float = 0.05):
     """The ``steps`` times a multistep consistency sampler evaluates at: ``t_max``, then (for
     ``steps >= 2``) EDM noise levels ``s`` spaced geometrically from ``s_first`` down to
-    ``s_last`` (Song et al. 2023 use ``s = 0.821`` for the second of two steps on data in
-    [-1, 1]); levels outside the process's range are clipped to it."""
+    ``s_last``; levels outside the process's range are clipped to it. Song et al. 2023 use
+    ``s = 0.821`` for the second of two steps on CIFAR-10; measured here, 0.4 is better on both
+    problems we have: Fashion-MNIST CD (FD of 2 steps 129.0 / 128.1 / 118.6 / 120.4 at s_first =
+    1.2 / 0.8 / 0.4 / 0.2, README) and the ring (mean log-density of 2 steps -8.7 at 0.8, -3.9 at
+    0.4, -4.7 at 0.2)."""
     if steps < 1:
         raise ValueError(f"a consistency model samples in >= 1 steps, got {steps}")
     with jax.ensure_compile_time_eval():

@@ -120,16 +120,15 @@ def test_distillation_reaches_the_ode_endpoint_in_one_step(distilled):
     print(f"CD 1-step endpoint RMSE {rmse(one):.4f}; teacher one-step jump {rmse(jump):.4f}")
     # a quarter of the error of the best constant answer: the student learned the map
     assert rmse(one) < 0.25 * rmse(jump)
-    # More steps re-noise and map again. The student is less accurate at mid noise levels than
-    # at t_max, so with the default levels (0.8, ...) two steps only tie one on this ring; four
-    # steps must beat one in mean log-density under the data (with the older
+    # More steps re-noise and map again: two and four steps must beat one in mean log-density
+    # under the data (with the older
     # c_skip y + (1 - c_skip) D form they made it worse: -14.9 at 1 step, -42.6 at 4).
     logp = lambda x: float(jnp.mean(mix.logp(process, x, process.t_min)))
     multi = {k: logp(C.multistep_sample(f, process, x_T, C.sample_times(process, k),
                                         jax.random.key(8))) for k in (2, 4)}
     print(f"mean log p under the data: 1 step {logp(one):.3f}, 2 steps {multi[2]:.3f}, "
           f"4 steps {multi[4]:.3f}")
-    assert multi[4] > logp(one)
+    assert multi[2] > logp(one) and multi[4] > logp(one)
 
 
 def test_consistency_training_without_a_teacher_learns_the_ring():
