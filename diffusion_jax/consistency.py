@@ -16,8 +16,9 @@ condition: ``r = 0``) and ``f = D`` at high noise. Why not ``c_skip y + (1 - c_s
 c_skip`` vanishes quadratically in ``s - s_min`` where ``c_out`` vanishes linearly, so at the
 noise levels multistep sampling revisits the student's ``D`` had to be ~1/(1 - c_skip) times its
 teacher's (7x at ``s = 0.2``, 100x at ``s = 0.05``) and more steps made samples worse; on the
-ring (4000 CD steps) this form took the 1-step mean log-density from -14.9 to -8.4 and the
-4-step one from -42.6 to -4.0 (``tests/test_consistency.py`` asserts the difference).
+ring (4000 CD steps, re-noising from ``s = 0.8``) this form took the 1-step mean log-density
+from -14.9 to -8.4 and the 4-step one from -42.6 to -4.0 (``tests/test_consistency.py`` asserts
+that the exact map needs a near-exact denoiser here, and that more steps improve on one).
 
     f = consistency_function(denoise, process)                    # f(x, t) -> x0
     loss = distillation_loss(f_student, f_target, teacher_denoise, process, x0, ts, key)

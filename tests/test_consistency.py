@@ -121,8 +121,8 @@ def test_distillation_reaches_the_ode_endpoint_in_one_step(distilled):
     # a quarter of the error of the best constant answer: the student learned the map
     assert rmse(one) < 0.25 * rmse(jump)
     # More steps re-noise and map again: two and four steps must beat one in mean log-density
-    # under the data (with the older
-    # c_skip y + (1 - c_skip) D form they made it worse: -14.9 at 1 step, -42.6 at 4).
+    # under the data (with the older c_skip y + (1 - c_skip) D form they made it worse: -14.9 at
+    # 1 step, -42.6 at 4).
     logp = lambda x: float(jnp.mean(mix.logp(process, x, process.t_min)))
     multi = {k: logp(C.multistep_sample(f, process, x_T, C.sample_times(process, k),
                                         jax.random.key(8))) for k in (2, 4)}
