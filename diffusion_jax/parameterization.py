@@ -31,7 +31,7 @@ Denoiser = Callable[..., Array]  # denoise(x_t [B,...], t [] or [B]) -> x0_hat [
 
 
 def eps_from_x0(x_t, x0, alpha, sigma):
-    return (x_t - alpha * x0) / sigma
+    return (x_t - alpha * x0) * (1.0 / sigma)  # a reciprocal: sigma is usually a scalar
 
 
 def x0_from_eps(x_t, eps, alpha, sigma):

@@ -289,14 +289,15 @@ def _eps(proc, den, x, t):
 
 def _dpm_history(proc, den, xs, ts):
     lam = lambda t: 0.5 * proc.logsnr(t)
-    return {"x": xs[2], "x0s": jnp.stack([den(xs[1], ts[1]), den(xs[0], ts[0])]),
+    ring = dj.samplers.base.ring_of  # the history as the sampler's ring holds it at step 2
+    return {"x": xs[2], "x0s": ring(jnp.stack([den(xs[1], ts[1]), den(xs[0], ts[0])]), 2),
             "lams": jnp.stack([lam(ts[1]), lam(ts[0])])}
 
 
 def _eps_history(k):
     def fn(proc, den, xs, ts):
-        return {"x": xs[k], "eps": jnp.stack([_eps(proc, den, xs[k - j], ts[k - j])
-                                              for j in range(1, k + 1)])}
+        past = jnp.stack([_eps(proc, den, xs[k - j], ts[k - j]) for j in range(1, k + 1)])
+        return {"x": xs[k], "eps": dj.samplers.base.ring_of(past, k)}  # as at step k
     return fn
 
 

@@ -121,9 +121,39 @@ def scan_overhead(nfes=(10, 20, 50), samplers=("ddim", "dpmpp_2m", "unipc"), bat
     return rows
 
 
-def write_report(out: Path, rows, overhead):
+HISTORY_SAMPLERS = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "plms", "deis", "ipndm_v")
+
+
+def history_overhead(samplers=HISTORY_SAMPLERS, shape=(128, 3072), steps=(20, 99), log=print):
+    """Per-step cost of each sampler's own arithmetic, history included, with a trivial denoiser
+    (``0.5 x``, float64): ``(time(99 steps) - time(20 steps)) / 79``, and its ratio to DDIM's.
+    The floor for a multistep method is its memory traffic: DPM-Solver++2M reads ``x`` and two
+    outputs and writes ``x`` and one output (3x DDIM's read and write of ``x``); order-4 PLMS
+    reads four."""
+    den = lambda x, t: 0.5 * x
+    proc = VP.linear()
+    rows = []
+    with jax.enable_x64(True):
+        x_T = jax.random.normal(jax.random.key(0), shape, jnp.float64)
+        for s_name in samplers:
+            t = []
+            for n in steps:
+                fn = jax.jit(lambda x, _n=s_name, _s=n: sample(den, proc, x, sampler=_n, num_steps=_s))
+                jax.block_until_ready(fn(x_T))
+                t.append(min(_timed(fn, x_T, repeats=5)[1] for _ in range(2)))
+            rows.append({"sampler": s_name, "ms_per_step": (t[1] - t[0]) / (steps[1] - steps[0]) * 1e3})
+    base = next((r["ms_per_step"] for r in rows if r["sampler"] == "ddim"), None)
+    for r in rows:
+        r["ratio_to_ddim"] = r["ms_per_step"] / base if base else None
+        log(f"trivial denoiser {shape} f64 {r['sampler']:10s} {r['ms_per_step']:.3f} ms/step"
+            + (f" = {r['ratio_to_ddim']:.1f} x DDIM" if base else ""))
+    return rows
+
+
+def write_report(out: Path, rows, overhead, history=()):
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"cases": rows, "scan_overhead": overhead}, indent=1))
+    (out / "results.json").write_text(json.dumps({"cases": rows, "scan_overhead": overhead,
+                                                  "history_overhead": list(history)}, indent=1))
     lines = []
     for case in dict.fromkeys(r["case"] for r in rows):
         cr = [r for r in rows if r["case"] == case]
@@ -144,6 +174,11 @@ def write_report(out: Path, rows, overhead):
                   "| sampler | NFE | wall s | ratio to NFE x call | compile s |", "|---|---|---|---|---|"]
         lines += [f"| {o['sampler']} | {o['nfe']} | {o['wall_s']:.3f} | {o['ratio']:.3f} | "
                   f"{o['compile_s']:.2f} |" for o in overhead]
+    if history:
+        lines += ["\n### per-step cost with a trivial denoiser (128 x 3072, float64)\n",
+                  "| sampler | ms / step | x DDIM |", "|---|---|---|"]
+        lines += [f"| {h['sampler']} | {h['ms_per_step']:.3f} | {h['ratio_to_ddim']:.1f} |"
+                  for h in history]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     _plot(out, rows)
 
@@ -189,6 +224,7 @@ def run_benchmark(out: Path, nfes, samplers=None, cases=None, batch: int = 256,
         b = min(batch, 64) if c == "image3072" else batch
         rows += bench_case(c, CASES[c](), samplers, nfes, b)
     ov = scan_overhead() if overhead else []
-    write_report(Path(out), rows, ov)
+    hist = history_overhead() if overhead else []
+    write_report(Path(out), rows, ov, hist)
     print(f"wrote {out}/results.json, results.md, error_vs_nfe.png")
     return rows, ov

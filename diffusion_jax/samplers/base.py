@@ -92,5 +92,40 @@ def ddim_transfer(x, x0, a_s, s_s, a_t, s_t):
 
 
 def push(history, value):
-    """Shift a stacked history ``[K, ...]`` by one and put ``value`` first."""
+    """Shift a stacked history ``[K, ...]`` by one and put ``value`` first (for the small
+    histories of scalars; arrays go in a ``ring``)."""
     return jnp.concatenate([value[None], history[:-1]], axis=0)
+
+
+# The history of a multistep sampler's network outputs is a ring of ``K + 1`` slots: step ``i``
+# first writes its output into slot ``i mod (K + 1)`` (in place: a dynamic-update-slice of the
+# loop-carried buffer), then reads the last ``K + 1`` outputs from the updated ring. Writing before
+# reading is what lets XLA update the buffer in place: shifting a stacked history (or writing into
+# a slot the same step still reads) made it copy every history buffer every step, 20-40x the cost
+# of a DDIM step with a trivial denoiser (bench.samplers.history_overhead).
+
+def ring(x, k: int):
+    """An empty ring for ``k`` past values of ``x``'s shape (and the newest)."""
+    return jnp.zeros((k + 1,) + x.shape, x.dtype)
+
+
+def ring_put(buf, i, value):
+    """Write step ``i``'s ``value`` (call before ``ring_get`` in the same step)."""
+    return jax.lax.dynamic_update_index_in_dim(buf, value.astype(buf.dtype), i % buf.shape[0], 0)
+
+
+def ring_get(buf, i, j: int):
+    """The value written ``j`` steps before step ``i`` (``j = 0``: step ``i``'s own); zeros
+    during warm-up."""
+    return jax.lax.dynamic_index_in_dim(buf, (i - j) % buf.shape[0], 0, keepdims=False)
+
+
+def ring_of(past, i: int):
+    """A ring as ``ring_put`` leaves it just before step ``i`` writes: ``past[j]`` is the value
+    of step ``i - 1 - j`` (newest first; to start a sampler from a known history)."""
+    past = jnp.asarray(past)
+    k1 = past.shape[0] + 1
+    buf = jnp.zeros((k1,) + past.shape[1:], past.dtype)
+    for j in range(past.shape[0]):
+        buf = buf.at[(i - 1 - j) % k1].set(past[j])
+    return buf

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.samplers.base import Sampler, coeffs, eps_hat, push
+from diffusion_jax.samplers.base import Sampler, coeffs, eps_hat, push, ring, ring_get, ring_put
 
 _GAUSS = np.polynomial.legendre.leggauss(3)  # exact for polynomials of degree <= 5
 _GAUSS_T = np.polynomial.legendre.leggauss(8)
@@ -61,7 +61,7 @@ class DEIS(Sampler):
 
     def init(self, ctx, x):
         k = max(self.order - 1, 1)
-        return {"x": x, "eps": jnp.zeros((k,) + x.shape, x.dtype),
+        return {"x": x, "eps": ring(x, k),
                 "rhos": jnp.arange(2, k + 2, dtype=x.dtype)}  # placeholders, unused in warm-up
 
     def step(self, ctx, carry, i, t, t_next, key):
@@ -75,8 +75,10 @@ class DEIS(Sampler):
         rhos = jnp.concatenate([jnp.asarray(v_s, x.dtype)[None], carry["rhos"]])
         p = ctx.process
         drho = jax.vmap(jax.grad(lambda u: p.sigma(u) / p.alpha(u))) if tab else None
-        eps = jnp.concatenate([e[None], carry["eps"]], axis=0)
-        y = x / a_s
+        hist = ring_put(carry["eps"], i, e)
+        eps = [ring_get(hist, i, j) for j in range(self.order)]
+        e = eps[0]
+        y = x * (1.0 / a_s)
         k_now = jnp.minimum(self.order, i + 1)
         y_new = y + (rho_t - rho_s) * e  # order 1: DDIM
         for k in range(2, self.order + 1):
@@ -84,4 +86,4 @@ class DEIS(Sampler):
                  _ab_weights(rhos, rho_t, k))
             y_k = y + sum(w[j] * eps[j] for j in range(k))
             y_new = jnp.where(k_now == k, y_k, y_new)
-        return {"x": a_t * y_new, "eps": push(carry["eps"], e), "rhos": push(carry["rhos"], jnp.asarray(v_s, x.dtype))}
+        return {"x": a_t * y_new, "eps": hist, "rhos": push(carry["rhos"], jnp.asarray(v_s, x.dtype))}

@@ -12,7 +12,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.samplers.base import Sampler, coeffs, eps_hat, push, t_of_lambda
+from diffusion_jax.samplers.base import (Sampler, coeffs, eps_hat, push, ring, ring_get, ring_put,
+                                         t_of_lambda)
 
 # A multistep update of order k extrapolates the last k model outputs in lambda. Two things make
 # that extrapolation go wrong, and the order is lowered for both: a step much longer than the
@@ -110,7 +111,7 @@ class DPMSolverPP2S(Sampler):
 
 
 def _multistep_init(x, k):
-    return {"x": x, "x0s": jnp.zeros((k,) + x.shape, x.dtype), "lams": jnp.zeros((k,), x.dtype)}
+    return {"x": x, "x0s": ring(x, k), "lams": jnp.zeros((k,), x.dtype)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,19 +135,20 @@ class DPMSolverPP(Sampler):
         a_s, s_s, l_s = coeffs(p, t)
         a_t, s_t, l_t = coeffs(p, t_next)
         h = l_t - l_s
-        m0 = ctx.denoise(x, t)
-        m1, l1 = carry["x0s"][0], carry["lams"][0]
+        x0s = ring_put(carry["x0s"], i, ctx.denoise(x, t))
+        m0 = ring_get(x0s, i, 0)  # read back from the ring: see base.ring
+        m1, l1 = ring_get(x0s, i, 1), carry["lams"][0]
         r0 = jnp.where(i > 0, (l_s - l1) / h, 1.0)
-        d1_0 = (m0 - m1) / r0
+        d1_0 = (m0 - m1) * (1.0 / r0)  # scalar reciprocals: no division per element
         em = jnp.expm1(-h)  # e^{-h} - 1
         base = (s_t / s_s) * x - a_t * em * m0
         updates = [base, base - 0.5 * a_t * em * d1_0]
         if self.order == 3:
-            m2, l2 = carry["x0s"][1], carry["lams"][1]
+            m2, l2 = ring_get(x0s, i, 2), carry["lams"][1]
             r1 = jnp.where(i > 1, (l1 - l2) / h, 1.0)
-            d1_1 = (m1 - m2) / r1
+            d1_1 = (m1 - m2) * (1.0 / r1)
             d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-            d2 = (d1_0 - d1_1) / (r0 + r1)
+            d2 = (d1_0 - d1_1) * (1.0 / (r0 + r1))
             # x0_hat'' enters the exact integral as -a_t * phi_3 * h^2 * x0'' and d2 estimates
             # h^2 x0'' / 2 on any grid: hence the 2. k-diffusion's dpmpp_3m_sde (and the ports of
             # it) uses phi_3 * d2, half the term, which leaves an O(h^3) local error: with an
@@ -158,7 +160,7 @@ class DPMSolverPP(Sampler):
         x_new = updates[0]
         for j in range(1, len(updates)):
             x_new = jnp.where(k == j + 1, updates[j], x_new)
-        return {"x": x_new, "x0s": push(carry["x0s"], m0), "lams": push(carry["lams"], l_s)}
+        return {"x": x_new, "x0s": x0s, "lams": push(carry["lams"], l_s)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,12 +179,13 @@ class DPMSolverPPSDE(Sampler):
         a_s, s_s, l_s = coeffs(p, t)
         a_t, s_t, l_t = coeffs(p, t_next)
         h = l_t - l_s
-        m0 = ctx.denoise(x, t)
+        x0s = ring_put(carry["x0s"], i, ctx.denoise(x, t))
+        m0 = ring_get(x0s, i, 0)  # read back from the ring: see base.ring
         r0 = jnp.where(i > 0, (l_s - carry["lams"][0]) / h, 1.0)
         k = _order_at(i, ctx.num_steps, 2, self.lower_order_final, h, l_s - carry["lams"][0])
-        d1 = jnp.where(k == 2, (m0 - carry["x0s"][0]) / r0, 0.0)
+        d1 = jnp.where(k == 2, (m0 - ring_get(x0s, i, 1)) * (1.0 / r0), 0.0)
         one_m = -jnp.expm1(-2.0 * h)  # 1 - e^{-2h}
         z = jax.random.normal(key, x.shape, x.dtype)
         x_new = ((s_t / s_s) * jnp.exp(-h) * x + a_t * one_m * (m0 + 0.5 * d1)
                  + s_t * jnp.sqrt(one_m) * z)
-        return {"x": x_new, "x0s": push(carry["x0s"], m0), "lams": push(carry["lams"], l_s)}
+        return {"x": x_new, "x0s": x0s, "lams": push(carry["lams"], l_s)}

@@ -14,7 +14,7 @@ from typing import Literal
 
 import jax.numpy as jnp
 
-from diffusion_jax.samplers.base import Sampler, coeffs, push
+from diffusion_jax.samplers.base import Sampler, coeffs, push, ring, ring_get, ring_put
 from diffusion_jax.samplers.dpm_solver import _order_at
 
 
@@ -37,7 +37,7 @@ def _unipc_update(x, m0, hist_m, hist_l, l_s, a_t, s_ratio, h, order, variant, m
 
     ``hist_m/hist_l``: earlier model outputs and lambdas, newest first (excluding ``m0``)."""
     rks = [(hist_l[k] - l_s) / h for k in range(order - 1)]
-    d1s = [(hist_m[k] - m0) / rks[k] for k in range(order - 1)]
+    d1s = [(hist_m[k] - m0) * (1.0 / rks[k]) for k in range(order - 1)]
     rks.append(jnp.ones_like(h))
     h_phi_1, b_h, r, b = _phi_system(h, rks, variant)
     x_base = s_ratio * x - a_t * h_phi_1 * m0
@@ -66,7 +66,7 @@ class UniPC(Sampler):
 
     def init(self, ctx, x):
         k = self.order
-        return {"x": x, "x_prev": x, "ms": jnp.zeros((k,) + x.shape, x.dtype),
+        return {"x": x, "x_prev": x, "ms": ring(x, k),
                 "lams": jnp.arange(k, dtype=x.dtype) + 1.0, "order_prev": jnp.int32(1),
                 "t_prev": jnp.ones((), x.dtype)}
 
@@ -74,19 +74,20 @@ class UniPC(Sampler):
         p, x = ctx.process, carry["x"]
         a_s, s_s, l_s = coeffs(p, t)
         a_t, s_t, l_t = coeffs(p, t_next)
-        m = ctx.denoise(x, t)
-        ms, lams = carry["ms"], carry["lams"]
+        ring_ms = ring_put(carry["ms"], i, ctx.denoise(x, t))
+        ms = [ring_get(ring_ms, i, j) for j in range(self.order + 1)]  # m_i, m_{i-1}, ...
+        m, lams = ms[0], carry["lams"]
         if self.corrector:  # UniC on x_i, from x_{i-1} with the previous step's order
             l_p = lams[0]
             s_p = p.sigma(carry["t_prev"])
             h_c = jnp.where(i > 0, l_s - l_p, 1.0)
-            cands = [_unipc_update(carry["x_prev"], ms[0], ms[1:], lams[1:], l_p, a_s, s_s / s_p,
+            cands = [_unipc_update(carry["x_prev"], ms[1], ms[2:], lams[1:], l_p, a_s, s_s / s_p,
                                    h_c, k, self.variant, m_new=m) for k in range(1, self.order + 1)]
             xc = cands[0]
             for k in range(2, self.order + 1):
                 xc = jnp.where(carry["order_prev"] == k, cands[k - 1], xc)
             x = jnp.where(i > 0, xc, x)
-        ms, lams = push(ms, m), push(lams, l_s)
+        lams = push(lams, l_s)
         h = l_t - l_s
         k_now = _order_at(i, ctx.num_steps, self.order, self.lower_order_final, h, l_s - lams[1],
                           (lams[1] - lams[2]) if self.order == 3 else None)
@@ -95,5 +96,5 @@ class UniPC(Sampler):
         x_new = cands[0]
         for k in range(2, self.order + 1):
             x_new = jnp.where(k_now == k, cands[k - 1], x_new)
-        return {"x": x_new, "x_prev": x, "ms": ms, "lams": lams, "order_prev": k_now.astype(jnp.int32),
+        return {"x": x_new, "x_prev": x, "ms": ring_ms, "lams": lams, "order_prev": k_now.astype(jnp.int32),
                 "t_prev": t}
