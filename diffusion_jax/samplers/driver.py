@@ -38,13 +38,16 @@ def final_step(x: Array, x0: Array, process: Process, t, kind: str = "ode") -> A
 
 
 def run(sampler: Sampler, denoise: Callable, process: Process, x_T: Array, ts, key: Array,
-        final_denoise: bool = True, final: str = "ode") -> tuple[Array, Array]:
+        final_denoise: bool = True, final: str = "ode", unroll: int | bool = 1
+        ) -> tuple[Array, Array]:
     """Run ``sampler`` over the grid ``ts`` (length ``N+1``) from ``x_T``: one ``lax.scan``.
 
     Returns ``(x, nan_step)``: the sample (with ``final_denoise``, one more network call at
     ``t_min`` and the ``final`` step to the data end, see ``final_step``; without, ``x_{t_min}``)
     and the first step whose output held a NaN (``-1`` if none; ``N`` means the final step).
-    Traceable: call it inside ``jax.jit``.
+    Traceable: call it inside ``jax.jit``. ``unroll`` is ``lax.scan``'s (``True``: a straight
+    line of steps; ``optimize_grid`` differentiates through it, which XLA:CPU runs several times
+    faster unrolled than as a loop of convolutions).
     """
     if hasattr(sampler, "run"):  # adaptive solvers choose their own grid
         x, nan_step = sampler.run(denoise, process, x_T, float(ts[0]), float(ts[-1]))
@@ -67,7 +70,8 @@ def run(sampler: Sampler, denoise: Callable, process: Process, x_T: Array, ts, k
 
         keys = jax.random.split(key, n)
         init = (sampler.init(ctx, x_T), jnp.int32(-1))
-        (carry, nan_step), _ = jax.lax.scan(body, init, (jnp.arange(n), ts[:-1], ts[1:], keys))
+        (carry, nan_step), _ = jax.lax.scan(body, init, (jnp.arange(n), ts[:-1], ts[1:], keys),
+                                            unroll=unroll)
         x = carry["x"]
     if final_denoise:
         n = len(ts) - 1
