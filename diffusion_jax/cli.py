@@ -58,10 +58,25 @@ def _parser() -> argparse.ArgumentParser:
     _eval_parsers(sub)
     b = sub.add_parser("bench-samplers", help="sampler accuracy vs NFE on exact-score problems")
     b.add_argument("--out", default="bench_out")
-    b.add_argument("--nfe", default="5,8,10,15,20,50,100")
+    b.add_argument("--nfe", default=None,
+                   help="NFE budgets (default 5,8,10,15,20,50,100; with --workdir 4,5,6,8,10)")
     b.add_argument("--samplers", default="")
     b.add_argument("--cases", default="ring2d,gmm64,image3072")
     b.add_argument("--batch", type=int, default=256)
+    b.add_argument("--goal-nfe", default="5,10",
+                   help="NFEs of the goal table (best per variant: baseline, logsnr, default, "
+                        "learned); empty to skip")
+    b.add_argument("--learned", default=None,
+                   help="samplers that get a learned grid in the goal table (comma-separated; "
+                        "default unipc,dpmpp_3m,ipndm_v,deis)")
+    b.add_argument("--workdir", default=None,
+                   help="instead of the exact-score cases: FD of a trained model at each --nfe, "
+                        "default and learned grids (calibrating the missing ones), and NFE 20")
+    b.add_argument("--classifier", default=None, help="feature extractor for --workdir's FD")
+    b.add_argument("--num", type=int, default=1000, help="samples per FD (--workdir)")
+    b.add_argument("--calib-num", type=int, default=64,
+                   help="calibration draws per learned grid (--workdir)")
+    b.add_argument("--calib-iters", type=int, default=60, help="optimize-grid iterations")
     bt = sub.add_parser("bench-train", help="train-step throughput and FLOP utilisation")
     bt.add_argument("--config", required=True)
     bt.add_argument("--steps", type=int, default=10)
@@ -226,11 +241,25 @@ def _run(args, overrides) -> int:
 
         bench_train(from_config(load_config(args.config, overrides)), args.steps, args.peer,
                     args.memory_only, args.rounds)
+    elif args.workdir:
+        from diffusion_jax.bench.samplers import MODEL_NFES, MODEL_SAMPLERS, model_pass
+
+        if args.classifier is None:
+            raise ValueError("bench-samplers --workdir measures FD: pass --classifier (a "
+                             "workdir of experiments/fashion_mnist_classifier.py)")
+        model_pass(args.workdir, args.classifier, Path(args.out),
+                   [v for v in args.samplers.split(",") if v] or MODEL_SAMPLERS,
+                   [int(v) for v in args.nfe.split(",")] if args.nfe else MODEL_NFES,
+                   num=args.num, calib=args.calib_num, iters=args.calib_iters)
     else:
         from diffusion_jax.bench.samplers import run_benchmark
 
-        run_benchmark(Path(args.out), [int(v) for v in args.nfe.split(",")],
-                      [v for v in args.samplers.split(",") if v], args.cases.split(","), args.batch)
+        nfes = args.nfe or "5,8,10,15,20,50,100"
+        run_benchmark(Path(args.out), [int(v) for v in nfes.split(",")],
+                      [v for v in args.samplers.split(",") if v], args.cases.split(","), args.batch,
+                      goal_nfes=[int(v) for v in args.goal_nfe.split(",") if v],
+                      **({} if args.learned is None else
+                         {"learned": [v for v in args.learned.split(",") if v]}))
     return 0
 
 

@@ -16,7 +16,7 @@ def test_steps_for_budget_counts_nfe_honestly():
 
 def test_benchmark_writes_table_json_and_plot(tmp_path):
     rows, _ = run_benchmark(tmp_path, [5, 20], ["ddim", "dpmpp_2m", "ddpm"], ["ring2d"], batch=64,
-                            overhead=False)
+                            overhead=False, goal_nfes=())
     res = json.loads((tmp_path / "results.json").read_text())
     assert len(res["cases"]) == 6
     by = {(r["sampler"], r["nfe"]): r for r in rows}
@@ -26,6 +26,20 @@ def test_benchmark_writes_table_json_and_plot(tmp_path):
     assert by[("ddpm", 20)]["rmse"] is None and by[("ddpm", 20)]["logp_gap"] is not None
     assert "| dpmpp_2m |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "error_vs_nfe.png").stat().st_size > 1000
+
+
+def test_goal_table_compares_against_the_baseline_on_held_out_noise():
+    from diffusion_jax.bench.samplers import goals
+
+    rows = goals(["ring2d"], (5,), learned=("dpmpp_2m",), batch=64, calib=16, iters=30,
+                 pool=("ddim", "dpmpp_2m"), log=lambda *_: None)
+    by = {r["variant"]: r for r in rows}
+    assert set(by) == {"baseline", "logsnr", "default", "learned"}
+    assert by["baseline"]["ratio_to_baseline"] == 1.0
+    # the baseline is the better of DDIM and DPM-Solver++2M with the first-order final jump
+    assert by["baseline"]["rmse"] == min(by["baseline"]["all"].values())
+    # calibrated on other noise, the learned grid still beats the logsnr grid it started from
+    assert by["learned"]["all"]["dpmpp_2m"] < by["logsnr"]["all"]["dpmpp_2m"]
 
 
 def test_flop_count_matches_closed_forms():

@@ -35,6 +35,18 @@ def test_eval_cli_writes_table(tmp_path, configs, capsys):
     assert (tmp_path / "fm" / "eval" / "fd_vs_nfe.png").exists()
     assert "| ddim | default | 3 |" in (tmp_path / "fm" / "eval" / "eval.md").read_text()
     assert (tmp_path / "fm" / "eval" / "reference_features.npz").exists()
+    # bench-samplers' pass on a trained model: calibrates the missing grid, then FD on the
+    # default and the learned grid, and the NFE-20 figure beside them
+    bench = tmp_path / "bench"
+    assert main(["bench-samplers", "--workdir", wd, "--classifier", clf, "--samplers", "dpmpp_2m",
+                 "--nfe", "3", "--num", "32", "--calib-num", "16", "--calib-iters", "2",
+                 "--out", str(bench)]) == 0
+    rows = json.loads((bench / "model" / "eval.json").read_text())
+    assert [(r["grid"], r["nfe"]) for r in rows] == [("default", 3), ("learned", 3),
+                                                      ("default", 20)]
+    assert all(r["fd"] > 0 for r in rows) and (tmp_path / "fm" / "grids").is_dir()
+    assert "pass --classifier" in configs.cli_error(
+        capsys, ["bench-samplers", "--workdir", wd, "--nfe", "3"])
     # bits/dim on the test split: PF-ODE with dequantisation, mean and standard error.
     assert main(["likelihood", "--workdir", wd, "--num", "16", "--batch", "8", "--rtol", "1e-2"]) == 0
     res = json.loads((tmp_path / "fm" / "eval" / "likelihood.json").read_text())

@@ -34,7 +34,8 @@ def test_notebook_executes_in_smoke_mode(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
     env_before = os.environ.get("SMOKE"), os.environ.get("XLA_FLAGS")
     os.environ["SMOKE"] = "1"
-    os.environ.pop("XLA_FLAGS", None)  # the kernel is a fresh process: one CPU device is enough
+    # the kernel is a fresh process: one CPU device is enough, compiled as the suite compiles
+    os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # tests/conftest.py's
     try:
         client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                          resources={"metadata": {"path": os.getcwd()}})

@@ -118,7 +118,8 @@ def _free_port():
 
 def test_two_processes_equal_one_process(tmp_path):
     worker = Path(__file__).with_name("multiprocess_worker.py")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    # one device per process (no device-count flag), compiled as the suite compiles
+    env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, str(worker), str(tmp_path / "two"), "2", str(i),
                                str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -339,7 +339,7 @@ def test_a_learned_grid_beats_its_initial_grid_on_held_out_noise():
     ref = dj.samplers.learned_grid.reference_endpoints(den, proc, x_new)
     ts, info = dj.optimize_grid(den, proc, "dpmpp_2m", 9, x_cal, iters=100)
     assert len(ts) == 10 and np.all(np.diff(ts) < 0)
-    assert (ts[0], ts[-1]) == (proc.t_max, proc.t_min)
+    assert ts[0] == proc.t_max and ts[-1] >= proc.t_min  # the end may move up (learn_end)
     assert info["calib_rmse"] < info["calib_rmse_init"]
     err = lambda **kw: float(jnp.sqrt(jnp.mean((dj.sample(den, proc, x_new, sampler="dpmpp_2m",
                                                           **kw) - ref) ** 2)))

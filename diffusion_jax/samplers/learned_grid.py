@@ -36,7 +36,11 @@ def reference_endpoints(denoise: Callable, process: Process, x_T, rtol: float = 
                   sampler_kwargs=dict(rtol=rtol, atol=rtol))
 
 
-def _ts_from(theta, l_hi, l_lo, process):
+def _ts_from(theta, l_hi, l_lo, process, learn_end: bool):
+    """``theta``: the interior's softplus increments, then (``learn_end``) the end's offset."""
+    if learn_end:  # the last time may move up from t_min (logSNR down), never below it
+        theta, end = theta[:-1], theta[-1]
+        l_lo = l_lo - jax.nn.softplus(end)
     inc = jax.nn.softplus(theta)
     frac = jnp.concatenate([jnp.zeros(1, inc.dtype), jnp.cumsum(inc) / jnp.sum(inc)])
     return process.t_of_logsnr(l_hi + frac * (l_lo - l_hi))
@@ -44,10 +48,13 @@ def _ts_from(theta, l_hi, l_lo, process):
 
 def optimize_grid(denoise: Callable, process: Process, sampler: str, num_steps: int, x_calib,
                   *, key=None, iters: int = 150, lr: float = 0.05, init: str = "logsnr",
-                  reference=None, log=None) -> tuple[np.ndarray, dict]:
+                  reference=None, learn_end: bool = True, log=None) -> tuple[np.ndarray, dict]:
     """``(ts, info)``: a grid of ``num_steps`` steps for the deterministic ``sampler`` that
     minimises the endpoint error on ``x_calib`` (``[B, ...]`` initial noise, ``B >= 16``).
-    ``info`` has the calibration loss before/after and the seconds taken."""
+    ``t_max`` stays fixed; with ``learn_end`` the last time (where the final step to the data
+    end starts) is learned too, at or above the process's ``t_min``: at low NFE the best place
+    to hand over to the final step is rarely ``t_min``. ``info`` has the calibration loss
+    before/after and the seconds taken."""
     obj = resolve_sampler(sampler)
     if obj.stochastic or hasattr(obj, "run"):
         raise ValueError(f"optimize_grid needs a fixed-grid deterministic sampler, got {sampler!r}")
@@ -63,11 +70,15 @@ def optimize_grid(denoise: Callable, process: Process, sampler: str, num_steps: 
     lam = np.asarray(process.logsnr(base), np.float64)
     l_hi, l_lo = float(lam[0]), float(lam[-1])
     theta0 = np.log(np.expm1(np.maximum(np.diff(lam) / (l_lo - l_hi), 1e-6)))  # softplus^-1
+    if learn_end:  # start 0.05 in logSNR above t_min, where softplus still has a gradient
+        theta0 = np.append(theta0, np.log(np.expm1(0.05)))
     x_calib = jnp.asarray(x_calib)
 
     def loss_fn(theta):
-        ts = _ts_from(theta, l_hi, l_lo, process).astype(x_calib.dtype)
-        ts = ts.at[0].set(base[0]).at[-1].set(base[-1])
+        ts = _ts_from(theta, l_hi, l_lo, process, learn_end).astype(x_calib.dtype)
+        ts = ts.at[0].set(base[0])
+        if not learn_end:
+            ts = ts.at[-1].set(base[-1])
         x, _ = run(obj, denoise, process, x_calib, ts, key, unroll=True)
         return jnp.mean((x - ref) ** 2)
 
@@ -93,13 +104,14 @@ def optimize_grid(denoise: Callable, process: Process, sampler: str, num_steps: 
         if log and (i % 50 == 0 or i == iters - 1):
             log(f"optimize_grid {sampler} {num_steps} steps: iter {i} rmse {np.sqrt(loss):.4g}")
     ts = np.asarray(_ts_from(best[1].astype(jnp.float64) if jax.config.jax_enable_x64
-                             else best[1], l_hi, l_lo, process), np.float64)
-    ts[0], ts[-1] = base[0], base[-1]
+                             else best[1], l_hi, l_lo, process, learn_end), np.float64)
+    ts[0] = base[0]
+    ts[-1] = max(ts[-1], base[-1]) if learn_end else base[-1]
     if np.any(np.diff(ts) >= 0):
         raise ValueError("the learned grid is not strictly decreasing (steps merged); use fewer "
                          "steps or a smaller lr")
     info = {"sampler": sampler, "num_steps": num_steps, "init": init,
             "calib_rmse_init": float(np.sqrt(first)), "calib_rmse": float(np.sqrt(best[0])),
-            "calib_num": int(x_calib.shape[0]), "iters": iters,
+            "calib_num": int(x_calib.shape[0]), "iters": iters, "learn_end": learn_end,
             "seconds": time.perf_counter() - t0}
     return ts, info
