@@ -42,7 +42,7 @@ def load_learned_grid(workdir, sampler: str, steps: int, process_name: str) -> t
     return tuple(float(t) for t in row["ts"])
 
 
-def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 256, iters: int = 150,
+def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters: int = 60,
                           seed: int = 0, log=print) -> dict:
     """Calibrate on ``num`` noise draws (seed ``seed``), report the error on as many other draws
     (seed ``seed + 1``) for the learned and the experiment's grid, store the grid."""
