@@ -33,6 +33,11 @@ from pathlib import Path
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError)
 
 
+def _csv(value: str, kind=str) -> list:
+    """``"a,b,"`` -> ``["a", "b"]`` (empty items dropped), each converted by ``kind``."""
+    return [kind(v) for v in value.split(",") if v]
+
+
 def _split_overrides(argv):
     rest, overrides = [], []
     for a in argv:
@@ -250,18 +255,16 @@ def _run(args, overrides) -> int:
             raise ValueError("bench-samplers --workdir measures FD: pass --classifier (a "
                              "workdir of experiments/fashion_mnist_classifier.py)")
         model_pass(args.workdir, args.classifier, Path(args.out),
-                   [v for v in args.samplers.split(",") if v] or MODEL_SAMPLERS,
-                   [int(v) for v in args.nfe.split(",")] if args.nfe else MODEL_NFES,
+                   _csv(args.samplers) or MODEL_SAMPLERS,
+                   _csv(args.nfe, int) if args.nfe else MODEL_NFES,
                    num=args.num, calib=args.calib_num, iters=args.calib_iters)
     else:
         from diffusion_jax.bench.samplers import run_benchmark
 
-        nfes = args.nfe or "5,8,10,15,20,50,100"
-        run_benchmark(Path(args.out), [int(v) for v in nfes.split(",")],
-                      [v for v in args.samplers.split(",") if v], args.cases.split(","), args.batch,
-                      goal_nfes=[int(v) for v in args.goal_nfe.split(",") if v],
-                      **({} if args.learned is None else
-                         {"learned": [v for v in args.learned.split(",") if v]}))
+        run_benchmark(Path(args.out), _csv(args.nfe or "5,8,10,15,20,50,100", int),
+                      _csv(args.samplers), args.cases.split(","), args.batch,
+                      goal_nfes=_csv(args.goal_nfe, int),
+                      learned=None if args.learned is None else _csv(args.learned))
     return 0
 
 

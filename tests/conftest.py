@@ -115,4 +115,4 @@ def configs():
     return types.SimpleNamespace(toy=toy_config, toy_overrides=toy_overrides,
                                  tiny_image=tiny_image_config, family=family_config,
                                  experiment=experiment,
-                                 cli_error=cli_error, root=ROOT)
+                                 cli_error=cli_error, root=ROOT, xla_flags=TEST_XLA_FLAGS)

@@ -28,14 +28,14 @@ SLOW_NOTEBOOKS = ("notebooks/04_gans_vaes_flows_vs_diffusion.ipynb",)
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_NOTEBOOKS
                                   else p for p in NOTEBOOKS])
-def test_notebook_executes_in_smoke_mode(path, tmp_path):
+def test_notebook_executes_in_smoke_mode(path, tmp_path, configs):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(path, as_version=4)
     env_before = os.environ.get("SMOKE"), os.environ.get("XLA_FLAGS")
     os.environ["SMOKE"] = "1"
     # the kernel is a fresh process: one CPU device is enough, compiled as the suite compiles
-    os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # tests/conftest.py's
+    os.environ["XLA_FLAGS"] = configs.xla_flags
     try:
         client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                          resources={"metadata": {"path": os.getcwd()}})

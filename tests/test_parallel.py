@@ -116,10 +116,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process(tmp_path):
+def test_two_processes_equal_one_process(tmp_path, configs):
     worker = Path(__file__).with_name("multiprocess_worker.py")
     # one device per process (no device-count flag), compiled as the suite compiles
-    env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
+    env = dict(os.environ, XLA_FLAGS=configs.xla_flags)
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, str(worker), str(tmp_path / "two"), "2", str(i),
                                str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

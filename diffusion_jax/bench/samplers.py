@@ -145,8 +145,7 @@ def history_overhead(samplers=HISTORY_SAMPLERS, shape=(128, 3072), steps=(20, 99
             t = []
             for n in steps:
                 fn = jax.jit(lambda x, _n=s_name, _s=n: sample(den, proc, x, sampler=_n, num_steps=_s))
-                jax.block_until_ready(fn(x_T))
-                t.append(min(_timed(fn, x_T, repeats=5)[1] for _ in range(2)))
+                t.append(min(_timed(fn, x_T, repeats=5)[1] for _ in range(2)))  # 2 medians of 5
             rows.append({"sampler": s_name, "ms_per_step": (t[1] - t[0]) / (steps[1] - steps[0]) * 1e3})
     base = next((r["ms_per_step"] for r in rows if r["sampler"] == "ddim"), None)
     for r in rows:
@@ -309,7 +308,9 @@ def _plot(out: Path, rows):
 
 
 def run_benchmark(out: Path, nfes, samplers=None, cases=None, batch: int = 256,
-                  overhead: bool = True, goal_nfes=(5, 10), learned=GOAL_LEARNED):
+                  overhead: bool = True, goal_nfes=(5, 10), learned=None):
+    """Every case, then the scan and history overheads, then the goal table (``learned``:
+    the samplers that get a learned grid there, default ``GOAL_LEARNED``)."""
     samplers = samplers or DEFAULT_SAMPLERS
     for s in samplers:
         resolve_sampler(s)  # unknown names fail here, before any compile
@@ -323,7 +324,8 @@ def run_benchmark(out: Path, nfes, samplers=None, cases=None, batch: int = 256,
         rows += bench_case(c, CASES[c](), samplers, nfes, b)
     ov = scan_overhead() if overhead else []
     hist = history_overhead() if overhead else []
-    goal_rows = goals(cases, goal_nfes, learned, batch) if goal_nfes else []
+    goal_rows = (goals(cases, goal_nfes, GOAL_LEARNED if learned is None else learned, batch)
+                 if goal_nfes else [])
     write_report(Path(out), rows, ov, hist, goal_rows)
     print(f"wrote {out}/results.json, results.md, error_vs_nfe.png")
     return rows, ov
