@@ -130,7 +130,8 @@ def _eval_parsers(sub) -> None:
                     help="test images for bits/dim (0: skip the likelihoods)")
     cp.add_argument("--labels", default=None, help="comma-separated names for the rows")
     cp.add_argument("--out", default="compare")
-    og = sub.add_parser("optimize-grid", help="learn a time grid for a sampler and NFE")
+    og = sub.add_parser("optimize-grid", help="learn a time grid for a sampler and NFE "
+                        "(learned_pc: its coefficients too)")
     og.add_argument("--workdir", required=True)
     og.add_argument("--sampler", required=True)
     og.add_argument("--nfe", type=int, required=True, help="total NFE, the final call included")

@@ -22,7 +22,7 @@ from diffusion_jax import guidance
 from diffusion_jax.conditioning import downsample
 from diffusion_jax.data.sources import first_images, get_source
 from diffusion_jax.experiment import Experiment
-from diffusion_jax.learned_grids import load_learned_grid
+from diffusion_jax.learned_grids import load_learned
 from diffusion_jax.samplers import default_grid
 from diffusion_jax.methods.diffusion import Diffusion, check_sample_inputs, model_denoiser
 from diffusion_jax.utils.images import load_images, make_mask
@@ -36,7 +36,7 @@ class SampleRequest:
     num: int = 64
     batch: int = 256                   # samples per compiled call (memory does not grow with num)
     seed: int = 0
-    sampler: str | None = None
+    sampler: str | None = None         # a name (or, once --grid learned is read, a LearnedPC)
     steps: int | None = None
     grid: str | None = None            # a grid name, or "learned" (WORKDIR/grids, optimize-grid)
     labels: str | None = None          # "all" (one row per class), "K" or "a,b,c"
@@ -218,9 +218,9 @@ def generate(workdir: str, req: SampleRequest, out: str | None = None) -> Genera
         if req.strength is not None or req.resample > 1:
             raise ValueError("--grid learned is for sampling and replacement inpainting, not "
                              "for --strength or --resample")
-        sampler = req.sampler or method.sampler
-        req = dataclasses.replace(req, grid=load_learned_grid(
-            workdir, sampler, req.steps or method.num_steps, exp.config["process"]["name"]))
+        ts, solver = load_learned(workdir, req.sampler or method.sampler,
+                                  req.steps or method.num_steps, exp.config["process"]["name"])
+        req = dataclasses.replace(req, grid=ts, sampler=solver)
     _, params, step = load(workdir)
     images = (np.lib.format.open_memmap(out, "w+", np.float32, (n,) + exp.shape)
               if out is not None and str(out).endswith(".npy")

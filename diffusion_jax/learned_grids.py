@@ -1,6 +1,8 @@
 """Learned time grids for a trained workdir: ``optimize-grid`` calibrates one per sampler and step
 count (``samplers.optimize_grid`` on the model's own PF-ODE) and stores it in
 ``WORKDIR/grids/<sampler>_<steps>steps.json``; ``sample --grid learned`` (and ``eval``) read it.
+For ``learned_pc`` the solver's coefficients are learned with the grid
+(``samplers.optimize_solver``) and stored beside it.
 
     python -m diffusion_jax optimize-grid --workdir runs/fm --sampler ipndm_v --nfe 6
     python -m diffusion_jax sample --workdir runs/fm --sampler ipndm_v --steps 5 --grid learned
@@ -15,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.samplers import (default_grid, optimize_grid, resolve_sampler, sample,
-                                    steps_for_budget)
+from diffusion_jax.samplers import (LearnedPC, default_grid, optimize_grid, optimize_solver,
+                                    resolve_sampler, sample, steps_for_budget)
 from diffusion_jax.samplers.learned_grid import MIN_CALIBRATION, reference_endpoints
 from diffusion_jax.workdir import load, read_experiment
 
@@ -42,6 +44,16 @@ def load_learned_grid(workdir, sampler: str, steps: int, process_name: str) -> t
     return tuple(float(t) for t in row["ts"])
 
 
+def load_learned(workdir, sampler: str, steps: int, process_name: str):
+    """``(ts, sampler)``: the stored grid, and the sampler to run on it (``learned_pc``: the
+    ``LearnedPC`` with its stored coefficients; any other: the name)."""
+    ts = load_learned_grid(workdir, sampler, steps, process_name)
+    if sampler != "learned_pc":
+        return ts, sampler
+    row = json.loads(grid_path(workdir, sampler, steps).read_text())
+    return ts, LearnedPC.from_json(row["coeffs"])
+
+
 def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters: int = 60,
                           seed: int = 0, log=print) -> dict:
     """Calibrate on ``num`` noise draws (seed ``seed``), report the error on as many other draws
@@ -62,13 +74,20 @@ def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters:
     shape = (num,) + exp.shape
     x_cal = method.process.prior_sample(jax.random.key(seed), shape)
     x_new = method.process.prior_sample(jax.random.key(seed + 1), shape)
-    ts, info = optimize_grid(denoise, method.process, sampler, steps, x_cal, iters=iters, log=log)
+    if sampler == "learned_pc":
+        ts, solver, info = optimize_solver(denoise, method.process, steps, x_cal, iters=iters,
+                                           log=log)
+        info["coeffs"] = solver.to_json()
+    else:
+        solver = sampler
+        ts, info = optimize_grid(denoise, method.process, sampler, steps, x_cal, iters=iters,
+                                 log=log)
     ref = reference_endpoints(denoise, method.process, x_new)
-    err = lambda **kw: float(jnp.sqrt(jnp.mean((sample(denoise, method.process, x_new,
-                                                       sampler=sampler, **kw) - ref) ** 2)))
+    err = lambda s, **kw: float(jnp.sqrt(jnp.mean((sample(denoise, method.process, x_new,
+                                                          sampler=s, **kw) - ref) ** 2)))
     info.update(process=exp.config["process"]["name"], nfe=nfe, checkpoint_step=step,
-                heldout_rmse=err(ts=ts), heldout_rmse_default=err(num_steps=steps,
-                                                                   grid=method.grid),
+                heldout_rmse=err(solver, ts=ts), heldout_rmse_default=err(
+                    sampler, num_steps=steps, grid=method.grid),
                 default_grid=default_grid(sampler) if method.grid == "default" else method.grid,
                 ts=[float(t) for t in np.asarray(ts)])
     path = grid_path(workdir, sampler, steps)

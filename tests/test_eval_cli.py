@@ -4,6 +4,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from diffusion_jax.cli import main
@@ -88,3 +89,13 @@ def test_optimize_grid_then_sample_with_the_learned_grid(tmp_path, configs, caps
     assert "at least 16 calibration" in configs.cli_error(
         capsys, ["optimize-grid", "--workdir", wd, "--sampler", "dpmpp_2m", "--nfe", "4",
                  "--num", "8"])
+    # learned_pc: the solver's coefficients are stored with its grid and used by sample
+    assert main(["optimize-grid", "--workdir", wd, "--sampler", "learned_pc", "--nfe", "4",
+                 "--num", "16", "--iters", "3"]) == 0
+    stored = json.loads((tmp_path / "toy" / "grids" / "learned_pc_3steps.json").read_text())
+    assert len(stored["ts"]) == 4 and np.asarray(stored["coeffs"]["pred"]).shape == (3, 3)
+    out = tmp_path / "pc.npz"
+    assert main(["sample", "--workdir", wd, "--sampler", "learned_pc", "--steps", "3", "--grid",
+                 "learned", "--num", "4", "--out", str(out)]) == 0
+    with np.load(out) as f:
+        assert all(np.all(np.isfinite(f[k])) for k in f.files)

@@ -160,7 +160,7 @@ def history_overhead(samplers=HISTORY_SAMPLERS, shape=(128, 3072), steps=(20, 99
 BASELINE_SAMPLERS = ("ddim", "euler", "heun", "plms", "dpm_solver_1", "dpm_solver_2",
                      "dpm_solver_3", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc", "unipc_2",
                      "unipc_bh1", "ode_euler", "ode_heun", "ode_rk4")
-GOAL_LEARNED = ("unipc", "dpmpp_3m", "ipndm_v", "deis")
+GOAL_LEARNED = ("unipc", "dpmpp_3m", "ipndm_v", "deis", "learned_pc")
 
 
 def _deterministic():
@@ -173,7 +173,7 @@ def _deterministic():
 
 
 def goals(cases=None, nfes=(5, 10), learned=GOAL_LEARNED, batch: int = 256, calib: int = 256,
-          iters: int = 150, pool=None, log=print) -> list[dict]:
+          iters: int = 150, solver_iters: int = 1000, pool=None, log=print) -> list[dict]:
     """The low-NFE goals, measured: per case and NFE, RMSE to the exact endpoint of
 
     * ``baseline``: the best of ``BASELINE_SAMPLERS`` on the logsnr grid with the first-order
@@ -183,12 +183,13 @@ def goals(cases=None, nfes=(5, 10), learned=GOAL_LEARNED, batch: int = 256, cali
     * ``default``: the best of every deterministic sampler with its default grid (the user who
       names only the sampler);
     * ``learned``: the best of ``learned`` with a grid from ``optimize_grid`` calibrated on
-      ``calib`` draws of *other* noise (key 7) against their own exact endpoints.
+      ``calib`` draws of *other* noise (key 7) against their own exact endpoints
+      (``learned_pc``: coefficients and grid from ``optimize_solver``, ``solver_iters``).
 
     ``pool`` limits the samplers tried (default: every deterministic fixed-grid one). One row
     per (case, NFE, variant) with the winning sampler, the ratio to ``baseline`` and every
     sampler's RMSE (``all``)."""
-    from diffusion_jax.samplers import default_grid, optimize_grid
+    from diffusion_jax.samplers import default_grid, optimize_grid, optimize_solver
 
     cases = cases or list(CASES)
     det = [s for s in _deterministic() if pool is None or s in pool]
@@ -218,9 +219,14 @@ def goals(cases=None, nfes=(5, 10), learned=GOAL_LEARNED, batch: int = 256, cali
                     found["baseline"][s_name] = run_(grid="logsnr", final="denoise")
                 if s_name in learned:
                     t0 = time.perf_counter()
-                    ts, _ = optimize_grid(den, proc, s_name, steps, x_cal, reference=ref_cal,
-                                          iters=iters)
-                    found["learned"][s_name] = rmse(sample(den, proc, x_T, sampler=s_name, ts=ts))
+                    if s_name == "learned_pc":  # its coefficients are learned with the grid
+                        ts, obj, _ = optimize_solver(den, proc, steps, x_cal, reference=ref_cal,
+                                                     iters=solver_iters)
+                    else:
+                        obj = s_name
+                        ts, _ = optimize_grid(den, proc, s_name, steps, x_cal, reference=ref_cal,
+                                              iters=iters)
+                    found["learned"][s_name] = rmse(sample(den, proc, x_T, sampler=obj, ts=ts))
                     log(f"{c} NFE {nfe} {s_name}: learned grid in {time.perf_counter() - t0:.1f}"
                         f" s, rmse {found['learned'][s_name]:.3e} (logsnr "
                         f"{found['logsnr'][s_name]:.3e})")

@@ -20,7 +20,7 @@ from diffusion_jax.data.pipeline import image_batches
 from diffusion_jax.eval import metrics as M
 from diffusion_jax.eval.features import Extractor, classifier_extractor, make_extractor
 from diffusion_jax.experiment import Experiment
-from diffusion_jax.learned_grids import load_learned_grid
+from diffusion_jax.learned_grids import load_learned
 from diffusion_jax.methods.diffusion import Diffusion
 from diffusion_jax.samplers import steps_for_budget
 from diffusion_jax.workdir import load
@@ -121,14 +121,15 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
         for nfe in nfes:
             steps = steps_for_budget(s_name, nfe)
             for grid in grids if steps is not None else ():
+                solver = s_name
                 if grid == "learned":
                     try:
-                        grid = load_learned_grid(workdir, s_name, steps,
-                                                 exp.config["process"]["name"])
+                        grid, solver = load_learned(workdir, s_name, steps,
+                                                    exp.config["process"]["name"])
                     except FileNotFoundError:
                         print(f"note: no learned grid for {s_name} at NFE {nfe}; skipped")
                         continue
-                fn = method.sample_fn(s_name, steps, grid, guidance_scale=guidance if k else None)
+                fn = method.sample_fn(solver, steps, grid, guidance_scale=guidance if k else None)
                 draw = _diffusion_draw(method, method.shape, fn, k)
                 row = _eval_row(draw, params, num, batch, k, extractor, judge, real_feats)
                 row.update(sampler=s_name, nfe=nfe, steps=steps, extractor=extractor.name,

@@ -12,7 +12,8 @@ from diffusion_jax.samplers.dpm_solver import DPMSolver, DPMSolverPP, DPMSolverP
 from diffusion_jax.samplers.driver import resolve_sampler, run, sample, steps_for_budget, total_nfe
 from diffusion_jax.samplers.grids import DEFAULT_GRIDS, GRIDS, default_grid, make_grid
 from diffusion_jax.samplers.heun import Euler, Heun
-from diffusion_jax.samplers.learned_grid import optimize_grid
+from diffusion_jax.samplers.learned_grid import optimize_grid, optimize_solver
+from diffusion_jax.samplers.learned_pc import LearnedPC
 from diffusion_jax.samplers.ode import AdaptiveODE, ODESolver, dopri5
 from diffusion_jax.samplers.plms import PLMS
 from diffusion_jax.samplers.restart import Restart
@@ -45,6 +46,9 @@ SAMPLERS = {
     "unipc": partial(UniPC, order=3),
     "unipc_2": partial(UniPC, order=2),
     "unipc_bh1": partial(UniPC, order=3, variant="bh1"),
+    # zero coefficients: a UniPC-2-like predictor-corrector with exact phi-weights; its learned
+    # coefficients and grid come from optimize_solver (optimize-grid --sampler learned_pc)
+    "learned_pc": LearnedPC,
     # stochastic (reverse-SDE) samplers
     "ddpm": DDPM,
     "dpmpp_sde_2m": DPMSolverPPSDE,
@@ -56,6 +60,6 @@ SAMPLERS = {
 }
 
 __all__ = ["SAMPLERS", "GRIDS", "DEFAULT_GRIDS", "default_grid", "Context", "Sampler", "make_grid", "run", "sample", "total_nfe",
-           "resolve_sampler", "steps_for_budget", "dopri5", "optimize_grid"] + [c.__name__ for c in (
-    DDIM, DDPM, DEIS, DPMSolver, DPMSolverPP, DPMSolverPP2S, DPMSolverPPSDE, Euler, Heun, AdaptiveODE,
+           "resolve_sampler", "steps_for_budget", "dopri5", "optimize_grid", "optimize_solver"] + [c.__name__ for c in (
+    DDIM, DDPM, DEIS, DPMSolver, LearnedPC, DPMSolverPP, DPMSolverPP2S, DPMSolverPPSDE, Euler, Heun, AdaptiveODE,
     ODESolver, PLMS, Restart, AnnealedLangevin, EulerMaruyama, PredictorCorrector, ReverseDiffusion, UniPC)]

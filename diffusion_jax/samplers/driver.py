@@ -12,29 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.processes import Process
-from diffusion_jax.samplers.base import Context, Sampler
+from diffusion_jax.samplers.base import FINAL_STEPS, Context, Sampler, final_step  # noqa: F401
 from diffusion_jax.samplers.grids import default_grid, make_grid
 
 Array = jax.Array
-
-
-FINAL_STEPS = ("ode", "denoise")
-
-
-def final_step(x: Array, x0: Array, process: Process, t, kind: str = "ode") -> Array:
-    """The last step, from ``t_min`` to the data end (``sigma = 0``), given ``x0 = D(x, t_min)``.
-
-    ``"denoise"``: ``x0`` itself (the first-order jump of DDIM/EDM). ``"ode"``: one Euler step of
-    the probability-flow ODE written in ``u = (sigma/alpha)^2`` for ``y = x/alpha``,
-    ``dy/du = (y - D)/(2u)``, from ``u_min`` to 0: ``(y + x0) / 2``. In ``u`` the ODE is smooth
-    down to ``u = 0`` (``dy/du = -score/2``, Tweedie), so this step's error is ``O(u_min^2)``
-    where the jump's is ``O(u_min)``: it removes the accuracy floor the jump puts on every
-    sampler (on a Gaussian, relative errors ``u^2/(8v^2)`` against ``u/(2v)``). Same NFE."""
-    if kind == "denoise":
-        return x0
-    if kind != "ode":
-        raise ValueError(f"unknown final step {kind!r}; valid: {', '.join(FINAL_STEPS)}")
-    return 0.5 * (x / process.alpha(t) + x0)
 
 
 def run(sampler: Sampler, denoise: Callable, process: Process, x_T: Array, ts, key: Array,
@@ -76,7 +57,9 @@ def run(sampler: Sampler, denoise: Callable, process: Process, x_T: Array, ts, k
     if final_denoise:
         n = len(ts) - 1
         t_end = jnp.asarray(ts[-1], x.dtype)
-        x = final_step(x, denoise(x, t_end), process, t_end, final)
+        x0 = denoise(x, t_end)
+        x = (final_step(x, x0, process, t_end, final) if hasattr(sampler, "run")
+             else sampler.finish(ctx, carry, x0, t_end, final))
         nan_step = jnp.where((nan_step < 0) & jnp.any(jnp.isnan(x)), n, nan_step)
     return x, nan_step
 

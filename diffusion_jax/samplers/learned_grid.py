@@ -1,4 +1,4 @@
-"""Time grids learned through the compiled sampler.
+"""Time grids (and solvers) learned through the compiled sampler.
 
 ``optimize_grid`` fixes the grid's ends (``t_max``, ``t_min``) and parameterises the interior as
 cumulative softplus increments in logSNR (so every candidate is strictly decreasing), starting
@@ -11,6 +11,13 @@ forward sampler gains only 1.2x, so sampling keeps the scan.
 
     ts, info = dj.optimize_grid(denoise, process, "dpmpp_2m", 5, x_calib, key=key)
     x0 = dj.sample(denoise, process, x_T, sampler="dpmpp_2m", ts=ts)
+
+``optimize_solver`` learns the coefficients of a ``LearnedPC`` predictor-corrector together with
+its grid (see ``learned_pc``), and keeps the candidate with the lowest error on a held-out part
+of the calibration noise:
+
+    ts, solver, info = dj.optimize_solver(denoise, process, 4, x_calib)
+    x0 = dj.sample(denoise, process, x_T, sampler=solver, ts=ts)
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import optax
 from diffusion_jax.processes import Process
 from diffusion_jax.samplers.driver import resolve_sampler, run, sample
 from diffusion_jax.samplers.grids import make_grid
+from diffusion_jax.samplers.learned_pc import MAX_HISTORY, LearnedPC
 
 MIN_CALIBRATION = 16  # fewer samples than this over-fit the grid to their noise
 
@@ -46,6 +54,43 @@ def _ts_from(theta, l_hi, l_lo, process, learn_end: bool):
     return process.t_of_logsnr(l_hi + frac * (l_lo - l_hi))
 
 
+def _grid_start(process: Process, num_steps: int, init: str, learn_end: bool):
+    """``(base grid, logsnr at its ends, theta0)``: the softplus parameters of ``init``."""
+    base = make_grid(process, num_steps, init)
+    lam = np.asarray(process.logsnr(base), np.float64)
+    l_hi, l_lo = float(lam[0]), float(lam[-1])
+    theta0 = np.log(np.expm1(np.maximum(np.diff(lam) / (l_lo - l_hi), 1e-6)))  # softplus^-1
+    if learn_end:  # start 0.05 in logSNR above t_min, where softplus still has a gradient
+        theta0 = np.append(theta0, np.log(np.expm1(0.05)))
+    return base, l_hi, l_lo, theta0
+
+
+def _grid_of(theta, base, l_hi, l_lo, process, learn_end, dtype):
+    """The (traced) grid of ``theta``, ``t_max`` fixed (and ``t_min`` without ``learn_end``)."""
+    ts = _ts_from(theta, l_hi, l_lo, process, learn_end).astype(dtype).at[0].set(base[0])
+    return ts if learn_end else ts.at[-1].set(base[-1])
+
+
+def _grid_final(theta, base, l_hi, l_lo, process, learn_end) -> np.ndarray:
+    """The learned grid on the host (float64), checked strictly decreasing."""
+    theta = theta.astype(jnp.float64) if jax.config.jax_enable_x64 else theta
+    ts = np.asarray(_ts_from(theta, l_hi, l_lo, process, learn_end), np.float64)
+    ts[0] = base[0]
+    ts[-1] = max(ts[-1], base[-1]) if learn_end else base[-1]
+    if np.any(np.diff(ts) >= 0):
+        raise ValueError("the learned grid is not strictly decreasing (steps merged); use fewer "
+                         "steps or a smaller lr")
+    return ts
+
+
+def _check_calibration(x_calib, num_steps: int, min_steps: int, name: str):
+    if x_calib.shape[0] < MIN_CALIBRATION:
+        raise ValueError(f"{name} needs at least {MIN_CALIBRATION} calibration samples, got "
+                         f"{x_calib.shape[0]}: the grid would fit their noise")
+    if not isinstance(num_steps, (int, np.integer)) or num_steps < max(min_steps, 1):
+        raise ValueError(f"{name} needs at least {max(min_steps, 1)} steps, got {num_steps!r}")
+
+
 def optimize_grid(denoise: Callable, process: Process, sampler: str, num_steps: int, x_calib,
                   *, key=None, iters: int = 150, lr: float = 0.05, init: str = "logsnr",
                   reference=None, learn_end: bool = True, log=None) -> tuple[np.ndarray, dict]:
@@ -58,27 +103,15 @@ def optimize_grid(denoise: Callable, process: Process, sampler: str, num_steps: 
     obj = resolve_sampler(sampler)
     if obj.stochastic or hasattr(obj, "run"):
         raise ValueError(f"optimize_grid needs a fixed-grid deterministic sampler, got {sampler!r}")
-    if x_calib.shape[0] < MIN_CALIBRATION:
-        raise ValueError(f"optimize_grid needs at least {MIN_CALIBRATION} calibration samples, got "
-                         f"{x_calib.shape[0]}: the grid would fit their noise")
-    if num_steps < max(obj.min_steps, 1):
-        raise ValueError(f"{sampler} needs at least {obj.min_steps} steps, got {num_steps}")
+    _check_calibration(x_calib, num_steps, obj.min_steps, f"optimize_grid({sampler!r})")
     t0 = time.perf_counter()
     key = jax.random.key(0) if key is None else key
     ref = reference_endpoints(denoise, process, x_calib) if reference is None else reference
-    base = make_grid(process, num_steps, init)
-    lam = np.asarray(process.logsnr(base), np.float64)
-    l_hi, l_lo = float(lam[0]), float(lam[-1])
-    theta0 = np.log(np.expm1(np.maximum(np.diff(lam) / (l_lo - l_hi), 1e-6)))  # softplus^-1
-    if learn_end:  # start 0.05 in logSNR above t_min, where softplus still has a gradient
-        theta0 = np.append(theta0, np.log(np.expm1(0.05)))
+    base, l_hi, l_lo, theta0 = _grid_start(process, num_steps, init, learn_end)
     x_calib = jnp.asarray(x_calib)
 
     def loss_fn(theta):
-        ts = _ts_from(theta, l_hi, l_lo, process, learn_end).astype(x_calib.dtype)
-        ts = ts.at[0].set(base[0])
-        if not learn_end:
-            ts = ts.at[-1].set(base[-1])
+        ts = _grid_of(theta, base, l_hi, l_lo, process, learn_end, x_calib.dtype)
         x, _ = run(obj, denoise, process, x_calib, ts, key, unroll=True)
         return jnp.mean((x - ref) ** 2)
 
@@ -103,15 +136,86 @@ def optimize_grid(denoise: Callable, process: Process, sampler: str, num_steps: 
         theta = new
         if log and (i % 50 == 0 or i == iters - 1):
             log(f"optimize_grid {sampler} {num_steps} steps: iter {i} rmse {np.sqrt(loss):.4g}")
-    ts = np.asarray(_ts_from(best[1].astype(jnp.float64) if jax.config.jax_enable_x64
-                             else best[1], l_hi, l_lo, process, learn_end), np.float64)
-    ts[0] = base[0]
-    ts[-1] = max(ts[-1], base[-1]) if learn_end else base[-1]
-    if np.any(np.diff(ts) >= 0):
-        raise ValueError("the learned grid is not strictly decreasing (steps merged); use fewer "
-                         "steps or a smaller lr")
+    ts = _grid_final(best[1], base, l_hi, l_lo, process, learn_end)
     info = {"sampler": sampler, "num_steps": num_steps, "init": init,
             "calib_rmse_init": float(np.sqrt(first)), "calib_rmse": float(np.sqrt(best[0])),
             "calib_num": int(x_calib.shape[0]), "iters": iters, "learn_end": learn_end,
             "seconds": time.perf_counter() - t0}
     return ts, info
+
+
+def optimize_solver(denoise: Callable, process: Process, num_steps: int, x_calib, *, key=None,
+                    iters: int = 300, lr: float = 0.03, history: int = MAX_HISTORY,
+                    correctors=(True, False), init: str = "logsnr", reference=None,
+                    learn_end: bool = True, val_fraction: float = 0.25, log=None
+                    ) -> tuple[np.ndarray, LearnedPC, dict]:
+    """``(ts, solver, info)``: a ``LearnedPC`` of ``num_steps`` steps (NFE ``num_steps + 1``)
+    and its grid, fitted to the PF-ODE endpoints of ``x_calib`` (``[B, ...]`` noise, ``B >=
+    16``). The last ``val_fraction`` of ``x_calib`` is held out: each start (one per entry of
+    ``correctors``: with and without the corrector; the loss is not convex and either can win)
+    runs ``iters`` Adam steps on the rest, and the parameters with the lowest held-out error
+    over all starts and iterations are returned, so the result is never worse on new noise than
+    the best iterate seen, the starting solver included. ``info``: held-out RMSE at the start
+    and at the end, the chosen start, seconds."""
+    LearnedPC(history=history).validate()
+    _check_calibration(x_calib, num_steps, 1, "optimize_solver")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    t0 = time.perf_counter()
+    key = jax.random.key(0) if key is None else key
+    x_calib = jnp.asarray(x_calib)
+    ref = reference_endpoints(denoise, process, x_calib) if reference is None else reference
+    n_val = max(int(round(val_fraction * x_calib.shape[0])), 4)
+    x_fit, r_fit = x_calib[:-n_val], jnp.asarray(ref)[:-n_val]
+    x_val, r_val = x_calib[-n_val:], jnp.asarray(ref)[-n_val:]
+    base, l_hi, l_lo, theta0 = _grid_start(process, num_steps, init, learn_end)
+    dt = x_calib.dtype
+    n, k = num_steps, history
+    best = (np.inf, None, None)
+    first = {}
+    for corrector in correctors:
+        params = {"theta": jnp.asarray(theta0, dt), "pred": jnp.zeros((n, k), dt),
+                  "corr": jnp.zeros((n, k + 1), dt), "fin": jnp.zeros((3,), dt)}
+
+        def loss_fn(p, x, r, corrector=corrector):
+            ts = _grid_of(p["theta"], base, l_hi, l_lo, process, learn_end, dt)
+            solver = LearnedPC(history=k, corrector=corrector, pred=p["pred"],
+                               corr=p["corr"] if corrector else None, fin=p["fin"])
+            out, _ = run(solver, denoise, process, x, ts, key, unroll=True)
+            return jnp.mean((out - r) ** 2)
+
+        tx = optax.adam(lr)
+        opt = tx.init(params)
+
+        @jax.jit
+        def update(p, opt, loss_fn=loss_fn, tx=tx):
+            val = loss_fn(p, x_val, r_val)
+            loss, g = jax.value_and_grad(loss_fn)(p, x_fit, r_fit)
+            u, opt = tx.update(g, opt)
+            return optax.apply_updates(p, u), opt, loss, val
+
+        for i in range(iters):
+            new, opt, loss, val = update(params, opt)
+            val = float(val)
+            first.setdefault(corrector, val)
+            if np.isfinite(val) and val < best[0]:
+                best = (val, params, corrector)  # ``val`` is that of ``params``, before the update
+            params = new
+            if log and (i % 50 == 0 or i == iters - 1):
+                log(f"optimize_solver {n} steps (corrector={corrector}): iter {i} fit rmse "
+                    f"{np.sqrt(float(loss)):.4g} held-out {np.sqrt(val):.4g}")
+    if best[1] is None:
+        raise FloatingPointError("optimize_solver: every candidate gave NaN; lower lr")
+    val, p, corrector = best
+    tup = lambda v: tuple(tuple(float(a) for a in row) for row in np.asarray(v))
+    solver = LearnedPC(history=k, corrector=corrector, pred=tup(p["pred"]),
+                       corr=tup(p["corr"]) if corrector else None,
+                       fin=tuple(float(a) for a in np.asarray(p["fin"])))
+    ts = _grid_final(p["theta"], base, l_hi, l_lo, process, learn_end)
+    info = {"sampler": "learned_pc", "num_steps": n, "init": init, "history": k,
+            "corrector": corrector, "val_rmse_init": {str(c): float(np.sqrt(v))
+                                                      for c, v in first.items()},
+            "val_rmse": float(np.sqrt(val)), "calib_num": int(x_calib.shape[0]),
+            "val_num": n_val, "iters": iters, "learn_end": learn_end,
+            "seconds": time.perf_counter() - t0}
+    return ts, solver, info
