@@ -227,7 +227,7 @@ def goals(cases=None, nfes=(5, 10), learned=GOAL_LEARNED, batch: int = 256, cali
                         ts, _ = optimize_grid(den, proc, s_name, steps, x_cal, reference=ref_cal,
                                               iters=iters)
                     found["learned"][s_name] = rmse(sample(den, proc, x_T, sampler=obj, ts=ts))
-                    log(f"{c} NFE {nfe} {s_name}: learned grid in {time.perf_counter() - t0:.1f}"
+                    log(f"{c} NFE {nfe} {s_name}: calibrated in {time.perf_counter() - t0:.1f}"
                         f" s, rmse {found['learned'][s_name]:.3e} (logsnr "
                         f"{found['logsnr'][s_name]:.3e})")
             base = min(found["baseline"].values())
@@ -337,7 +337,7 @@ def run_benchmark(out: Path, nfes, samplers=None, cases=None, batch: int = 256,
     return rows, ov
 
 
-MODEL_SAMPLERS = ("dpmpp_2m", "unipc", "ipndm", "deis")
+MODEL_SAMPLERS = ("dpmpp_2m", "unipc", "ipndm", "deis", "learned_pc")
 MODEL_NFES = (4, 5, 6, 8, 10)
 
 
