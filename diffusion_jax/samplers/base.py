@@ -5,7 +5,9 @@ A sampler is a frozen dataclass of hyper-parameters with
 * ``init(ctx, x_T) -> carry``: a pytree holding at least ``"x"``;
 * ``step(ctx, carry, i, t, t_next, key) -> carry``: one step from ``t`` to ``t_next < t``
   (``i`` is the step index, a traced int; ``key`` a fresh key for this step);
-* ``nfe_per_step`` and ``min_steps``.
+* ``nfe_per_step`` and ``min_steps``;
+* ``finish(ctx, carry, x0, t, kind) -> x``: the step to the data end after the driver's final
+  denoiser call (default ``final_step``; ``LearnedPC`` uses its history there).
 
 ``ctx`` carries the denoiser, the process and the static number of steps: samplers never see
 networks or parameters. All arithmetic is written with ``jnp.where`` on the step index, never a

@@ -2,7 +2,7 @@
 
 The final step (one rule for every sampler): a sampler takes ``num_steps`` steps along the grid
 and lands on ``t_min``; the driver then calls the denoiser once more there (counted in the NFE)
-and steps to the data end, ``sigma = 0`` (``driver.final_step``: an ODE step in
+and steps to the data end, ``sigma = 0`` (``base.final_step``: an ODE step in
 ``(sigma/alpha)^2`` by default, or EDM's/DDIM's jump to ``x0_hat``), written once in the driver
 instead of in every sampler.
 """

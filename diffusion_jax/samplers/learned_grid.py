@@ -154,8 +154,8 @@ def optimize_solver(denoise: Callable, process: Process, num_steps: int, x_calib
     16``). The last ``val_fraction`` of ``x_calib`` is held out: each start (one per entry of
     ``correctors``: with and without the corrector; the loss is not convex and either can win)
     runs ``iters`` Adam steps on the rest, and the parameters with the lowest held-out error
-    over all starts and iterations are returned, so the result is never worse on new noise than
-    the best iterate seen, the starting solver included. ``info``: held-out RMSE at the start
+    over all starts and iterations (the starting solvers included) are returned: selected on
+    noise they were not fitted to, so an iterate that over-fits the fit set loses. ``info``: held-out RMSE at the start
     and at the end, the chosen start, seconds."""
     LearnedPC(history=history).validate()
     _check_calibration(x_calib, num_steps, 1, "optimize_solver")
