@@ -2,7 +2,7 @@
 
 The fixed low-order formulas of DPM-Solver++ and UniPC assume the denoised trajectory ``D``
 is a low-degree polynomial in ``lambda`` over each step; at 5-10 NFE, with steps of 1-3 in
-``lambda``, it is not, and the grid alone cannot fix that (learned grids reached 0.4-0.9x the
+``lambda``, it is not, and the grid alone cannot fix that (learned grids reached 0.13-0.93x the
 fixed-grid error on the exact mixtures of ``bench-samplers``). Learning the combination weights
 of the past denoiser outputs as well as the times, against reference endpoints, is what S4S
 (Frankel et al. 2025, "Solving for a Solver") and LD3 (Tong et al. 2025, times only) do; here it
@@ -12,13 +12,18 @@ Step ``i`` (``lambda = logsnr/2``, ``h = lambda_{i+1} - lambda_i``, ``m_i = D(x^
 NFE; ``x^p_0 = x_T``):
 
 * corrector (``i > 0``): ``x_i = (sigma_i/sigma_{i-1}) x_{i-1} - alpha_i expm1(-h_{i-1}) *
-  [m_{i-1} + (k(h_{i-1}) + c_{i-1,0}) (m_i - m_{i-1}) + sum_j c_{i-1,j} (m_{i-1} - m_{i-1-j})]``
+  [m_{i-1} + (k1 + q + c_{i-1,0}) (m_i - m_{i-1}) + sum_j (c_{i-1,j} - [j = 1] q/r)
+  (m_{i-1} - m_{i-1-j})]``, ``q = (k2 - k1)/(1 + r)``, ``r = h_{i-2}/h_{i-1}`` (``q = 0`` at
+  ``i = 1``)
 * predictor: ``x^p_{i+1} = (sigma_{i+1}/sigma_i) x_i - alpha_{i+1} expm1(-h) *
-  [m_i + sum_j (w_{i,j} + [j = 1] k(h)/r_i) (m_i - m_{i-j})]``, ``r_i = h_{i-1}/h``
+  [m_i + sum_j (w_{i,j} + [j = 1] k1(h)/r_i) (m_i - m_{i-j})]``, ``r_i = h_{i-1}/h``
 
-with ``k(h) = (h - 1 + e^{-h}) / (h (1 - e^{-h}))``, the exact weight of a linear-in-``lambda``
-``D`` under the data-prediction integral (``-> 1/2`` as ``h -> 0``): with zero coefficients the
-predictor is DPM-Solver++(2M) with exact phi-functions and the corrector is UniC-2's trapezoid.
+with ``k1(h) = (h - 1 + e^{-h}) / (h (1 - e^{-h}))`` and ``k2(h)``: the means of ``tau`` and
+``tau^2`` under the data-prediction kernel of the step (``-> 1/2, 1/3`` as ``h -> 0``): the
+exact weights of a ``D`` linear (predictor) or quadratic (corrector, through ``m_i, m_{i-1},
+m_{i-2}``) in ``lambda``. With zero coefficients this is DPM-Solver++(2M) with exact
+phi-functions corrected to order 3, like UniPC-2 (``test_convergence_order[learned_pc]``; a
+two-point corrector on the same predictor converged at order 1.5 on the logsnr grid).
 The final step (after the driver's last call ``m_N``) corrects ``x_N`` and returns
 ``(1/2 + f_0) x_N/alpha_N + (1/2 - f_0 - f_1 - f_2) m_N + f_1 m_{N-1} + f_2 m_{N-2}`` (zero
 ``f``: the ODE final step ``(y + m_N)/2`` of ``final_step``). ``optimize_solver`` learns ``w``,
