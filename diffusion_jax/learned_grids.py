@@ -17,9 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.samplers import (LearnedPC, default_grid, optimize_grid, optimize_solver,
-                                    resolve_sampler, sample, steps_for_budget)
-from diffusion_jax.samplers.learned_grid import MIN_CALIBRATION, reference_endpoints
+from diffusion_jax.samplers import LearnedPC, default_grid, resolve_sampler, sample, steps_for_budget
+from diffusion_jax.samplers.learned_grid import MIN_CALIBRATION, calibrate, reference_endpoints
 from diffusion_jax.workdir import load, read_experiment
 
 
@@ -74,14 +73,10 @@ def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters:
     shape = (num,) + exp.shape
     x_cal = method.process.prior_sample(jax.random.key(seed), shape)
     x_new = method.process.prior_sample(jax.random.key(seed + 1), shape)
-    if sampler == "learned_pc":
-        ts, solver, info = optimize_solver(denoise, method.process, steps, x_cal, iters=iters,
-                                           log=log)
-        info["coeffs"] = solver.to_json()
-    else:
-        solver = sampler
-        ts, info = optimize_grid(denoise, method.process, sampler, steps, x_cal, iters=iters,
+    ts, solver, info = calibrate(denoise, method.process, sampler, steps, x_cal, iters=iters,
                                  log=log)
+    if isinstance(solver, LearnedPC):
+        info["coeffs"] = solver.to_json()
     ref = reference_endpoints(denoise, method.process, x_new)
     err = lambda s, **kw: float(jnp.sqrt(jnp.mean((sample(denoise, method.process, x_new,
                                                           sampler=s, **kw) - ref) ** 2)))

@@ -189,7 +189,8 @@ def goals(cases=None, nfes=(5, 10), learned=GOAL_LEARNED, batch: int = 256, cali
     ``pool`` limits the samplers tried (default: every deterministic fixed-grid one). One row
     per (case, NFE, variant) with the winning sampler, the ratio to ``baseline`` and every
     sampler's RMSE (``all``)."""
-    from diffusion_jax.samplers import default_grid, optimize_grid, optimize_solver
+    from diffusion_jax.samplers import default_grid
+    from diffusion_jax.samplers.learned_grid import calibrate
 
     cases = cases or list(CASES)
     det = [s for s in _deterministic() if pool is None or s in pool]
@@ -219,13 +220,8 @@ def goals(cases=None, nfes=(5, 10), learned=GOAL_LEARNED, batch: int = 256, cali
                     found["baseline"][s_name] = run_(grid="logsnr", final="denoise")
                 if s_name in learned:
                     t0 = time.perf_counter()
-                    if s_name == "learned_pc":  # its coefficients are learned with the grid
-                        ts, obj, _ = optimize_solver(den, proc, steps, x_cal, reference=ref_cal,
-                                                     iters=solver_iters)
-                    else:
-                        obj = s_name
-                        ts, _ = optimize_grid(den, proc, s_name, steps, x_cal, reference=ref_cal,
-                                              iters=iters)
+                    ts, obj, _ = calibrate(den, proc, s_name, steps, x_cal, reference=ref_cal,
+                                           iters=solver_iters if s_name == "learned_pc" else iters)
                     found["learned"][s_name] = rmse(sample(den, proc, x_T, sampler=obj, ts=ts))
                     log(f"{c} NFE {nfe} {s_name}: calibrated in {time.perf_counter() - t0:.1f}"
                         f" s, rmse {found['learned'][s_name]:.3e} (logsnr "

@@ -219,3 +219,16 @@ def optimize_solver(denoise: Callable, process: Process, num_steps: int, x_calib
             "val_num": n_val, "iters": iters, "learn_end": learn_end,
             "seconds": time.perf_counter() - t0}
     return ts, solver, info
+
+
+def calibrate(denoise: Callable, process: Process, sampler: str, num_steps: int, x_calib, *,
+              iters: int, reference=None, log=None):
+    """``(ts, solver, info)`` for a sampler name: ``learned_pc`` learns its coefficients with the
+    grid (``optimize_solver``; ``solver`` is the learned ``LearnedPC``), any other name only the
+    grid (``optimize_grid``; ``solver`` is the name)."""
+    if sampler == "learned_pc":
+        return optimize_solver(denoise, process, num_steps, x_calib, iters=iters,
+                               reference=reference, log=log)
+    ts, info = optimize_grid(denoise, process, sampler, num_steps, x_calib, iters=iters,
+                             reference=reference, log=log)
+    return ts, sampler, info
