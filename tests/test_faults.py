@@ -211,8 +211,13 @@ def _damage(step_dir: Path, how: str):
     if how == "truncated":  # a write cut short
         for f in files:
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    elif how == "file_deleted":
-        files[-1].unlink()
+    elif how == "file_deleted":  # the largest data file; OCDBT's merge keeps a byte-identical
+        # copy of some files in state/d/ and reads that one, so every copy goes (which of two
+        # equal-sized files sorts last depends on the file system's listing order)
+        largest = files[-1].read_bytes()
+        for f in files:
+            if f.stat().st_size == len(largest) and f.read_bytes() == largest:
+                f.unlink()
     elif how == "bytes_flipped":  # one byte in the middle of the largest array file
         data = bytearray(files[-1].read_bytes())
         data[len(data) // 2] ^= 0xFF
