@@ -208,20 +208,22 @@ def _damage(step_dir: Path, how: str):
     state = step_dir / "state"
     files = sorted((f for f in state.rglob("*") if f.is_file() and f.parent.name == "d"),
                    key=lambda f: f.stat().st_size)
+    # OCDBT's merge leaves a byte-identical copy of some data files in state/d/ and reads only
+    # that one; which of two equal-sized files sorts last depends on the file system's listing
+    # order, so damage to "the largest file" goes to every copy of it, the one read included.
+    largest = files[-1].read_bytes()
+    copies = [f for f in files if f.stat().st_size == len(largest) and f.read_bytes() == largest]
     if how == "truncated":  # a write cut short
         for f in files:
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    elif how == "file_deleted":  # the largest data file; OCDBT's merge keeps a byte-identical
-        # copy of some files in state/d/ and reads that one, so every copy goes (which of two
-        # equal-sized files sorts last depends on the file system's listing order)
-        largest = files[-1].read_bytes()
-        for f in files:
-            if f.stat().st_size == len(largest) and f.read_bytes() == largest:
-                f.unlink()
+    elif how == "file_deleted":
+        for f in copies:
+            f.unlink()
     elif how == "bytes_flipped":  # one byte in the middle of the largest array file
-        data = bytearray(files[-1].read_bytes())
+        data = bytearray(largest)
         data[len(data) // 2] ^= 0xFF
-        files[-1].write_bytes(bytes(data))
+        for f in copies:
+            f.write_bytes(bytes(data))
     else:  # "content_swapped": arrays that decode fine but are not the ones saved
         shutil.rmtree(state)
         shutil.copytree(step_dir.parent / "2" / "state", state)
