@@ -12,7 +12,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent XLA compilation cache for the whole run, inherited by the trainer, notebook and
 # multi-process subprocesses: many tests build the same tiny programs again (each test jits its
 # own train step or sampler; every fault-injection child recompiles the toy step), and XLA:CPU
-# spends most of this suite compiling. Fresh per run, so a clean clone measures what CI measures;
+# spends most of this suite compiling. pytest-xdist's workers inherit it from the controlling
+# process, which alone removes it at the end. Fresh per run, so a clean clone measures what CI measures;
 # the key includes XLA_FLAGS, so runs with and without the CPU setting never share an entry.
 import tempfile  # noqa: E402
 
