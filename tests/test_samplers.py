@@ -371,6 +371,17 @@ def test_a_learned_solver_beats_every_fixed_sampler_on_held_out_noise():
     assert learned < 0.5 * fixed, (learned, fixed)
     again = dj.samplers.LearnedPC.from_json(json.loads(json.dumps(solver.to_json())))
     assert again == solver and hash(again) == hash(solver)
+    # the selection's held-out error (fitted with the corrector as a traced gate) is the stored
+    # solver's own, with the corrector a plain bool
+    x_val = x_cal[-info["val_num"]:]
+    val_ref = dj.samplers.learned_grid.reference_endpoints(den, proc, x_val)
+    val = float(jnp.sqrt(jnp.mean((dj.sample(den, proc, x_val, sampler=solver, ts=ts) - val_ref)
+                                  ** 2)))
+    np.testing.assert_allclose(val, info["val_rmse"], rtol=0.05)
+    with jax.enable_x64(True):  # a float64 grid back on the host (was a read-only view)
+        ts64, _, _ = dj.optimize_solver(den, proc, 4, x_cal.astype(jnp.float64), iters=2,
+                                        correctors=(False,))
+    assert ts64.dtype == np.float64 and np.all(np.diff(ts64) < 0)
     with pytest.raises(ValueError, match=r"LearnedPC.pred has shape \(4, 3\), this grid of 6 steps"):
         dj.sample(den, proc, x_new, sampler=solver, num_steps=6)
     with pytest.raises(ValueError, match="at least 16 calibration samples, got 8"):

@@ -57,7 +57,8 @@ def exp_weight2(h):
 class LearnedPC(Sampler):
     """``history`` past differences in each update; ``pred [N, history]``, ``corr [N, history +
     1]`` and ``fin [3]`` are the learned coefficients (``None``: zeros; tuples of floats when
-    stored, so the sampler is hashable and compiles once). ``N`` must be the grid's steps."""
+    stored, so the sampler is hashable and compiles once). ``N`` must be the grid's steps.
+    ``corrector``: a bool, or inside ``optimize_solver`` a traced gate (0: off)."""
 
     history: int = MAX_HISTORY
     corrector: bool = True
@@ -88,7 +89,7 @@ class LearnedPC(Sampler):
 
     def _correct(self, ctx, carry, ms, i, t):
         """``x_i`` from the corrected ``x_{i-1}`` and ``m_i`` (``x^p_0`` itself at ``i = 0``)."""
-        if not self.corrector:
+        if isinstance(self.corrector, bool) and not self.corrector:
             return carry["x"]
         _, corr, _ = self._tables(ctx.num_steps, carry["x"].dtype)
         a_s, s_s, l_s = coeffs(ctx.process, t)
@@ -105,6 +106,8 @@ class LearnedPC(Sampler):
             w = c[j] - (quad / r if j == 1 else 0.0)
             cm = cm + jnp.where(i - 1 - j >= 0, w, 0.0) * (m_old - ring_get(ms, i, 1 + j))
         xc = (s_s / s_p) * carry["xc"] - a_s * jnp.expm1(-h) * cm
+        if not isinstance(self.corrector, bool):  # a traced gate (optimize_solver): 0 is off
+            xc = jnp.where(self.corrector > 0, xc, carry["x"])
         return jnp.where(i > 0, xc, carry["x"])
 
     def step(self, ctx, carry, i, t, t_next, key):
