@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.bench.samplers import BASELINE_SAMPLERS, CASES, exact_endpoints
+from diffusion_jax.bench.samplers import CASES, baseline_rmses, exact_endpoints
 from diffusion_jax.processes import VP
-from diffusion_jax.samplers import resolve_sampler, run, sample, steps_for_budget
+from diffusion_jax.samplers import resolve_sampler, run
 
 SAMPLERS = ("unipc", "dpmpp_3m", "ipndm_v")
 
@@ -54,9 +54,7 @@ def main():
         den = mix.denoiser(proc)
         rmse = lambda x: float(np.sqrt(np.mean((np.asarray(x) - ref) ** 2)))
         for nfe in (5, 10):
-            base = min(rmse(sample(den, proc, x_T, sampler=s, num_steps=steps_for_budget(s, nfe),
-                                   grid="logsnr", final="denoise"))
-                       for s in BASELINE_SAMPLERS if steps_for_budget(s, nfe) is not None)
+            base = min(baseline_rmses(den, proc, x_T, rmse, nfe).values())
             for s in SAMPLERS:
                 obj = resolve_sampler(s)
                 go = jax.jit(lambda x, ts, obj=obj: (lambda xn: (xn, den(xn, ts[-1])))(

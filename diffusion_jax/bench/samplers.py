@@ -163,6 +163,19 @@ BASELINE_SAMPLERS = ("ddim", "euler", "heun", "plms", "dpm_solver_1", "dpm_solve
 GOAL_LEARNED = ("unipc", "dpmpp_3m", "ipndm_v", "deis", "learned_pc")
 
 
+def baseline_rmses(den, proc, x_T, rmse, nfe: int, pool=None) -> dict:
+    """The goal table's baseline at ``nfe``: ``{sampler: rmse(samples)}`` for each of
+    ``BASELINE_SAMPLERS`` (in ``pool``) that fits the budget, on the logsnr grid with the
+    first-order final jump."""
+    out = {}
+    for s_name in BASELINE_SAMPLERS:
+        steps = steps_for_budget(s_name, nfe)
+        if steps is not None and (pool is None or s_name in pool):
+            out[s_name] = rmse(sample(den, proc, x_T, sampler=s_name, num_steps=steps,
+                                      grid="logsnr", final="denoise"))
+    return out
+
+
 def _deterministic():
     out = []
     for name in SAMPLERS:
@@ -206,7 +219,8 @@ def goals(cases=None, nfes=(5, 10), learned=GOAL_LEARNED, batch: int = 256, cali
         den = mixture.denoiser(proc)
         rmse = lambda x: float(np.sqrt(np.mean((np.asarray(x) - ref) ** 2)))
         for nfe in nfes:
-            found = {"baseline": {}, "logsnr": {}, "default": {}, "learned": {}}
+            found = {"baseline": baseline_rmses(den, proc, x_T, rmse, nfe, pool),
+                     "logsnr": {}, "default": {}, "learned": {}}
             for s_name in det:
                 steps = steps_for_budget(s_name, nfe)
                 if steps is None:
@@ -216,8 +230,6 @@ def goals(cases=None, nfes=(5, 10), learned=GOAL_LEARNED, batch: int = 256, cali
                 found["logsnr"][s_name] = run_(grid="logsnr")
                 found["default"][s_name] = (found["logsnr"][s_name]
                                             if default_grid(s_name) == "logsnr" else run_())
-                if s_name in BASELINE_SAMPLERS:
-                    found["baseline"][s_name] = run_(grid="logsnr", final="denoise")
                 if s_name in learned:
                     t0 = time.perf_counter()
                     ts, obj, _ = calibrate(den, proc, s_name, steps, x_cal, reference=ref_cal,

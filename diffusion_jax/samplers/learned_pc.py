@@ -89,7 +89,7 @@ class LearnedPC(Sampler):
 
     def _correct(self, ctx, carry, ms, i, t):
         """``x_i`` from the corrected ``x_{i-1}`` and ``m_i`` (``x^p_0`` itself at ``i = 0``)."""
-        if isinstance(self.corrector, bool) and not self.corrector:
+        if self.corrector is False:  # (inside optimize_solver a traced gate, 0: off)
             return carry["x"]
         _, corr, _ = self._tables(ctx.num_steps, carry["x"].dtype)
         a_s, s_s, l_s = coeffs(ctx.process, t)
@@ -106,9 +106,7 @@ class LearnedPC(Sampler):
             w = c[j] - (quad / r if j == 1 else 0.0)
             cm = cm + jnp.where(i - 1 - j >= 0, w, 0.0) * (m_old - ring_get(ms, i, 1 + j))
         xc = (s_s / s_p) * carry["xc"] - a_s * jnp.expm1(-h) * cm
-        if not isinstance(self.corrector, bool):  # a traced gate (optimize_solver): 0 is off
-            xc = jnp.where(self.corrector > 0, xc, carry["x"])
-        return jnp.where(i > 0, xc, carry["x"])
+        return jnp.where((i > 0) & (self.corrector > 0), xc, carry["x"])
 
     def step(self, ctx, carry, i, t, t_next, key):
         p = ctx.process
