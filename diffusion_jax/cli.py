@@ -237,7 +237,7 @@ def _run(args, overrides) -> int:
                              f"{len(workdirs)}")
         compare(workdirs, args.classifier, args.num, args.out, args.bpd_num, labels)
     elif args.cmd == "optimize-grid":
-        from diffusion_jax.learned_grids import optimize_workdir_grid
+        from diffusion_jax.workdir_grids import optimize_workdir_grid
 
         info = optimize_workdir_grid(args.workdir, args.sampler, args.nfe, args.num, args.iters,
                                      args.seed)
@@ -250,7 +250,7 @@ def _run(args, overrides) -> int:
         bench_train(from_config(load_config(args.config, overrides)), args.steps, args.peer,
                     args.memory_only, args.rounds)
     elif args.workdir:
-        from diffusion_jax.bench.samplers import MODEL_NFES, MODEL_SAMPLERS, model_pass
+        from diffusion_jax.bench.sampler_bench import MODEL_NFES, MODEL_SAMPLERS, model_pass
 
         if args.classifier is None:
             raise ValueError("bench-samplers --workdir measures FD: pass --classifier (a "
@@ -260,7 +260,7 @@ def _run(args, overrides) -> int:
                    _csv(args.nfe, int) if args.nfe else MODEL_NFES,
                    num=args.num, calib=args.calib_num, iters=args.calib_iters)
     else:
-        from diffusion_jax.bench.samplers import run_benchmark
+        from diffusion_jax.bench.sampler_bench import run_benchmark
 
         run_benchmark(Path(args.out), _csv(args.nfe or "5,8,10,15,20,50,100", int),
                       _csv(args.samplers), args.cases.split(","), args.batch,

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.processes import Process
-from diffusion_jax.samplers import DDPM, Context, make_grid, sample
+from diffusion_jax.samplers import DDPM, Carry, Context, make_grid, sample
 
 Array = jax.Array
 
@@ -151,7 +151,7 @@ def repaint(denoise: Callable, process: Process, x_known: Array, mask: Array, ke
         def down(x, k):
             k1, k2 = jax.random.split(k)
             x = m * process.marginal(x_known, s, normal(k1)) + (1 - m) * x
-            return ddpm.step(ctx, {"x": x}, i, s, t, k2)["x"]
+            return ddpm.step(ctx, Carry(x), i, s, t, k2).x
 
         def down_up(u, x):
             k_down, k_up = jax.random.split(jax.random.fold_in(k_u, u))

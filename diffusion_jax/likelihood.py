@@ -84,3 +84,37 @@ def dequantize(key: Array, y: Array, num_bins: int = 256, lo: float = -1.0,
     """Uniform dequantisation of integers ``y`` in ``[0, num_bins)`` onto ``[lo, hi)``."""
     u = jax.random.uniform(key, y.shape)
     return lo + (y.astype(jnp.float32) + u) * (hi - lo) / num_bins
+
+
+def to_integers(x: Array) -> Array:
+    """Images in [-1, 1] (``u8 / 127.5 - 1``) back to their integers ``0..255``."""
+    return jnp.round((x + 1.0) * 127.5).astype(jnp.int32)
+
+
+NUM_BINS = 256
+
+
+def discretized_logistic_logp(x, mean, log_scale, num_bins: int = NUM_BINS):
+    """``log P(x)`` per pixel of data ``x`` on the grid ``{-1, -1 + 2/(bins-1), ..., 1}`` under a
+    logistic(mean, exp(log_scale)) discretised to the bins (the end bins take the tails), so the
+    probabilities of the ``bins`` values sum to 1."""
+    half = 1.0 / (num_bins - 1)
+    centered = x - mean
+    inv_s = jnp.exp(-log_scale)
+    plus, minus = inv_s * (centered + half), inv_s * (centered - half)
+    log_cdf_plus = plus - jax.nn.softplus(plus)            # log sigmoid(plus): the bottom bin
+    log_one_minus_cdf_min = -jax.nn.softplus(minus)        # log(1 - sigmoid(minus)): the top bin
+    delta = jax.nn.sigmoid(plus) - jax.nn.sigmoid(minus)
+    mid = inv_s * centered                                 # density x bin width when delta is tiny
+    log_pdf_mid = mid - log_scale - 2.0 * jax.nn.softplus(mid) + math.log(2 * half)
+    inner = jnp.where(delta > 1e-5, jnp.log(jnp.maximum(delta, 1e-12)), log_pdf_mid)
+    return jnp.where(x < -1 + half, log_cdf_plus,
+                     jnp.where(x > 1 - half, log_one_minus_cdf_min, inner))
+
+
+def logistic_mixture_logp(x, logits, means, log_scales, num_bins: int = NUM_BINS):
+    """``log P(x)`` per pixel of 8-bit data ``x [..., 1]`` (in [-1, 1]) under a mixture of
+    discretized logistics with parameters ``[..., K]`` each (PixelCNN++'s likelihood): a
+    distribution over the ``num_bins`` values."""
+    lp = discretized_logistic_logp(x, means, log_scales, num_bins)
+    return jax.scipy.special.logsumexp(jax.nn.log_softmax(logits, -1) + lp, axis=-1)

@@ -29,10 +29,12 @@ Array = jax.Array
 
 
 class Process:
-    """Base class; subclasses define ``alpha``, ``sigma``, ``t_of_logsnr``, ``t_min``, ``t_max``."""
+    """Base class; subclasses define ``alpha``, ``sigma``, ``t_of_logsnr``, ``t_min``, ``t_max``,
+    and ``name``, their name in ``PROCESSES`` (what configs, classifiers and stored grids say)."""
 
     t_min: float
     t_max: float
+    name: str = ""
 
     def alpha(self, t):
         raise NotImplementedError
@@ -102,6 +104,10 @@ class VP(Process):
     Dhariwal 2021), clipped at ``t_max=0.9946`` where it would reach zero (as DPM-Solver does).
     """
 
+    @property
+    def name(self) -> str:
+        return f"vp_{self.schedule}"
+
     schedule: Literal["linear", "cosine"] = "linear"
     beta_min: float = 0.1
     beta_max: float = 20.0
@@ -159,6 +165,8 @@ class VP(Process):
 class SubVP(Process):
     """Sub-VP process (Song et al. 2021, eq. 29): ``alpha`` of VP-linear, ``sigma = 1 - alpha^2``."""
 
+    name = "subvp"
+
     beta_min: float = 0.1
     beta_max: float = 20.0
     t_min: float = 1e-3
@@ -186,6 +194,8 @@ class VE(Process):
     """Variance-exploding process (NCSN; Song et al. 2021): ``alpha=1``,
     ``sigma(t) = sigma_min (sigma_max/sigma_min)^t``."""
 
+    name = "ve"
+
     sigma_min: float = 0.01
     sigma_max: float = 50.0
     t_min: float = 1e-5
@@ -207,6 +217,8 @@ class VE(Process):
 class EDM(Process):
     """EDM process (Karras et al. 2022): ``alpha=1``, ``sigma=t``, ``t`` in ``[0.002, 80]``."""
 
+    name = "edm"
+
     t_min: float = 0.002
     t_max: float = 80.0
 
@@ -224,6 +236,8 @@ class EDM(Process):
 class Flow(Process):
     """Rectified flow / flow matching (Liu et al. 2022; Lipman et al. 2022):
     ``alpha = 1 - t``, ``sigma = t``. ``t_max`` stays below 1 so that ``logsnr`` is finite."""
+
+    name = "flow"
 
     t_min: float = 1e-3
     t_max: float = 0.999
@@ -262,6 +276,8 @@ class DiscreteVP(Process):
     interpolated linearly in ``t`` between those points, so every continuous-time sampler runs
     on a model trained with integer timesteps. Use ``timestep(t)`` to recover ``n``.
     """
+
+    name = "discrete_vp"
 
     betas: str = "linear"
     num_timesteps: int = 1000

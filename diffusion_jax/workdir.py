@@ -15,6 +15,7 @@ import jax
 
 from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.experiment import Experiment, from_config, stored
+from diffusion_jax.methods.classifier import ClassifierMethod
 from diffusion_jax.parallel import make_mesh
 
 
@@ -62,13 +63,12 @@ def load_classifier(workdir: str | Path):
     """A classifier workdir -> ``(model, params, info)``; ``info`` has ``num_classes``,
     ``noise_conditional``, ``process`` (name or None), ``feature_dim``, ``test_accuracy``."""
     exp, params, _ = load(workdir)
-    if exp.method_name != "classifier":
+    if not isinstance(exp.method, ClassifierMethod):
         raise WorkdirError(f"{workdir} holds a {exp.method_name!r} run, not a classifier: train one "
                            "with `python -m diffusion_jax train --config "
                            "experiments/fashion_mnist_classifier.py --workdir DIR`")
     m = exp.method
-    process = exp.config.get("process", {}).get("name") or None
     info = {"num_classes": m.model.num_classes, "noise_conditional": m.process is not None,
-            "process": process, "feature_dim": m.model.feature_dim,
+            "process": None if m.process is None else m.process.name, "feature_dim": m.model.feature_dim,
             "test_accuracy": summary(workdir).get("test_accuracy")}
     return m.model, jax.device_get(params), info

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.bench.samplers import CASES
+from diffusion_jax.bench.sampler_bench import CASES
 from diffusion_jax.processes import VP
 from diffusion_jax.samplers import sample, steps_for_budget
 

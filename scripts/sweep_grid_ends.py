@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.bench.samplers import CASES, baseline_rmses, exact_endpoints
+from diffusion_jax.bench.sampler_bench import CASES, baseline_rmses, exact_endpoints
 from diffusion_jax.processes import VP
 from diffusion_jax.samplers import resolve_sampler, run
 

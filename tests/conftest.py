@@ -75,6 +75,7 @@ FAMILY_OVERRIDES = {
     "gan": ["model.ch=4", "model.d_ch=4", "gan.z_dim=8"],
     "vae": ["model.ch=4", "model.latent_dim=4", "vae.iw_samples=4", "vae.kl_warmup=2"],
     "flow": ["model.steps=2", "model.hidden=8"],
+    "autoregressive": ["model.channels=4", "model.blocks=1", "model.num_mix=2"],
 }
 
 

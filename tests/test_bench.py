@@ -2,7 +2,7 @@ import json
 import sys
 
 import diffusion_jax as dj
-from diffusion_jax.bench.samplers import run_benchmark
+from diffusion_jax.bench.sampler_bench import run_benchmark
 from diffusion_jax.samplers import steps_for_budget
 
 
@@ -29,7 +29,7 @@ def test_benchmark_writes_table_json_and_plot(tmp_path):
 
 
 def test_goal_table_compares_against_the_baseline_on_held_out_noise():
-    from diffusion_jax.bench.samplers import goals
+    from diffusion_jax.bench.sampler_bench import goals
 
     rows = goals(["ring2d"], (5,), learned=("dpmpp_2m",), batch=64, calib=16, iters=30,
                  pool=("ddim", "dpmpp_2m"), log=lambda *_: None)

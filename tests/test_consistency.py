@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from diffusion_jax import consistency as C
+from diffusion_jax import consistency_math as C
 from diffusion_jax import gmm, processes
 from diffusion_jax.models import MLP
 from diffusion_jax.parameterization import make_denoiser, make_parameterization

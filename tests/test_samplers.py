@@ -269,7 +269,7 @@ def _warm_started_order(problem, sampler, carry_fn, warm, grid_fn, ns=(40, 80)):
             carry = carry_fn(proc, den, xs, ts)
             for i in range(warm, n + warm):
                 carry = step(carry, i, ts[i], ts[i + 1])
-            errs.append(float(jnp.sqrt(jnp.mean((carry["x"] - ref) ** 2))))
+            errs.append(float(jnp.sqrt(jnp.mean((carry.x - ref) ** 2))))
     return float(np.log2(errs[0] / errs[1]))
 
 
@@ -292,30 +292,29 @@ def _eps(proc, den, x, t):
 def _dpm_history(proc, den, xs, ts):
     lam = lambda t: 0.5 * proc.logsnr(t)
     ring = dj.samplers.base.ring_of  # the history as the sampler's ring holds it at step 2
-    return {"x": xs[2], "x0s": ring(jnp.stack([den(xs[1], ts[1]), den(xs[0], ts[0])]), 2),
-            "lams": jnp.stack([lam(ts[1]), lam(ts[0])])}
+    return dj.samplers.Carry(xs[2], ring(jnp.stack([den(xs[1], ts[1]), den(xs[0], ts[0])]), 2),
+                             jnp.stack([lam(ts[1]), lam(ts[0])]))
 
 
 def _eps_history(k):
     def fn(proc, den, xs, ts):
         past = jnp.stack([_eps(proc, den, xs[k - j], ts[k - j]) for j in range(1, k + 1)])
-        return {"x": xs[k], "eps": dj.samplers.base.ring_of(past, k)}  # as at step k
+        return dj.samplers.Carry(xs[k], dj.samplers.base.ring_of(past, k))  # as at step k
     return fn
 
 
 def _t_history(k):
     def fn(proc, den, xs, ts):
         h = _eps_history(k)(proc, den, xs, ts)
-        h["rhos"] = jnp.stack([jnp.asarray(ts[k - j]) for j in range(1, k + 1)])  # tAB: times
-        return h
+        return h._replace(past=jnp.stack([jnp.asarray(ts[k - j]) for j in range(1, k + 1)]))
     return fn
 
 
 def _rho_history(k):
     def fn(proc, den, xs, ts):
         h = _eps_history(k)(proc, den, xs, ts)
-        h["rhos"] = jnp.stack([proc.sigma(ts[k - j]) / proc.alpha(ts[k - j]) for j in range(1, k + 1)])
-        return h
+        return h._replace(past=jnp.stack([proc.sigma(ts[k - j]) / proc.alpha(ts[k - j])
+                                          for j in range(1, k + 1)]))
     return fn
 
 

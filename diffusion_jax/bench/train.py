@@ -25,6 +25,8 @@ from ml_collections import ConfigDict
 
 from diffusion_jax.bench.flops import count_flops
 from diffusion_jax.experiment import Experiment, from_config
+from diffusion_jax.methods.diffusion import Diffusion
+from diffusion_jax.models import UNet
 from diffusion_jax.parallel import batch_sharding, make_mesh
 
 PEERS = ("torch",)
@@ -71,14 +73,14 @@ def _check_peer(exp: Experiment, peer: str | None):
     if peer not in PEERS:
         raise ValueError(f"unknown --peer {peer!r}; valid: {', '.join(PEERS)}")
     from diffusion_jax.bench import peer_torch
-    from diffusion_jax.models import UNet
 
     peer_torch._import()  # torch / diffusers missing: the install command, before compiling
-    model = getattr(exp.method, "model", None)
-    if not isinstance(model, UNet) or exp.method.name != "diffusion" or len(exp.shape) != 3:
+    pixel_diffusion = type(exp.method) is Diffusion  # not a latent or consistency subclass
+    if (not pixel_diffusion or not isinstance(exp.method.model, UNet)
+            or len(exp.shape) != 3):
+        what = type(exp.method.model).__name__ if pixel_diffusion else "network"
         raise ValueError("--peer torch compares U-Net diffusion training (diffusers' UNet2DModel);"
-                         f" this experiment trains a {type(model).__name__} with method "
-                         f"{exp.method.name!r}")
+                         f" this experiment trains a {what} with method {exp.method.name!r}")
     return peer_torch
 
 

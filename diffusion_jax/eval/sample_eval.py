@@ -7,12 +7,12 @@ with classifier features (FD, KID, precision/recall, Inception-style score) agai
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.data import get_source
@@ -20,10 +20,8 @@ from diffusion_jax.data.pipeline import image_batches
 from diffusion_jax.eval import metrics as M
 from diffusion_jax.eval.features import Extractor, classifier_extractor, make_extractor
 from diffusion_jax.experiment import Experiment
-from diffusion_jax.learned_grids import load_learned
-from diffusion_jax.methods.diffusion import Diffusion
-from diffusion_jax.samplers import steps_for_budget
-from diffusion_jax.workdir import load
+from diffusion_jax.generate import run_chunks, sampling_env
+from diffusion_jax.workdir import load, read_experiment
 
 
 def reference_features(extractor: Extractor, exp: Experiment, cache: Path | None = None) -> np.ndarray:
@@ -86,81 +84,58 @@ def training_fd(exp: Experiment, workdir: str | Path):
 def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int, batch: int = 500,
              out: str | None = None, inception: str | None = None,
              guidance: float | None = None, grids=("default",)) -> list[dict]:
-    """Samplers x NFE x grids -> FD, KID, precision/recall, class score (and, for
+    """The method's eval rows (diffusion: samplers x NFE x grids; a consistency model: one row
+    per NFE; a one-call family: one row) -> FD, KID, precision/recall, class score (and, for
     class-conditional models, the fraction of samples the classifier assigns to the requested
     class). ``grids``: grid names, or ``"learned"`` (the workdir's ``optimize-grid`` results;
     a sampler x NFE without one is skipped with a note)."""
-    exp, params, step = load(workdir)
+    exp = read_experiment(workdir)
     method = exp.method
-    if not getattr(method, "generates", False):
+    if not method.generates:
         raise ValueError(f"{workdir} holds a {exp.method_name!r} run, which makes no samples")
-    extractor = make_extractor(classifier_dir, inception)
-    judge = classifier_extractor(classifier_dir) if classifier_dir else None
-    # GAN / VAE / flow / consistency methods here are unconditional: no conditioning field
-    k = getattr(getattr(method, "conditioning", None), "num_classes", 0)
-    if k and judge is None:
+    settings = method.eval_requests(samplers, nfes, grids, guidance)  # checked before any work
+    k = method.num_classes
+    if k and not classifier_dir:
         raise ValueError("a class-conditional model is judged by a classifier: pass --classifier")
+    env = sampling_env(exp, workdir)
+    plans = []
+    for row, req in settings:
+        try:
+            plans.append((row, method.sampling(dataclasses.replace(req, num=num, batch=batch),
+                                               env)))
+        except FileNotFoundError:
+            print(f"note: no learned grid for {row['sampler']} at NFE {row['nfe']}; skipped")
+    exp, params, step = load(workdir)
+    extractor = make_extractor(classifier_dir, inception)
+    judge = classifier_extractor(classifier_dir) if k else None
     out = Path(out or Path(workdir) / "eval")
     real_feats = reference_features(extractor, exp, out / "reference_features.npz")
     rows = []
-    if not isinstance(method, Diffusion):
-        # a GAN / VAE / flow: one network evaluation; a consistency model: one row per --nfe
-        few = exp.method_name == "consistency"
-        for nfe in (nfes if few else [1]):
-            kw = {"steps": nfe} if few else {}
-            draw = lambda p, key, n, i, kw=kw: method.sample(p, key, n, **kw)
-            row = _eval_row(draw, params, num, batch, 0, extractor, None, real_feats)
-            row.update(sampler=exp.method_name, nfe=nfe, steps=nfe, extractor=extractor.name,
-                       grid="-", checkpoint_step=step)
-            rows.append(row)
-            print(json.dumps({k_: round(v, 4) if isinstance(v, float) else v
-                              for k_, v in row.items()}))
-        _write(rows, out, extractor, num, len(real_feats), step, None)
-        return rows
-    for s_name in samplers:
-        for nfe in nfes:
-            steps = steps_for_budget(s_name, nfe)
-            for grid in grids if steps is not None else ():
-                solver = s_name
-                if grid == "learned":
-                    try:
-                        grid, solver = load_learned(workdir, s_name, steps,
-                                                    exp.config["process"]["name"])
-                    except FileNotFoundError:
-                        print(f"note: no learned grid for {s_name} at NFE {nfe}; skipped")
-                        continue
-                fn = method.sample_fn(solver, steps, grid, guidance_scale=guidance if k else None)
-                draw = _diffusion_draw(method, method.shape, fn, k)
-                row = _eval_row(draw, params, num, batch, k, extractor, judge, real_feats)
-                row.update(sampler=s_name, nfe=nfe, steps=steps, extractor=extractor.name,
-                           grid="learned" if isinstance(grid, tuple) else grid,
-                           checkpoint_step=step, **({"guidance": guidance} if k else {}))
-                rows.append(row)
-                print(json.dumps({k_: round(v, 4) if isinstance(v, float) else v
-                                  for k_, v in row.items()}))
+    for row, plan in plans:
+        row = {**_eval_row(plan, params, extractor, judge, real_feats), **row,
+               "extractor": extractor.name, "checkpoint_step": step}
+        rows.append(row)
+        print(json.dumps({k_: round(v, 4) if isinstance(v, float) else v
+                          for k_, v in row.items()}))
     _write(rows, out, extractor, num, len(real_feats), step, guidance if k else None)
     return rows
 
 
-def _diffusion_draw(method, shape, fn, k):
-    return lambda p, key, n, i: fn(p, method.process.prior_sample(key, (n,) + shape), key,
-                                   {"y": (jnp.arange(n) + i) % k} if k else None)
-
-
-def _eval_row(draw, params, num, batch, k, extractor, judge, real_feats) -> dict:
-    """``draw(params, key, n, i)`` makes samples ``i .. i+n-1``."""
+def _eval_row(plan, params, extractor, judge, real_feats) -> dict:
+    """FD, KID, precision/recall and class score of the plan's samples (seed 0)."""
     t0 = time.perf_counter()
-    images = sample_images(None, params, num, jax.random.key(0), min(batch, num), draw)
+    images = np.clip(run_chunks(plan, params, 0), -1, 1)  # after the NaN check
     secs = time.perf_counter() - t0
+    num = len(images)
     feats, probs = extractor(images)
     kid_m, kid_s = M.kid(feats, real_feats, 20, min(1000, num))
     p, r = M.precision_recall(real_feats[:num], feats)
     row = {"num": num, "fd": M.fd_from_features(feats, real_feats), "kid": kid_m,
            "kid_std": kid_s, "precision": p, "recall": r,
            "class_score": M.inception_score(probs)[0], "seconds": secs}
-    if k:
+    if judge is not None and plan.labels is not None:
         pred = np.argmax(judge(images)[1], axis=1)
-        row["agreement"] = float(np.mean(pred == np.arange(num) % k))
+        row["agreement"] = float(np.mean(pred == plan.labels))
     return row
 
 

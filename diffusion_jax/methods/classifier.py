@@ -11,10 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from diffusion_jax import processes
 from diffusion_jax.data.pipeline import image_batches
+from diffusion_jax.methods.base import MethodBase
 from diffusion_jax.methods.state import SingleNetwork, TrainState, apply_gradients
 from diffusion_jax.models.classifier import Classifier
 from diffusion_jax.processes import Process
+from diffusion_jax.settings import BuildContext, ConfigError
+
+SECTIONS = ("process", "augment")
 
 
 def random_shift(x, shift: int, key):
@@ -27,7 +32,7 @@ def random_shift(x, shift: int, key):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ClassifierMethod(SingleNetwork):
+class ClassifierMethod(SingleNetwork, MethodBase):
     """``shift``: random translations by up to that many pixels (background-filled), the
     augmentation that takes the small CNN past 93% on Fashion-MNIST."""
     model: Classifier
@@ -38,6 +43,7 @@ class ClassifierMethod(SingleNetwork):
     ema_decay: float = 0.0
     name: str = "classifier"
     generates = False
+    no_likelihood = "a classifier has no likelihood of images"
 
     def example_inputs(self) -> tuple:
         return jnp.zeros((1,) + self.shape), jnp.zeros((1,))
@@ -66,11 +72,8 @@ class ClassifierMethod(SingleNetwork):
         metrics = {"loss": loss, "train_accuracy": acc, "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, ema, opt_state), metrics
 
-    def sample(self, params, key, n):
-        raise NotImplementedError("a classifier does not generate samples")
-
     def preview(self, params, key, n, test_images):
-        raise NotImplementedError("a classifier does not generate samples")
+        raise ValueError("a classifier does not generate samples")
 
     def evaluate(self, params, test_source) -> dict:
         """Test accuracy on clean images (a noise-conditional classifier is scored at t = 0)."""
@@ -82,3 +85,16 @@ def accuracy(model: Classifier, params, source, batch: int = 1000) -> float:
                                                  jnp.zeros(x.shape[:1])), -1))
     correct = sum(int(np.sum(np.asarray(f(x)) == y)) for x, y in image_batches(source, batch))
     return correct / len(source)
+
+
+def build(ctx: BuildContext) -> ClassifierMethod:
+    """A clean-image classifier, or (``process.name`` set) a noise-conditional one."""
+    if not ctx.data.num_classes:
+        raise ConfigError("a classifier needs data.num_classes > 0")
+    pname = (ctx.section("process", False) or {}).get("name", "")
+    process = processes.make_process(pname) if pname else None
+    model = ctx.typed(Classifier, "model", required=True, num_classes=ctx.data.num_classes,
+                      noise_conditional=process is not None)
+    aug = ctx.section("augment", False) or {}
+    return ClassifierMethod(model, ctx.tx, ctx.data.shape, process, aug.get("shift", 0),
+                            ctx.train.ema_decay)

@@ -6,7 +6,7 @@ training from data alone (CT, iCT's recipe), sampled in 1, 2, 4, ... network eva
 
 The train state holds the student, its EMA (CD's target network and the sampling parameters)
 and, for CD, the frozen teacher's parameters (the student starts as a copy of them). The
-functions themselves live in ``diffusion_jax.consistency``.
+functions themselves live in ``diffusion_jax.consistency_math``.
 """
 
 from __future__ import annotations
@@ -23,14 +23,19 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from diffusion_jax import consistency as C
+from diffusion_jax import consistency_math as C
+from diffusion_jax.methods import diffusion
+from diffusion_jax.methods.base import MethodBase, SampleRequest
+from diffusion_jax.methods.latent import LatentDiffusion
 from diffusion_jax.methods.state import (apply_gradients, opt_shardings, param_shardings, replicated,
                                          with_shardings)
 from diffusion_jax.parameterization import Parameterization, make_denoiser
 from diffusion_jax.processes import Process
-from diffusion_jax.samplers import make_grid
+from diffusion_jax.samplers import make_grid, resolve_sampler
+from diffusion_jax.settings import BuildContext, ConfigError, StoredRun
 
 CONSISTENCY_MODES = ("cd", "ct")
+SECTIONS = ("consistency", "process", "parameterization")
 
 
 @flax.struct.dataclass
@@ -43,7 +48,7 @@ class ConsistencyState:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ConsistencyMethod:
+class ConsistencyMethod(MethodBase):
     """``num_scales``: CD's discretisation of ``[t_min, t_max]`` (Karras grid); ``s0``/``s1``: CT's
     curriculum of scales; ``sample_steps``: the default number of evaluations of ``sample``."""
     model: Any
@@ -62,7 +67,7 @@ class ConsistencyMethod:
     sample_steps: int = 1
     ema_decay: float = 0.95
     name: str = "consistency"
-    generates = True
+    sample_options = frozenset({"steps"})
 
     @property
     def max_steps(self) -> int:
@@ -144,11 +149,20 @@ class ConsistencyMethod:
         x_T = self.process.prior_sample(key, (n,) + self.shape)
         return _sampler(self, steps)(params, x_T, jax.random.fold_in(key, 1))
 
-    def preview(self, params, key, n: int, test_images):
-        return np.asarray(self.sample(params, key, n)), None
+    def sample_controls(self, req: SampleRequest) -> dict:
+        if req.steps and req.steps > self.max_steps:
+            print(f"warning: --steps {req.steps} is more than the {self.max_steps} scales this "
+                  f"consistency model was trained on; more steps than that do not help")
+        return {"steps": req.steps} if req.steps else {}
 
-    def evaluate(self, params, test_source) -> dict:
-        return {}
+    def nfe(self, req: SampleRequest) -> int:
+        return req.steps or self.sample_steps
+
+    def eval_requests(self, samplers, nfes, grids, guidance):
+        """One row per NFE: ``steps = nfe`` evaluations."""
+        super().eval_requests(samplers, nfes, grids, guidance)  # refuses guidance
+        return [({"sampler": self.name, "nfe": nfe, "steps": nfe, "grid": "-"},
+                 SampleRequest(steps=nfe)) for nfe in nfes]
 
 
 @functools.lru_cache(maxsize=16)
@@ -156,3 +170,79 @@ def _sampler(method: ConsistencyMethod, steps: int):
     ts = C.sample_times(method.process, steps)
     return jax.jit(lambda p, x_T, key: C.multistep_sample(method.function(p), method.process,
                                                           x_T, ts, key))
+
+
+# -- settings and build ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ConsistencySpec:
+    mode: str = "cd"             # cd (distillation from a teacher workdir) | ct (no teacher)
+    teacher: str = ""            # CD: a trained diffusion workdir (its model, process and
+                                 # parameterization are used; the experiment need not repeat them)
+    solver: str = "heun"         # CD: the project sampler taking the teacher's one ODE step
+    num_scales: int = 18         # CD: Karras discretisation of [t_min, t_max]
+    loss: str = ""               # l2 | pseudo_huber ("": l2 for CD, pseudo_huber for CT)
+    s0: int = 10                 # CT curriculum: scales at the start ...
+    s1: int = 1280               # ... and at the end
+    sample_steps: int = 1        # evaluations of `sample` (CLI: sample --steps)
+
+
+def _teacher(ctx: BuildContext, path: str) -> StoredRun:
+    """The teacher workdir, checked against the student's data."""
+    teacher = ctx.stored(path, "consistency.teacher")
+    exp = teacher.experiment
+    if exp.method_name != "diffusion" or isinstance(exp.method, LatentDiffusion):
+        raise ConfigError(f"consistency.teacher={path!r} holds a {exp.method_name!r} run; "
+                          "the teacher must be a (pixel-space) diffusion model")
+    if exp.data.shape != ctx.data.shape:
+        raise ConfigError(f"consistency.teacher={path!r} was trained on data of shape "
+                          f"{exp.data.shape}; this experiment's data has shape {ctx.data.shape}")
+    if exp.method.conditioning.active:
+        raise ConfigError(f"consistency.teacher={path!r} is conditional; distillation of "
+                          "conditional teachers is not supported yet")
+    for section in ("process", "parameterization"):
+        mine = ctx.section(section, False)
+        if mine is not None and mine != exp.config[section]:
+            raise ConfigError(f"{section}={mine} differs from the teacher's "
+                              f"{exp.config[section]} ({path}): the student uses the teacher's; "
+                              f"remove the {section!r} section")
+    return teacher
+
+
+def _settings(ctx: BuildContext) -> tuple[ConsistencySpec, str]:
+    c = ctx.typed(ConsistencySpec, "consistency", required=True)
+    if c.mode not in CONSISTENCY_MODES:
+        raise ConfigError(f"unknown consistency.mode={c.mode!r}; valid: "
+                          f"{', '.join(CONSISTENCY_MODES)}")
+    loss = c.loss or ("l2" if c.mode == "cd" else "pseudo_huber")
+    if loss not in C.CONSISTENCY_LOSSES:
+        raise ConfigError(f"unknown consistency.loss={loss!r}; valid: "
+                          f"{', '.join(C.CONSISTENCY_LOSSES)}")
+    if c.sample_steps < 1:
+        raise ConfigError(f"consistency.sample_steps={c.sample_steps} must be >= 1")
+    return c, loss
+
+
+def build(ctx: BuildContext) -> ConsistencyMethod:
+    c, loss = _settings(ctx)
+    loader = None
+    if c.mode == "cd":
+        if not c.teacher:
+            raise ConfigError("consistency.mode='cd' needs consistency.teacher=WORKDIR (a "
+                              "trained diffusion model), or use consistency.mode='ct'")
+        teacher = _teacher(ctx, c.teacher)
+        t = teacher.experiment.method
+        model, process, par, loader = t.model, t.process, t.parameterization, teacher.load_params
+        try:
+            resolve_sampler(c.solver)
+        except ValueError as e:
+            raise ConfigError(f"consistency.solver: {e}") from None
+    else:
+        model, cond = diffusion.denoiser_network(ctx.section("model"), ctx.data)
+        if cond.active:
+            raise ConfigError("consistency training of conditional models is not supported yet: "
+                              "set model.conditional=False")
+        process, par = diffusion.process_and_parameterization(ctx)
+    return ConsistencyMethod(model, process, par, ctx.tx, ctx.data.shape, c.mode, loader, c.solver,
+                             c.num_scales, loss, c.s0, c.s1, ctx.train.steps, c.sample_steps,
+                             ctx.train.ema_decay)

@@ -1,15 +1,16 @@
 """Diffusion as a method: a denoising loss on one network (with EMA), sampling with any sampler,
-classifier-free guidance and the other controls of ``diffusion_jax.guidance``.
+classifier-free guidance and the other controls of ``diffusion_jax.guidance``, the PF-ODE
+likelihood; its settings (``process``, ``parameterization``, ``loss``, ``model``) and ``build``.
 
     method = Diffusion(model, process, parameterization, loss, tx, shape=(28, 28, 1), ...)
-    fn = make_sample_fn(model, process, par, "dpmpp_2m", 20, "logsnr", guidance_scale=2.0)
-    images = fn(params, x_T, key, cond={"y": labels})
+    images = method.sample(params, key, 16)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Callable
 
 import jax
@@ -17,17 +18,30 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffusion_jax import guidance
+from diffusion_jax import parameterization as parameterizations
+from diffusion_jax import processes
 from diffusion_jax.conditioning import Conditioning, downsample
+from diffusion_jax.likelihood import bits_per_dim, dequantize, log_likelihood, to_integers
 from diffusion_jax.losses import LossConfig, denoising_loss
+from diffusion_jax.methods.base import MethodBase, SampleRequest, Sampling, SamplingEnv, balanced_labels
+from diffusion_jax.methods.diffusion_sampling import make_sample_fn, model_denoiser, plan
 from diffusion_jax.methods.state import SingleNetwork, TrainState, apply_gradients, ema_decay_at
-from diffusion_jax.parameterization import Parameterization, make_denoiser
+from diffusion_jax.models import MLP, UNet, UNetConfig, check_image_size
+from diffusion_jax.models.dit import DiT, DiTConfig, check_patch_size
+from diffusion_jax.models.layers import REMAT_POLICIES, remat_policy
+from diffusion_jax.parameterization import Parameterization
 from diffusion_jax.processes import Process
-from diffusion_jax.samplers import sample as run_sampler
+from diffusion_jax.samplers import steps_for_budget, total_nfe
+from diffusion_jax.settings import BuildContext, ConfigError, DataSpec, split, typed
+
+SECTIONS = ("process", "parameterization", "loss", "latent")
+SAMPLE_OPTIONS = frozenset({"sampler", "steps", "grid", "labels", "guidance", "classifier",
+                            "classifier_scale", "init_image", "mask", "resample", "strength",
+                            "low_res"})
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Diffusion(SingleNetwork):
+class Diffusion(SingleNetwork, MethodBase):
     """``shape``: one example's shape; ``sampler``/``num_steps``/``grid``/``guidance``: the
     defaults of ``sample`` and ``preview`` (the experiment's ``sample`` section)."""
     model: object
@@ -44,7 +58,13 @@ class Diffusion(SingleNetwork):
     grid: str = "default"  # the sampler's own (samplers.DEFAULT_GRIDS)
     guidance: float | None = None
     name: str = "diffusion"
-    generates = True
+    sample_options = SAMPLE_OPTIONS
+    likelihood = "pf_ode"
+    likelihood_options = frozenset({"trace", "rtol", "atol"})
+
+    @property
+    def num_classes(self) -> int:
+        return self.conditioning.num_classes
 
     # -- state -------------------------------------------------------------------------------
     def example_inputs(self) -> tuple:
@@ -118,97 +138,130 @@ class Diffusion(SingleNetwork):
             cond["low_res"] = downsample(jnp.asarray(test_images(n)), c.low_res_size)
         return np.asarray(self.sample(params, key, n, cond or None)), nrow
 
-    def evaluate(self, params, test_source) -> dict:
-        return {}
-
     def denoiser(self, params, cond: dict | None = None, guidance_scale: float | None = None,
                  classifier: tuple | None = None) -> Callable:
         return model_denoiser(self.model, self.process, self.parameterization, params, cond,
                               guidance_scale, classifier)
 
+    # -- the capabilities callers ask for ----------------------------------------------------
+    def sampling(self, req: SampleRequest, env: SamplingEnv) -> Sampling:
+        return plan(self, req, env)
 
-def _num_classes(model) -> int:
-    return getattr(getattr(model, "config", None), "num_classes", 0)
+    def nfe(self, req: SampleRequest) -> int:
+        return total_nfe(req.sampler or self.sampler, req.steps or self.num_steps)
+
+    def eval_requests(self, samplers, nfes, grids, guidance):
+        """Samplers x NFE budgets x grids; class-balanced labels for class-conditional models."""
+        k, rows = self.num_classes, []
+        if guidance is not None and not k:
+            raise ValueError("--guidance (classifier-free) needs a class-conditional model; this "
+                             "one has no class conditioning")
+        labels = balanced_labels(k) if k else None
+        for s_name in samplers:
+            for nfe in nfes:
+                steps = steps_for_budget(s_name, nfe)
+                for grid in grids if steps is not None else ():
+                    row = {"sampler": s_name, "nfe": nfe, "steps": steps, "grid": grid,
+                           **({"guidance": guidance} if k else {})}
+                    rows.append((row, SampleRequest(sampler=s_name, steps=steps, grid=grid,
+                                                    labels=labels, guidance=guidance)))
+        return rows
+
+    def bits_per_dim(self, params, x, key, trace: str = "rademacher", rtol: float = 1e-4,
+                     atol: float = 1e-4) -> dict:
+        """Per-image ``{"pf_ode": bits/dim, "nfe": ...}`` of 8-bit images ``x`` in [-1, 1],
+        uniformly dequantised, through the probability-flow ODE (Hutchinson's trace; a
+        class-conditional model's null label: the unconditional likelihood)."""
+        c = self.conditioning
+        if c.low_res_size or c.context_dim:
+            raise ValueError("likelihood is for unconditional or class-conditional models (this "
+                             "one needs a low-res image or a context per example)")
+        return _pf_ode_bpd(self, trace, rtol, atol)(params, x, key)
 
 
-def model_denoiser(model, process, par, params, cond: dict | None = None,
-                   guidance_scale: float | None = None, classifier: tuple | None = None) -> Callable:
-    """The network as ``denoise(x, t) -> x0_hat`` with its conditioning bound.
+@functools.lru_cache(maxsize=8)
+def _pf_ode_bpd(method: Diffusion, trace: str, rtol: float, atol: float):
+    dim = math.prod(method.shape)
 
-    ``guidance_scale``: classifier-free guidance over ``cond["y"]`` (null label = num_classes);
-    ``classifier=(log_prob, scale)``: classifier guidance with ``log_prob(x_t, t) -> [B, K]`` and
-    labels ``cond["y"]`` (for an unconditional model the labels are not passed to the network)."""
-    cond = dict(cond or {})
-    net = lambda x, t, **c: model.apply({"params": params}, x, t, **c)
-    denoise = make_denoiser(net, process, par)
-    k = _num_classes(model)
-    y = cond.get("y")
-    if not k:
-        cond.pop("y", None)
-    if guidance_scale is None:
-        out = lambda x, t: denoise(x, t, **cond)
+    @jax.jit
+    def fn(params, x, key):
+        k_deq, k_tr = jax.random.split(key)
+        xd = dequantize(k_deq, to_integers(x))
+        lp, stats = log_likelihood(method.denoiser(params), method.process, xd, key=k_tr,
+                                   trace=trace, rtol=rtol, atol=atol)
+        return {"pf_ode": bits_per_dim(lp, dim), "nfe": stats["nfe"]}
+
+    return fn
+
+
+# -- settings and build ------------------------------------------------------------------------
+
+def denoiser_network(section, data: DataSpec):
+    """``(network, conditioning)`` from the ``model`` section: a U-Net, a DiT or an MLP."""
+    common, arch = split(section, ("name", "dtype", "conditional", "cond_drop"))
+    name = common.get("name", "unet")
+    conditional = common.get("conditional", False)
+    if conditional and not data.num_classes:
+        raise ConfigError("model.conditional=True needs data.num_classes > 0")
+    num_classes = data.num_classes if conditional else 0
+    dtype = jnp.dtype(common.get("dtype", "float32"))
+    if name == "mlp":
+        model = typed(MLP, arch, "model")
+    elif name == "dit":
+        model = DiT(_dit_config(arch, data, num_classes), dtype=dtype)
+    elif name == "unet":
+        model = UNet(_unet_config(arch, data, num_classes), dtype=dtype)
     else:
-        rest = {n: v for n, v in cond.items() if n != "y"}
-
-        def labelled(x, t, labels):  # x is [2B]: tile the other conditioning to match
-            tiled = {n: jnp.concatenate([v] * (x.shape[0] // v.shape[0])) for n, v in rest.items()}
-            return denoise(x, t, y=labels, **tiled)
-
-        out = guidance.classifier_free_guidance(labelled, y, k, guidance_scale)
-    if classifier is not None:
-        log_prob, scale = classifier
-        out = guidance.classifier_guidance(out, log_prob, y, scale, process)
-    return out
+        raise ConfigError(f"unknown model {name!r}; valid: 'unet', 'dit', 'mlp'")
+    cond = Conditioning(num_classes=num_classes, context_dim=arch.get("context_dim", 0),
+                        low_res_size=arch.get("low_res_size", 0),
+                        **({"drop_prob": common["cond_drop"]} if "cond_drop" in common else {}))
+    return model, cond
 
 
-def check_sample_inputs(model, cond: dict | None, guidance_scale, classifier, x_shape) -> None:
-    """Errors a user can make, raised before anything is compiled."""
-    k, cond = _num_classes(model), cond or {}
-    y = cond.get("y")
-    if guidance_scale is not None and not k:
-        raise ValueError("classifier-free guidance needs a class-conditional model, but this one "
-                         "has no class conditioning (model.conditional=False); train one with "
-                         "--config.model.conditional=True, or use classifier guidance")
-    if (guidance_scale is not None or classifier is not None) and y is None:
-        raise ValueError("guidance needs labels: pass cond={'y': labels} (CLI: --labels)")
-    if y is None:
-        return
-    y = np.asarray(y)
-    if y.shape != (x_shape[0],):
-        raise ValueError(f"labels must have shape [{x_shape[0]}] (one per sample), got {y.shape}")
-    if not k and classifier is None:
-        raise ValueError("labels were given but the model has no class conditioning "
-                         "(model.conditional=False): drop them or pass a guidance classifier")
-    if k:
-        guidance.check_labels(y, k, allow_null=True)
-    if classifier is not None:
-        guidance.check_labels(y, classifier[2], allow_null=False)
+def _dit_config(arch: dict, data: DataSpec, num_classes: int) -> DiTConfig:
+    dcfg = typed(DiTConfig, arch, "model", num_classes=num_classes)
+    try:
+        check_patch_size(data.image_size, dcfg.patch_size)
+        remat_policy(dcfg.remat) if dcfg.remat != "none" else None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if dcfg.hidden_size % dcfg.num_heads or dcfg.hidden_size % 4:
+        raise ConfigError(f"model.hidden_size={dcfg.hidden_size} must be divisible by "
+                          f"model.num_heads={dcfg.num_heads} and by 4")
+    return dcfg
 
 
-@functools.lru_cache(maxsize=64)
-def make_sample_fn(model, process, par, sampler: str, num_steps: int, grid: str | tuple,
-                   guidance_scale: float | None = None, classifier: tuple | None = None):
-    """``fn(params, x_T, key, cond=None, known=None, mask=None) -> images``, jitted whole (one
-    XLA program per shape). ``grid``: a grid name, or the times themselves (a tuple: a learned
-    grid). ``known``/``mask`` (1 = known): inpainting by replacement.
-    ``classifier = (log_prob, scale, num_classes)`` adds classifier guidance."""
-    clf = None if classifier is None else classifier[:2]
+def _unet_config(arch: dict, data: DataSpec, num_classes: int) -> UNetConfig:
+    ucfg = typed(UNetConfig, arch, "model", num_classes=num_classes)
+    if ucfg.remat != "none" and ucfg.remat not in REMAT_POLICIES:
+        raise ConfigError(f"unknown model.remat={ucfg.remat!r}; valid: none, "
+                          f"{', '.join(REMAT_POLICIES)}")
+    check_image_size(data.image_size, ucfg.channel_mult)
+    if ucfg.low_res_size and data.image_size % ucfg.low_res_size:
+        raise ConfigError(f"model.low_res_size={ucfg.low_res_size} must divide "
+                          f"data.image_size={data.image_size}")
+    return ucfg
 
-    def fn(params, x_T, key, cond, known, mask):
-        denoise = model_denoiser(model, process, par, params, cond, guidance_scale, clf)
-        if known is not None:
-            denoise = guidance.inpaint(denoise, process, known, mask, jax.random.fold_in(key, 1))
-        # inpainting's output is its last denoised estimate, whose known part is exact
-        where = dict(ts=np.asarray(grid)) if isinstance(grid, tuple) else dict(grid=grid)
-        return run_sampler(denoise, process, x_T, sampler=sampler, num_steps=num_steps, key=key,
-                           final="ode" if known is None else "denoise", **where)
 
-    jitted = jax.jit(fn)
+def process_and_parameterization(ctx: BuildContext) -> tuple[Process, Parameterization]:
+    """The ``process`` and ``parameterization`` sections, built."""
+    pkw, pz = ctx.section("process"), ctx.section("parameterization")
+    process = processes.make_process(pkw.pop("name"), **pkw)
+    return process, parameterizations.make_parameterization(pz.pop("name"), **pz)
 
-    def checked(params, x_T, key, cond=None, known=None, mask=None):
-        check_sample_inputs(model, cond, guidance_scale, classifier, x_T.shape)
-        if known is not None:
-            mask = guidance.broadcast_mask(mask, known)
-        return jitted(params, x_T, key, cond, known, mask)
 
-    return checked
+def build(ctx: BuildContext, data: DataSpec | None = None, cls=None, **extra) -> Diffusion:
+    """The diffusion method (``latent`` section: latent diffusion, built by ``methods.latent``;
+    ``data``/``cls``/``extra`` are its latent shape, class and fields)."""
+    if data is None and ctx.section("latent", False):
+        # a real cycle: LatentDiffusion is a Diffusion, and its builder calls this one
+        from diffusion_jax.methods import latent
+        return latent.build(ctx)
+    data = data or ctx.data
+    model, cond = denoiser_network(ctx.section("model"), data)
+    process, par = process_and_parameterization(ctx)
+    loss = ctx.typed(LossConfig, "loss")
+    t, s = ctx.train, ctx.sample
+    return (cls or Diffusion)(model, process, par, loss, ctx.tx, data.shape, cond, t.ema_decay,
+                              t.ema_start, s.sampler, s.num_steps, s.grid, s.guidance, **extra)

@@ -18,21 +18,19 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from diffusion_jax.likelihood import bits_per_dim, dequantize
+from diffusion_jax.likelihood import bits_per_dim, dequantize, to_integers
+from diffusion_jax.methods.base import MethodBase, SampleRequest, slerp_rows
 from diffusion_jax.methods.state import SingleNetwork, TrainState, apply_gradients, ema_decay_at
-from diffusion_jax.models.flow import Glow, latent_shapes, standard_normal_logp
+from diffusion_jax.models.flow import Glow, check_flow_size, latent_shapes, standard_normal_logp
+from diffusion_jax.settings import BuildContext, ConfigError
 
-
-def to_integers(x):
-    """Images in [-1, 1] (``u8 / 127.5 - 1``) back to their integers ``0..255``."""
-    return jnp.round((x + 1.0) * 127.5).astype(jnp.int32)
+SECTIONS = ("flow",)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class FlowMethod(SingleNetwork):
+class FlowMethod(SingleNetwork, MethodBase):
     """``temperature``: the standard deviation of the latents ``sample`` draws (1: the model's own
     distribution; Glow shows 0.7)."""
     model: Glow
@@ -42,7 +40,8 @@ class FlowMethod(SingleNetwork):
     ema_decay: float = 0.999
     ema_start: int = 0
     name: str = "flow"
-    generates = True
+    sample_options = frozenset({"temperature", "interpolate"})
+    likelihood = "exact"
 
     def example_inputs(self) -> tuple:
         # a standard-normal batch: actnorms start near the identity until the first step
@@ -90,11 +89,21 @@ class FlowMethod(SingleNetwork):
     def decode(self, params, zs):
         return _reverse(self.model)(params, zs)
 
-    def preview(self, params, key, n: int, test_images):
-        return np.asarray(self.sample(params, key, n)), None
+    def sample_controls(self, req: SampleRequest) -> dict:
+        return {} if req.temperature is None else {"temperature": req.temperature}
 
-    def evaluate(self, params, test_source) -> dict:
-        return {}
+    def interpolate(self, params, key, rows: int, steps: int, test_images, labels):
+        """``rows x steps`` images along one slerp path per row through all levels' latents,
+        between the exact latents of consecutive test images."""
+        zs = self.encode(params, jnp.asarray(test_images(2 * rows)))
+        flat = jnp.concatenate([z.reshape(2 * rows, -1) for z in zs], -1)
+        path = slerp_rows(flat[:rows], flat[rows:], steps)
+        parts, i = [], 0
+        for z in zs:
+            size = math.prod(z.shape[1:])
+            parts.append(path[:, i: i + size].reshape((rows * steps,) + z.shape[1:]))
+            i += size
+        return self.decode(params, parts)
 
 
 @functools.lru_cache(maxsize=8)
@@ -117,3 +126,23 @@ def _bpd(method: FlowMethod):
         return {"exact": bits_per_dim(method.log_prob(params, xd), dim)}
 
     return fn
+
+
+# -- settings and build ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class FlowSpec:
+    temperature: float = 0.7     # sampling temperature (std of the latents)
+
+
+def build(ctx: BuildContext) -> FlowMethod:
+    data, train = ctx.data, ctx.train
+    if data.dim:
+        raise ConfigError("the flow is for images; data.dim is set (vector data)")
+    f = ctx.typed(FlowSpec, "flow")
+    model = ctx.typed(Glow, "model", required=True)
+    try:
+        check_flow_size(data.image_size, model.levels)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return FlowMethod(model, ctx.tx, data.shape, f.temperature, train.ema_decay, train.ema_start)

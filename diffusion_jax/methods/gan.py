@@ -25,12 +25,15 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from diffusion_jax.methods.base import MethodBase, slerp_rows
 from diffusion_jax.methods.ema import ema_update
 from diffusion_jax.methods.state import (opt_shardings, param_shardings, replicated,
                                          with_shardings)
-from diffusion_jax.models.gan import SPECTRAL, Discriminator, Generator
+from diffusion_jax.models.gan import SPECTRAL, Discriminator, Generator, check_gan_size
+from diffusion_jax.settings import BuildContext, ConfigError
 
 GAN_LOSSES = ("non_saturating", "hinge", "wgan_gp")
+SECTIONS = ("gan",)
 
 
 @flax.struct.dataclass
@@ -80,7 +83,7 @@ def r1_penalty(critic, real):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class GAN:
+class GAN(MethodBase):
     """``gp_weight``: WGAN-GP's lambda (the penalty is used when ``loss="wgan_gp"``);
     ``r1_gamma`` > 0: add ``gamma/2 * R1`` to the discriminator's loss (any loss)."""
     generator: Generator
@@ -96,7 +99,8 @@ class GAN:
     ema_decay: float = 0.999
     ema_start: int = 0
     name: str = "gan"
-    generates = True
+    sample_options = frozenset({"labels", "interpolate"})
+    no_likelihood = "a GAN has no likelihood"
 
     @property
     def num_classes(self) -> int:
@@ -233,8 +237,12 @@ class GAN:
             cond = {"y": jnp.repeat(jnp.arange(self.num_classes), per)}
         return np.asarray(self.sample(params, key, n, cond)), nrow
 
-    def evaluate(self, params, test_source) -> dict:
-        return {}
+    def interpolate(self, params, key, rows: int, steps: int, test_images, labels):
+        """``rows x steps`` images along slerp paths between random latents."""
+        ka, kb = jax.random.split(key)
+        za, zb = (jax.random.normal(k, (rows, self.z_dim)) for k in (ka, kb))
+        y = None if labels is None else jnp.repeat(jnp.asarray(labels), steps)
+        return self.sample_from(params, slerp_rows(za, zb, steps), y)
 
 
 @functools.lru_cache(maxsize=16)
@@ -245,3 +253,47 @@ def _jitted(generator):
 
 def _generate(generator, params, z, y):
     return _jitted(generator)(params, z, y)
+
+
+# -- settings and build ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class GANSpec:
+    loss: str = "hinge"          # non_saturating | hinge | wgan_gp
+    n_critic: int = 1            # discriminator updates per generator update
+    gp_weight: float = 10.0      # WGAN-GP's lambda
+    r1_gamma: float = 0.0        # > 0: R1 penalty gamma/2 * E||grad D(x)||^2 on real images
+    d_lr: float = 0.0            # the discriminator's learning rate (TTUR); 0: optimizer.lr
+    z_dim: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class GANModelSpec:
+    ch: int = 64                 # the generator's width at full resolution
+    d_ch: int = 64               # the discriminator's
+    levels: int = 2              # stride-2 stages
+    spectral_norm: bool = True   # on every discriminator layer
+    conditional: bool = False    # class-conditional (projection discriminator)
+
+
+def build(ctx: BuildContext) -> GAN:
+    data, train = ctx.data, ctx.train
+    if data.dim:
+        raise ConfigError("the GAN is for images; data.dim is set (vector data)")
+    g = ctx.typed(GANSpec, "gan")
+    if g.loss not in GAN_LOSSES:
+        raise ConfigError(f"unknown gan.loss={g.loss!r}; valid: {', '.join(GAN_LOSSES)}")
+    if g.n_critic < 1:
+        raise ConfigError(f"gan.n_critic={g.n_critic} must be >= 1")
+    m = ctx.typed(GANModelSpec, "model", required=True)
+    try:
+        check_gan_size(data.image_size, m.levels)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if m.conditional and not data.num_classes:
+        raise ConfigError("model.conditional=True needs data.num_classes > 0")
+    k = data.num_classes if m.conditional else 0
+    gen = Generator(data.image_size, data.channels, m.ch, m.levels, k)
+    disc = Discriminator(m.d_ch, m.levels, k, m.spectral_norm)
+    return GAN(gen, disc, ctx.tx, ctx.make_tx(g.d_lr or None), data.shape, g.z_dim, g.loss,
+               g.n_critic, g.gp_weight, g.r1_gamma, train.ema_decay, train.ema_start)

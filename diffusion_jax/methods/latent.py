@@ -18,11 +18,15 @@ from typing import Any, Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
+from diffusion_jax.data.sources import first_images, get_source
+from diffusion_jax.methods import diffusion
 from diffusion_jax.methods.diffusion import Diffusion
 from diffusion_jax.methods.state import TrainState, param_shardings, with_shardings
 from diffusion_jax.models.vae import VAE
+from diffusion_jax.settings import BuildContext, ConfigError, DataSpec, StoredRun
 
 
 @flax.struct.dataclass
@@ -43,6 +47,14 @@ class LatentDiffusion(Diffusion):
     scale: float = 1.0
     pixel_shape: tuple[int, ...] = ()
     name: str = "latent_diffusion"
+    sample_options = frozenset({"sampler", "steps", "grid", "labels", "guidance"})
+    likelihood = None
+    no_likelihood = ("this is a latent diffusion model: the PF-ODE gives the density of latents, "
+                     "not of pixels, so it has no bits/dim of the images")
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.pixel_shape)
 
     # -- state -------------------------------------------------------------------------------
     def _ae_abstract(self):
@@ -109,3 +121,68 @@ def _load(loader):
 @functools.lru_cache(maxsize=4)
 def _decoder(method: LatentDiffusion):
     return jax.jit(method.decode)
+
+
+# -- settings and build ------------------------------------------------------------------------
+
+LATENT_SCALE_IMAGES = 2048
+
+
+def build(ctx: BuildContext) -> LatentDiffusion:
+    """Diffusion on the latents of the ``latent.autoencoder`` VAE workdir."""
+    latent = ctx.section("latent")
+    unknown = set(latent) - {"autoencoder", "scale"}
+    if unknown:
+        raise ConfigError(f"unknown config key latent.{sorted(unknown)[0]} (valid: autoencoder, "
+                          "scale)")
+    ae = _autoencoder(ctx, latent.get("autoencoder", ""))
+    latent_shape = ae.experiment.method.model.latent_shape
+    data = dataclasses.replace(ctx.data, image_size=latent_shape[0], channels=latent_shape[-1])
+    model, cond = diffusion.denoiser_network(ctx.section("model"), data)
+    if cond.low_res_size or cond.context_dim:
+        raise ConfigError("latent diffusion supports class conditioning only (no low_res_size "
+                          "or context_dim)")
+    scale = float(latent.get("scale", 0.0)) or latent_scale(ae, ctx.data)
+    return diffusion.build(ctx, data, LatentDiffusion, autoencoder=ae.experiment.method.model,
+                           ae_loader=ae.load_params, scale=scale, pixel_shape=ctx.data.shape)
+
+
+def _autoencoder(ctx: BuildContext, path: str) -> StoredRun:
+    """The autoencoder workdir, checked against this experiment's data."""
+    ae = ctx.stored(path, "latent.autoencoder")
+    exp = ae.experiment
+    if exp.method_name != "vae":
+        raise ConfigError(f"latent.autoencoder={path!r} holds a {exp.method_name!r} run; it "
+                          "must be a VAE (experiments/fashion_mnist_vae.py with "
+                          "--config.model.latent_dim=0)")
+    if exp.method.model.latent_dim:
+        raise ConfigError(f"latent.autoencoder={path!r} has a flat {exp.method.model.latent_dim}"
+                          "-d latent; latent diffusion needs a spatial one (model.latent_dim=0)")
+    if exp.data.shape != ctx.data.shape:
+        raise ConfigError(f"latent.autoencoder={path!r} was trained on images of shape "
+                          f"{exp.data.shape}; this experiment's data has shape {ctx.data.shape}")
+    return ae
+
+
+_SCALES: dict = {}  # (workdir, autoencoder, data) -> scale: measured once per process
+
+
+def _scale_of(path: str, ae_model, data: DataSpec, load_params) -> float:
+    if (path, ae_model, data) in _SCALES:
+        return _SCALES[path, ae_model, data]
+    params = load_params()
+    src = get_source(data.dataset, "train", data.data_dir or None)
+    n = min(LATENT_SCALE_IMAGES, len(src))
+    x = first_images(src, n, data.shape)
+    enc = jax.jit(lambda p, x: ae_model.apply({"params": p}, x, method=VAE.encode)[0])
+    z = np.concatenate([np.asarray(enc(params, x[i: i + 256])) for i in range(0, n, 256)])
+    scale = float(1.0 / z.std())
+    print(f"latent scale {scale:.4f} (1/std of {n} training latents of {path})")
+    _SCALES[path, ae_model, data] = scale
+    return scale
+
+
+def latent_scale(ae: StoredRun, data: DataSpec) -> float:
+    """``1 / std`` of the autoencoder's posterior means over the first ``LATENT_SCALE_IMAGES``
+    training images: the factor that makes the latents unit-variance (Rombach et al. 2022)."""
+    return _scale_of(ae.path, ae.experiment.method.model, data, ae.load_params)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from diffusion_jax.methods.ema import ema_update
 from diffusion_jax.parallel import rules_for_mesh
 
 
@@ -77,14 +78,6 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, example: tupl
     return TrainState(st.step, nn.meta.unbox(st.params), nn.meta.unbox(st.ema_params), st.opt_state)
 
 
-def create_state(model: nn.Module, tx: optax.GradientTransformation, example: tuple, key,
-                 mesh: Mesh, rules) -> tuple[TrainState, Any]:
-    """``(state, shardings)``: ``init_state`` jitted onto ``mesh``."""
-    _, shardings = state_shardings(model, tx, example, mesh, rules)
-    state = jax.jit(lambda k: init_state(model, tx, example, k), out_shardings=shardings)(key)
-    return state, shardings
-
-
 def _replicate_indivisible(params, shardings, mesh: Mesh):
     """Replicate the dimensions a mesh axis does not divide (e.g. a 1-channel output conv under
     fsdp=8), and say which parameters that affects."""
@@ -111,8 +104,6 @@ def _replicate_indivisible(params, shardings, mesh: Mesh):
 
 def apply_gradients(tx: optax.GradientTransformation, params, opt_state, grads, ema, decay):
     """One optimizer update and the EMA after it: ``(params, opt_state, ema)``."""
-    from diffusion_jax.methods.ema import ema_update
-
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     return params, opt_state, ema_update(ema, params, decay)

@@ -17,32 +17,16 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from diffusion_jax.likelihood import discretized_logistic_logp
+from diffusion_jax.methods.base import MethodBase, SampleRequest, slerp_rows
 from diffusion_jax.methods.state import SingleNetwork, TrainState, apply_gradients, ema_decay_at
+from diffusion_jax.models.gan import check_gan_size
 from diffusion_jax.models.vae import VAE
+from diffusion_jax.settings import BuildContext, ConfigError
 
-NUM_BINS = 256
-
-
-def discretized_logistic_logp(x, mean, log_scale, num_bins: int = NUM_BINS):
-    """``log P(x)`` per pixel of data ``x`` on the grid ``{-1, -1 + 2/(bins-1), ..., 1}`` under a
-    logistic(mean, exp(log_scale)) discretised to the bins (the end bins take the tails), so the
-    probabilities of the ``bins`` values sum to 1."""
-    half = 1.0 / (num_bins - 1)
-    centered = x - mean
-    inv_s = jnp.exp(-log_scale)
-    plus, minus = inv_s * (centered + half), inv_s * (centered - half)
-    log_cdf_plus = plus - jax.nn.softplus(plus)            # log sigmoid(plus): the bottom bin
-    log_one_minus_cdf_min = -jax.nn.softplus(minus)        # log(1 - sigmoid(minus)): the top bin
-    delta = jax.nn.sigmoid(plus) - jax.nn.sigmoid(minus)
-    mid = inv_s * centered                                 # density x bin width when delta is tiny
-    log_pdf_mid = mid - log_scale - 2.0 * jax.nn.softplus(mid) + math.log(2 * half)
-    inner = jnp.where(delta > 1e-5, jnp.log(jnp.maximum(delta, 1e-12)), log_pdf_mid)
-    return jnp.where(x < -1 + half, log_cdf_plus,
-                     jnp.where(x > 1 - half, log_one_minus_cdf_min, inner))
-
+SECTIONS = ("vae",)
 
 def gaussian_kl(mu, logvar):
     """``KL(N(mu, exp(logvar)) || N(0, I))`` summed over all but the batch axis."""
@@ -59,7 +43,7 @@ def log_normal(z, mu, logvar):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class VAEMethod(SingleNetwork):
+class VAEMethod(SingleNetwork, MethodBase):
     """``beta``: the KL weight (small for an autoencoder); ``kl_warmup``: steps over which the
     weight rises linearly from 0; ``iw_samples``: k of the importance-weighted bound."""
     model: VAE
@@ -71,7 +55,8 @@ class VAEMethod(SingleNetwork):
     ema_decay: float = 0.999
     ema_start: int = 0
     name: str = "vae"
-    generates = True
+    sample_options = frozenset({"temperature", "interpolate"})
+    likelihood = "bound"
 
     def example_inputs(self) -> tuple:
         return jnp.zeros((1,) + self.shape), jnp.zeros((1,) + self.model.latent_shape)
@@ -121,11 +106,14 @@ class VAEMethod(SingleNetwork):
         z = temperature * jax.random.normal(key, (n,) + self.model.latent_shape)
         return self.decode(params, z)
 
-    def preview(self, params, key, n: int, test_images):
-        return np.asarray(self.sample(params, key, n)), None
+    def sample_controls(self, req: SampleRequest) -> dict:
+        return {} if req.temperature is None else {"temperature": req.temperature}
 
-    def evaluate(self, params, test_source) -> dict:
-        return {}
+    def interpolate(self, params, key, rows: int, steps: int, test_images, labels):
+        """``rows x steps`` decoded latents along slerp paths between the posterior means of
+        consecutive test images."""
+        z = self.encode(params, jnp.asarray(test_images(2 * rows)))
+        return self.decode(params, slerp_rows(z[:rows], z[rows:], steps))
 
 
 @functools.lru_cache(maxsize=8)
@@ -157,3 +145,27 @@ def _bounds(method: VAEMethod, k: int):
         return {"elbo": -jnp.mean(elbo, axis=0) / dims, "iwae": -iwae / dims}
 
     return fn
+
+
+# -- settings and build ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class VAESpec:
+    beta: float = 1.0            # KL weight (small for latent diffusion's autoencoder)
+    kl_warmup: int = 0           # steps of linear KL warm-up
+    iw_samples: int = 64         # k of the importance-weighted bound
+
+
+def build(ctx: BuildContext) -> VAEMethod:
+    data, train = ctx.data, ctx.train
+    if data.dim:
+        raise ConfigError("the VAE is for images; data.dim is set (vector data)")
+    v = ctx.typed(VAESpec, "vae")
+    model = ctx.typed(VAE, "model", required=True, image_size=data.image_size,
+                      channels=data.channels)
+    try:
+        check_gan_size(data.image_size, model.levels)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return VAEMethod(model, ctx.tx, data.shape, v.beta, v.kl_warmup, v.iw_samples,
+                     train.ema_decay, train.ema_start)

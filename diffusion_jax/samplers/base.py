@@ -1,13 +1,18 @@
 """The sampler contract and the small helpers every sampler shares.
 
-A sampler is a frozen dataclass of hyper-parameters with
+A sampler is a frozen dataclass of hyper-parameters. What callers may ask of it is declared
+here, with defaults (diffrax's way: a solver says what it can do; nobody probes it):
 
-* ``init(ctx, x_T) -> carry``: a pytree holding at least ``"x"``;
-* ``step(ctx, carry, i, t, t_next, key) -> carry``: one step from ``t`` to ``t_next < t``
-  (``i`` is the step index, a traced int; ``key`` a fresh key for this step);
-* ``nfe_per_step`` and ``min_steps``;
+* ``init(ctx, x_T) -> Carry`` and ``step(ctx, carry, i, t, t_next, key) -> Carry``: one step
+  from ``t`` to ``t_next < t`` (``i`` is the step index, a traced int; ``key`` a fresh key);
 * ``finish(ctx, carry, x0, t, kind) -> x``: the step to the data end after the driver's final
-  denoiser call (default ``final_step``; ``LearnedPC`` uses its history there).
+  denoiser call (default ``final_step``; ``LearnedPC`` uses its history there);
+* ``nfe(num_steps)``, ``nfe_per_step``, ``min_steps``, ``stochastic``;
+* ``adaptive`` / ``solve(...)``: a solver that chooses its own grid (``solve`` replaces the scan);
+* ``expands_grid`` / ``expand_grid(process, ts)``: a sampler that rewrites a concrete grid
+  before the scan (Restart inserts its cycles);
+* ``low_nfe_warning(nfe)``: a warning the driver prints, or ``None``;
+* ``nonnegative``: the fields ``validate`` checks are ``>= 0``.
 
 ``ctx`` carries the denoiser, the process and the static number of steps: samplers never see
 networks or parameters. All arithmetic is written with ``jnp.where`` on the step index, never a
@@ -16,11 +21,11 @@ Python ``if`` on values, so that the driver compiles the whole run as one ``lax.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffusion_jax.parameterization import eps_from_x0, score_from_x0
 from diffusion_jax.processes import Process
@@ -34,32 +39,58 @@ class Context(NamedTuple):
     num_steps: int
 
 
+class Carry(NamedTuple):
+    """What a sampler carries from step to step (a pytree; unused fields stay ``None``)."""
+    x: Array                          # the current point x_t
+    ring: Array | None = None         # multistep: past network outputs (``ring``)
+    past: Array | None = None         # multistep: past positions (lambda, rho or t), newest first
+    x_prev: Array | None = None       # correctors: the previous (corrected) point
+    t_prev: Array | None = None       # correctors: the previous time
+    order_prev: Array | None = None   # UniPC: the previous step's order
+
+
 class Sampler:
     nfe_per_step: int = 1
     min_steps: int = 1
     stochastic: bool = False
+    adaptive: bool = False            # chooses its own grid: ``solve`` replaces the scan
+    expands_grid: bool = False        # ``expand_grid`` inserts points into a concrete grid
+    nonnegative: tuple[str, ...] = ()  # fields that must be >= 0
 
-    def init(self, ctx: Context, x: Array) -> dict[str, Any]:
-        return {"x": x}
+    def init(self, ctx: Context, x: Array) -> Carry:
+        return Carry(x)
 
-    def step(self, ctx: Context, carry, i, t, t_next, key):
+    def step(self, ctx: Context, carry: Carry, i, t, t_next, key) -> Carry:
         raise NotImplementedError
 
-    def finish(self, ctx: Context, carry, x0: Array, t, kind: str) -> Array:
+    def finish(self, ctx: Context, carry: Carry, x0: Array, t, kind: str) -> Array:
         """The step from the last grid time ``t`` to the data end, given ``x0 = D(x, t)`` (the
         final denoiser call): ``final_step`` unless a sampler uses its history there."""
-        return final_step(carry["x"], x0, ctx.process, t, kind)
+        return final_step(carry.x, x0, ctx.process, t, kind)
 
     def nfe(self, num_steps: int) -> int:
         """Network evaluations for ``num_steps`` steps (without the final denoising step)."""
         return self.nfe_per_step * num_steps
 
+    def expand_grid(self, process: Process, ts) -> np.ndarray:
+        """The grid the scan runs (``expands_grid`` samplers insert points; others keep it)."""
+        return ts
+
+    def solve(self, denoise: Callable, process: Process, x_T: Array, t_start: float,
+              t_end: float) -> tuple[Array, Array]:
+        """Adaptive solvers: ``(x at t_end, nan_step)`` on a grid of their own choosing."""
+        raise NotImplementedError(f"{type(self).__name__} runs on a grid; it has no solve")
+
+    def low_nfe_warning(self, nfe: int) -> str | None:
+        """A warning for running at ``nfe`` total evaluations, or ``None``."""
+        return None
+
     def validate(self) -> None:
         """Raise ValueError for bad hyper-parameters (called before compiling)."""
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.name in ("eta", "s_churn", "s_noise", "snr", "step_size", "rtol", "atol") and v < 0:
-                raise ValueError(f"{type(self).__name__}.{f.name} must be >= 0, got {v}")
+        for name in self.nonnegative:
+            v = getattr(self, name)
+            if v < 0:
+                raise ValueError(f"{type(self).__name__}.{name} must be >= 0, got {v}")
 
 
 FINAL_STEPS = ("ode", "denoise")
@@ -128,7 +159,7 @@ def push(history, value):
 # loop-carried buffer), then reads the last ``K + 1`` outputs from the updated ring. Writing before
 # reading is what lets XLA update the buffer in place: shifting a stacked history (or writing into
 # a slot the same step still reads) made it copy every history buffer every step, 20-40x the cost
-# of a DDIM step with a trivial denoiser (bench.samplers.history_overhead).
+# of a DDIM step with a trivial denoiser (bench.sampler_bench.history_overhead).
 
 def ring(x, k: int):
     """An empty ring for ``k`` past values of ``x``'s shape (and the newest)."""

@@ -8,7 +8,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.samplers.base import Sampler, coeffs, eps_hat
+from diffusion_jax.samplers.base import Carry, Sampler, coeffs, eps_hat
 
 
 def _ddim_update(ctx, x, t, t_next, key, noise_var_fn):
@@ -34,6 +34,7 @@ class DDIM(Sampler):
     variance). Noise std ``eta * sigma_t * sqrt(1 - e^{-2h})`` (Song et al. 2021a, eq. 16)."""
 
     eta: float = 0.0
+    nonnegative = ("eta",)
 
     @property
     def stochastic(self) -> bool:
@@ -41,7 +42,7 @@ class DDIM(Sampler):
 
     def step(self, ctx, carry, i, t, t_next, key):
         var = lambda s_s, s_t, h: (self.eta * s_t) ** 2 * -jnp.expm1(-2.0 * h)
-        return {"x": _ddim_update(ctx, carry["x"], t, t_next, key if self.eta > 0 else None, var)}
+        return Carry(_ddim_update(ctx, carry.x, t, t_next, key if self.eta > 0 else None, var))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,4 +62,4 @@ class DDPM(Sampler):
     def step(self, ctx, carry, i, t, t_next, key):
         big = self.variance == "large"
         var = lambda s_s, s_t, h: (s_s if big else s_t) ** 2 * -jnp.expm1(-2.0 * h)
-        return {"x": _ddim_update(ctx, carry["x"], t, t_next, key, var)}
+        return Carry(_ddim_update(ctx, carry.x, t, t_next, key, var))

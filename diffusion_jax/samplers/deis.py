@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.samplers.base import Sampler, coeffs, eps_hat, push, ring, ring_get, ring_put
+from diffusion_jax.samplers.base import Carry, Sampler, coeffs, eps_hat, push, ring, ring_get, ring_put
 
 _GAUSS = np.polynomial.legendre.leggauss(3)  # exact for polynomials of degree <= 5
 _GAUSS_T = np.polynomial.legendre.leggauss(8)
@@ -61,21 +61,21 @@ class DEIS(Sampler):
 
     def init(self, ctx, x):
         k = max(self.order - 1, 1)
-        return {"x": x, "eps": ring(x, k),
-                "rhos": jnp.arange(2, k + 2, dtype=x.dtype)}  # placeholders, unused in warm-up
+        # the past rhos are placeholders until the warm-up has filled them
+        return Carry(x, ring(x, k), jnp.arange(2, k + 2, dtype=x.dtype))
 
     def step(self, ctx, carry, i, t, t_next, key):
-        x = carry["x"]
+        x = carry.x
         a_s, s_s, _ = coeffs(ctx.process, t)
         a_t, s_t, _ = coeffs(ctx.process, t_next)
         _, e = eps_hat(ctx, x, t)
         rho_s, rho_t = s_s / a_s, s_t / a_t
         tab = self.variable == "t"
         v_s, v_t = (t, t_next) if tab else (rho_s, rho_t)
-        rhos = jnp.concatenate([jnp.asarray(v_s, x.dtype)[None], carry["rhos"]])
+        rhos = jnp.concatenate([jnp.asarray(v_s, x.dtype)[None], carry.past])
         p = ctx.process
         drho = jax.vmap(jax.grad(lambda u: p.sigma(u) / p.alpha(u))) if tab else None
-        hist = ring_put(carry["eps"], i, e)
+        hist = ring_put(carry.ring, i, e)
         eps = [ring_get(hist, i, j) for j in range(self.order)]
         e = eps[0]
         y = x * (1.0 / a_s)
@@ -86,4 +86,4 @@ class DEIS(Sampler):
                  _ab_weights(rhos, rho_t, k))
             y_k = y + sum(w[j] * eps[j] for j in range(k))
             y_new = jnp.where(k_now == k, y_k, y_new)
-        return {"x": a_t * y_new, "eps": hist, "rhos": push(carry["rhos"], jnp.asarray(v_s, x.dtype))}
+        return Carry(a_t * y_new, hist, push(carry.past, jnp.asarray(v_s, x.dtype)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from typing import Callable
 
@@ -14,13 +13,14 @@ import numpy as np
 from diffusion_jax.processes import Process
 from diffusion_jax.samplers.base import FINAL_STEPS, Context, Sampler, final_step  # noqa: F401
 from diffusion_jax.samplers.grids import default_grid, make_grid
+from diffusion_jax.samplers.registry import SAMPLERS
 
 Array = jax.Array
 
 
 def run(sampler: Sampler, denoise: Callable, process: Process, x_T: Array, ts, key: Array,
-        final_denoise: bool = True, final: str = "ode", unroll: int | bool = 1
-        ) -> tuple[Array, Array]:
+        final_denoise: bool = True, final: str = "ode", unroll: int | bool = 1,
+        callback: Callable | None = None) -> tuple[Array, Array]:
     """Run ``sampler`` over the grid ``ts`` (length ``N+1``) from ``x_T``: one ``lax.scan``.
 
     Returns ``(x, nan_step)``: the sample (with ``final_denoise``, one more network call at
@@ -29,44 +29,61 @@ def run(sampler: Sampler, denoise: Callable, process: Process, x_T: Array, ts, k
     Traceable: call it inside ``jax.jit``. ``unroll`` is ``lax.scan``'s (``True``: a straight
     line of steps; ``optimize_grid`` differentiates through it, which XLA:CPU runs several times
     faster unrolled than as a loop of convolutions).
+
+    ``callback(i, t, x, x0_hat)`` (k-diffusion's per-step callback) is called on the host at
+    every network evaluation, with the step index ``i`` (``N`` for the final call), the time and
+    the denoiser's input and output: for trajectory plots and debugging. Absent, nothing is
+    added to the program.
     """
-    if hasattr(sampler, "run"):  # adaptive solvers choose their own grid
-        x, nan_step = sampler.run(denoise, process, x_T, float(ts[0]), float(ts[-1]))
+    if sampler.adaptive:  # adaptive solvers choose their own grid
+        watched = _watched(denoise, callback, jnp.int32(0))
+        x, nan_step = sampler.solve(watched, process, x_T, float(ts[0]), float(ts[-1]))
     else:
-        if hasattr(sampler, "expand_grid"):  # Restart: the restart cycles join the grid
+        if sampler.expands_grid:  # Restart: the restart cycles join the grid
             if isinstance(ts, jax.core.Tracer):
                 raise ValueError(f"{type(sampler).__name__} inserts its restart cycles into a "
                                  "concrete grid; it cannot run on a traced (learned) grid")
             ts = sampler.expand_grid(process, np.asarray(ts))
         ts = jnp.asarray(ts, dtype=x_T.dtype)
         n = ts.shape[0] - 1
-        ctx = Context(denoise, process, n)
 
         def body(state, inp):
             carry, nan_step = state
             i, t, t_next, k = inp
+            ctx = Context(_watched(denoise, callback, i), process, n)
             carry = sampler.step(ctx, carry, i, t, t_next, k)
-            bad = jnp.any(jnp.isnan(carry["x"]))
+            bad = jnp.any(jnp.isnan(carry.x))
             return (carry, jnp.where((nan_step < 0) & bad, i.astype(jnp.int32), nan_step)), None
 
         keys = jax.random.split(key, n)
-        init = (sampler.init(ctx, x_T), jnp.int32(-1))
+        init = (sampler.init(Context(denoise, process, n), x_T), jnp.int32(-1))
         (carry, nan_step), _ = jax.lax.scan(body, init, (jnp.arange(n), ts[:-1], ts[1:], keys),
                                             unroll=unroll)
-        x = carry["x"]
+        x = carry.x
     if final_denoise:
         n = len(ts) - 1
         t_end = jnp.asarray(ts[-1], x.dtype)
-        x0 = denoise(x, t_end)
-        x = (final_step(x, x0, process, t_end, final) if hasattr(sampler, "run")
-             else sampler.finish(ctx, carry, x0, t_end, final))
+        x0 = _watched(denoise, callback, jnp.int32(n))(x, t_end)
+        x = (final_step(x, x0, process, t_end, final) if sampler.adaptive
+             else sampler.finish(Context(denoise, process, n), carry, x0, t_end, final))
         nan_step = jnp.where((nan_step < 0) & jnp.any(jnp.isnan(x)), n, nan_step)
     return x, nan_step
 
 
-def resolve_sampler(sampler: str | Sampler, **kwargs) -> Sampler:
-    from diffusion_jax.samplers import SAMPLERS
+def _watched(denoise: Callable, callback: Callable | None, i) -> Callable:
+    """``denoise`` that also reports ``(i, t, x, x0_hat)`` to ``callback`` on the host."""
+    if callback is None:
+        return denoise
 
+    def reported(x, t):
+        x0 = denoise(x, t)
+        jax.debug.callback(callback, i, t, x, x0)
+        return x0
+
+    return reported
+
+
+def resolve_sampler(sampler: str | Sampler, **kwargs) -> Sampler:
     if isinstance(sampler, Sampler):
         if kwargs:
             raise ValueError("sampler options are given as the sampler object's fields, not kwargs")
@@ -82,7 +99,7 @@ def resolve_sampler(sampler: str | Sampler, **kwargs) -> Sampler:
 def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sampler = "dpmpp_2m",
            num_steps: int = 20, key: Array | None = None, grid: str = "default",
            ts=None, final_denoise: bool = True, final: str = "ode",
-           sampler_kwargs: dict | None = None) -> Array:
+           sampler_kwargs: dict | None = None, callback: Callable | None = None) -> Array:
     """Draw samples by integrating from ``x_T`` (at ``t_max``) down to ``t_min``.
 
     Args:
@@ -97,6 +114,7 @@ def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sa
         ``DEFAULT_GRIDS``); or give ``ts`` (decreasing times) explicitly.
       final: the step from ``t_min`` to the data end: ``"ode"`` (second order in
         ``(sigma/alpha)^2``, the default) or ``"denoise"`` (the first-order jump ``x0_hat``).
+      callback: ``callback(i, t, x, x0_hat)`` at every network evaluation (see ``run``).
 
     Jittable as a whole (``jax.jit(partial(sample, ...))``). Called outside ``jit`` it compiles
     once per (denoiser, process, sampler, grid, shape) and raises ``FloatingPointError`` naming
@@ -118,13 +136,10 @@ def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sa
         raise ValueError(f"sampler {type(obj).__name__} needs at least {obj.min_steps} steps, got {n}")
     # Restart's cycles join the grid (a grid it cannot restart on fails here, before compiling);
     # NaN steps are reported on the grid the scan runs
-    run_ts = obj.expand_grid(process, ts) if hasattr(obj, "expand_grid") else ts
-    warn_below = getattr(obj, "warn_below_nfe", 0)
-    if warn_below and obj.nfe(n) + int(final_denoise) < warn_below:
-        warnings.warn(f"{type(obj).__name__}(order={getattr(obj, 'order', '?')}) predicts noise "
-                      f"and is unstable below {warn_below} NFE (Lu et al. 2022b: errors of 10-200x"
-                      " measured here at NFE 5); use the data-prediction dpmpp_2s, dpmpp_2m or "
-                      "unipc", stacklevel=2)
+    run_ts = obj.expand_grid(process, ts)
+    warning = None if obj.adaptive else obj.low_nfe_warning(obj.nfe(n) + int(final_denoise))
+    if warning:
+        warnings.warn(warning, stacklevel=2)
     key = jax.random.key(0) if key is None else key
     out = jax.eval_shape(denoise, x_T, jnp.asarray(ts[0], x_T.dtype))  # traces, never compiles
     if out.shape != x_T.shape:
@@ -132,7 +147,7 @@ def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sa
                          "it must return x0_hat with the shape of its input")
     if not isinstance(x_T, jax.core.Tracer) and not isinstance(key, jax.core.Tracer):
         x, nan_step = _run_jit(obj, denoise, process, x_T, tuple(float(v) for v in ts), key,
-                               final_denoise, final)
+                               final_denoise, final, callback)
         nan_step = int(nan_step)
         if nan_step >= 0:
             m = len(run_ts) - 1
@@ -141,13 +156,14 @@ def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sa
                 f"sampler {type(obj).__name__} produced NaN at {where} "
                 f"(t={run_ts[min(nan_step, m)]:.4g}): check the denoiser's output at that time")
         return x
-    x, _ = run(obj, denoise, process, x_T, ts, key, final_denoise, final)
+    x, _ = run(obj, denoise, process, x_T, ts, key, final_denoise, final, callback=callback)
     return x
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 4, 6, 7))
-def _run_jit(sampler, denoise, process, x_T, ts, key, final_denoise, final):
-    return run(sampler, denoise, process, x_T, np.asarray(ts), key, final_denoise, final)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 4, 6, 7, 8))
+def _run_jit(sampler, denoise, process, x_T, ts, key, final_denoise, final, callback):
+    return run(sampler, denoise, process, x_T, np.asarray(ts), key, final_denoise, final,
+               callback=callback)
 
 
 def total_nfe(sampler: str | Sampler, num_steps: int, final_denoise: bool = True) -> int:

@@ -12,7 +12,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.samplers.base import Sampler, coeffs
+from diffusion_jax.samplers.base import Carry, Sampler, coeffs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +24,7 @@ class Euler(Sampler):
     s_tmin: float = 0.0
     s_tmax: float = float("inf")
     s_noise: float = 1.0
+    nonnegative = ("s_churn", "s_noise")
     second_order = False
 
     @property
@@ -38,7 +39,7 @@ class Euler(Sampler):
         p = ctx.process
         a_s, s_s, _ = coeffs(p, t)
         a_t, s_t, _ = coeffs(p, t_next)
-        x = carry["x"] / a_s
+        x = carry.x / a_s
         s, s_next = s_s / a_s, s_t / a_t
         if self.s_churn > 0:  # static hyper-parameter: no churn, no extra work
             in_range = (s >= self.s_tmin) & (s <= self.s_tmax)
@@ -54,7 +55,7 @@ class Euler(Sampler):
         if self.second_order:
             d2 = (x_next - ctx.denoise(a_t * x_next, t_next)) / s_next
             x_next = x + (s_next - s) * 0.5 * (d + d2)
-        return {"x": a_t * x_next}
+        return Carry(a_t * x_next)
 
 
 @dataclasses.dataclass(frozen=True)

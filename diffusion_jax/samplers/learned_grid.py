@@ -106,7 +106,7 @@ def optimize_grid(denoise: Callable, process: Process, sampler: str, num_steps: 
     to hand over to the final step is rarely ``t_min``. ``info`` has the calibration loss
     before/after and the seconds taken."""
     obj = resolve_sampler(sampler)
-    if obj.stochastic or hasattr(obj, "run"):
+    if obj.stochastic or obj.adaptive:
         raise ValueError(f"optimize_grid needs a fixed-grid deterministic sampler, got {sampler!r}")
     _check_calibration(x_calib, num_steps, obj.min_steps, f"optimize_grid({sampler!r})")
     t0 = time.perf_counter()

@@ -37,7 +37,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from diffusion_jax.samplers.base import Sampler, coeffs, push, ring, ring_get, ring_put
+from diffusion_jax.samplers.base import Carry, Sampler, coeffs, push, ring, ring_get, ring_put
 
 MAX_HISTORY = 3
 
@@ -84,17 +84,17 @@ class LearnedPC(Sampler):
         return out
 
     def init(self, ctx, x):
-        return {"x": x, "xc": x, "ms": ring(x, self.history + 1), "lams": jnp.zeros((2,), x.dtype),
-                "t_prev": jnp.ones((), x.dtype)}
+        return Carry(x, ring(x, self.history + 1), jnp.zeros((2,), x.dtype), x_prev=x,
+                     t_prev=jnp.ones((), x.dtype))
 
     def _correct(self, ctx, carry, ms, i, t):
         """``x_i`` from the corrected ``x_{i-1}`` and ``m_i`` (``x^p_0`` itself at ``i = 0``)."""
         if self.corrector is False:  # (inside optimize_solver a traced gate, 0: off)
-            return carry["x"]
-        _, corr, _ = self._tables(ctx.num_steps, carry["x"].dtype)
+            return carry.x
+        _, corr, _ = self._tables(ctx.num_steps, carry.x.dtype)
         a_s, s_s, l_s = coeffs(ctx.process, t)
-        s_p = ctx.process.sigma(carry["t_prev"])
-        lams = carry["lams"]
+        s_p = ctx.process.sigma(carry.t_prev)
+        lams = carry.past
         h = jnp.where(i > 0, l_s - lams[0], 1.0)
         r = jnp.where(i > 1, (lams[0] - lams[1]) / h, 1.0)
         k1, k2 = exp_weight(h), exp_weight2(h)
@@ -105,32 +105,32 @@ class LearnedPC(Sampler):
         for j in range(1, self.history + 1):
             w = c[j] - (quad / r if j == 1 else 0.0)
             cm = cm + jnp.where(i - 1 - j >= 0, w, 0.0) * (m_old - ring_get(ms, i, 1 + j))
-        xc = (s_s / s_p) * carry["xc"] - a_s * jnp.expm1(-h) * cm
-        return jnp.where((i > 0) & (self.corrector > 0), xc, carry["x"])
+        xc = (s_s / s_p) * carry.x_prev - a_s * jnp.expm1(-h) * cm
+        return jnp.where((i > 0) & (self.corrector > 0), xc, carry.x)
 
     def step(self, ctx, carry, i, t, t_next, key):
         p = ctx.process
-        pred, _, _ = self._tables(ctx.num_steps, carry["x"].dtype)
-        ms = ring_put(carry["ms"], i, ctx.denoise(carry["x"], t))
+        pred, _, _ = self._tables(ctx.num_steps, carry.x.dtype)
+        ms = ring_put(carry.ring, i, ctx.denoise(carry.x, t))
         x = self._correct(ctx, carry, ms, i, t)
         a_s, s_s, l_s = coeffs(p, t)
         a_t, s_t, l_t = coeffs(p, t_next)
         h = l_t - l_s
-        r_inv = jnp.where(i > 0, h / (l_s - carry["lams"][0]), 0.0)
+        r_inv = jnp.where(i > 0, h / (l_s - carry.past[0]), 0.0)
         m = ring_get(ms, i, 0)
         pm = m
         for j in range(1, self.history + 1):
             w = pred[i, j - 1] + (exp_weight(h) * r_inv if j == 1 else 0.0)
             pm = pm + jnp.where(i - j >= 0, w, 0.0) * (m - ring_get(ms, i, j))
         x_next = (s_t / s_s) * x - a_t * jnp.expm1(-h) * pm
-        return {"x": x_next, "xc": x, "ms": ms, "lams": push(carry["lams"], l_s), "t_prev": t}
+        return Carry(x_next, ms, push(carry.past, l_s), x_prev=x, t_prev=t)
 
     def finish(self, ctx, carry, x0, t, kind):
         if kind == "denoise":  # inpainting by replacement wants the last denoised estimate
             return x0
         n = ctx.num_steps
         _, _, fin = self._tables(n, x0.dtype)
-        ms = ring_put(carry["ms"], n, x0)
+        ms = ring_put(carry.ring, n, x0)
         y = self._correct(ctx, carry, ms, jnp.int32(n), t) / ctx.process.alpha(t)
         f2 = fin[2] if n >= 2 else 0.0
         return ((0.5 + fin[0]) * y + (0.5 - fin[0] - fin[1] - f2) * x0

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.samplers.base import Context, Sampler, pf_ode_drift
+from diffusion_jax.samplers.base import Carry, Context, Sampler, pf_ode_drift
 
 TABLEAUS = {  # (A rows, b, c)
     "euler": ((), (1.0,), (0.0,)),
@@ -52,7 +52,7 @@ class ODESolver(Sampler):
 
     def step(self, ctx, carry, i, t, t_next, key):
         fn = lambda s, x: pf_ode_drift(ctx, x, s)
-        return {"x": rk_step(fn, t, carry["x"], t_next - t, TABLEAUS[self.method])}
+        return Carry(rk_step(fn, t, carry.x, t_next - t, TABLEAUS[self.method]))
 
 
 # Dormand-Prince 5(4) tableau.
@@ -135,11 +135,13 @@ class AdaptiveODE(Sampler):
     rtol: float = 1e-5
     atol: float = 1e-5
     max_steps: int = 10_000
+    adaptive = True
+    nonnegative = ("rtol", "atol")
 
     def nfe(self, num_steps: int) -> int:
         raise ValueError("the adaptive solver's NFE is only known after solving (see dopri5 stats)")
 
-    def run(self, denoise, process, x_T, t_max: float, t_min: float):
+    def solve(self, denoise, process, x_T, t_max: float, t_min: float):
         ctx = Context(denoise, process, 0)
         x, stats = dopri5(lambda t, x: pf_ode_drift(ctx, x, t), x_T, t_max, t_min,
                           self.rtol, self.atol, self.max_steps)

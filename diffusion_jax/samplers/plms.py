@@ -8,7 +8,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from diffusion_jax.samplers.base import Sampler, coeffs, ddim_transfer, eps_hat, ring, ring_get, ring_put
+from diffusion_jax.samplers.base import Carry, Sampler, coeffs, ddim_transfer, eps_hat, ring, ring_get, ring_put
 
 # Adams-Bashforth coefficients for orders 1..4, newest first.
 _AB = ((1.0, 0.0, 0.0, 0.0), (1.5, -0.5, 0.0, 0.0), (23 / 12, -16 / 12, 5 / 12, 0.0),
@@ -24,16 +24,16 @@ class PLMS(Sampler):
             raise ValueError(f"PLMS order must be 1..4, got {self.order}")
 
     def init(self, ctx, x):
-        return {"x": x, "eps": ring(x, 3)}
+        return Carry(x, ring(x, 3))
 
     def step(self, ctx, carry, i, t, t_next, key):
-        x = carry["x"]
+        x = carry.x
         a_s, s_s, _ = coeffs(ctx.process, t)
         a_t, s_t, _ = coeffs(ctx.process, t_next)
         _, eps = eps_hat(ctx, x, t)
-        hist = ring_put(carry["eps"], i, eps)
+        hist = ring_put(carry.ring, i, eps)
         k = jnp.minimum(i + 1, self.order) - 1
         w = jnp.asarray(_AB, x.dtype)[k]
         eps_ab = sum(w[j] * ring_get(hist, i, j) for j in range(self.order))
         x0 = (x - s_s * eps_ab) * (1.0 / a_s)
-        return {"x": ddim_transfer(x, x0, a_s, s_s, a_t, s_t), "eps": hist}
+        return Carry(ddim_transfer(x, x0, a_s, s_s, a_t, s_t), hist)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.samplers.base import Sampler, coeffs
+from diffusion_jax.samplers.base import Carry, Sampler, coeffs
 from diffusion_jax.samplers.heun import Heun
 
 
@@ -33,6 +33,8 @@ class Restart(Sampler):
     rho_max: float = 0.30
     s_noise: float = 1.0
     stochastic = True
+    expands_grid = True
+    nonnegative = ("s_noise",)
     nfe_per_step = 2
     min_steps = 2
 
@@ -83,6 +85,6 @@ class Restart(Sampler):
             return r * x + std * jax.random.normal(key, x.shape, x.dtype)
 
         def ode(x):
-            return heun.step(ctx, {"x": x}, i, t, t_next, key)["x"]
+            return heun.step(ctx, Carry(x), i, t, t_next, key).x
 
-        return {"x": jax.lax.cond(t_next > t, renoise, ode, carry["x"])}
+        return Carry(jax.lax.cond(t_next > t, renoise, ode, carry.x))

@@ -17,7 +17,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.samplers.base import Sampler, coeffs, per_example_norm, score
+from diffusion_jax.samplers.base import Carry, Sampler, coeffs, per_example_norm, score
 
 
 def _em_step(ctx, x, t, t_next, key):
@@ -55,7 +55,7 @@ class EulerMaruyama(Sampler):
     stochastic = True
 
     def step(self, ctx, carry, i, t, t_next, key):
-        return {"x": _em_step(ctx, carry["x"], t, t_next, key)}
+        return Carry(_em_step(ctx, carry.x, t, t_next, key))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +63,7 @@ class ReverseDiffusion(Sampler):
     stochastic = True
 
     def step(self, ctx, carry, i, t, t_next, key):
-        return {"x": _reverse_diffusion_step(ctx, carry["x"], t, t_next, key)}
+        return Carry(_reverse_diffusion_step(ctx, carry.x, t, t_next, key))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +77,7 @@ class PredictorCorrector(Sampler):
     snr: float = 0.16
     n_corrector: int = 1
     stochastic = True
+    nonnegative = ("snr",)
 
     def validate(self):
         super().validate()
@@ -98,9 +99,9 @@ class PredictorCorrector(Sampler):
             ratio = jnp.mean(per_example_norm(z)) / jnp.mean(per_example_norm(grad))
             return 2.0 * a * (self.snr * ratio) ** 2
 
-        x = langevin(ctx, carry["x"], t, k_c, self.n_corrector, step_size)
+        x = langevin(ctx, carry.x, t, k_c, self.n_corrector, step_size)
         pred = _reverse_diffusion_step if self.predictor == "reverse_diffusion" else _em_step
-        return {"x": pred(ctx, x, t, t_next, k_p)}
+        return Carry(pred(ctx, x, t, t_next, k_p))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +114,7 @@ class AnnealedLangevin(Sampler):
     n_steps_each: int = 5
     step_size: float = 0.2
     stochastic = True
+    nonnegative = ("step_size",)
 
     @property
     def nfe_per_step(self) -> int:
@@ -123,5 +125,5 @@ class AnnealedLangevin(Sampler):
         a_s, s_s, _ = coeffs(p, t)
         a_t, _, _ = coeffs(p, t_next)
         eps = self.step_size * s_s**2
-        x = langevin(ctx, carry["x"], t, key, self.n_steps_each, lambda g, z: eps)
-        return {"x": x * (a_t / a_s)}
+        x = langevin(ctx, carry.x, t, key, self.n_steps_each, lambda g, z: eps)
+        return Carry(x * (a_t / a_s))

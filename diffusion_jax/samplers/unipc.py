@@ -14,7 +14,7 @@ from typing import Literal
 
 import jax.numpy as jnp
 
-from diffusion_jax.samplers.base import Sampler, coeffs, push, ring, ring_get, ring_put
+from diffusion_jax.samplers.base import Carry, Sampler, coeffs, push, ring, ring_get, ring_put
 from diffusion_jax.samplers.dpm_solver import _order_at
 
 
@@ -66,26 +66,25 @@ class UniPC(Sampler):
 
     def init(self, ctx, x):
         k = self.order
-        return {"x": x, "x_prev": x, "ms": ring(x, k),
-                "lams": jnp.arange(k, dtype=x.dtype) + 1.0, "order_prev": jnp.int32(1),
-                "t_prev": jnp.ones((), x.dtype)}
+        return Carry(x, ring(x, k), jnp.arange(k, dtype=x.dtype) + 1.0, x_prev=x,
+                     t_prev=jnp.ones((), x.dtype), order_prev=jnp.int32(1))
 
     def step(self, ctx, carry, i, t, t_next, key):
-        p, x = ctx.process, carry["x"]
+        p, x = ctx.process, carry.x
         a_s, s_s, l_s = coeffs(p, t)
         a_t, s_t, l_t = coeffs(p, t_next)
-        ring_ms = ring_put(carry["ms"], i, ctx.denoise(x, t))
+        ring_ms = ring_put(carry.ring, i, ctx.denoise(x, t))
         ms = [ring_get(ring_ms, i, j) for j in range(self.order + 1)]  # m_i, m_{i-1}, ...
-        m, lams = ms[0], carry["lams"]
+        m, lams = ms[0], carry.past
         if self.corrector:  # UniC on x_i, from x_{i-1} with the previous step's order
             l_p = lams[0]
-            s_p = p.sigma(carry["t_prev"])
+            s_p = p.sigma(carry.t_prev)
             h_c = jnp.where(i > 0, l_s - l_p, 1.0)
-            cands = [_unipc_update(carry["x_prev"], ms[1], ms[2:], lams[1:], l_p, a_s, s_s / s_p,
+            cands = [_unipc_update(carry.x_prev, ms[1], ms[2:], lams[1:], l_p, a_s, s_s / s_p,
                                    h_c, k, self.variant, m_new=m) for k in range(1, self.order + 1)]
             xc = cands[0]
             for k in range(2, self.order + 1):
-                xc = jnp.where(carry["order_prev"] == k, cands[k - 1], xc)
+                xc = jnp.where(carry.order_prev == k, cands[k - 1], xc)
             x = jnp.where(i > 0, xc, x)
         lams = push(lams, l_s)
         h = l_t - l_s
@@ -96,5 +95,5 @@ class UniPC(Sampler):
         x_new = cands[0]
         for k in range(2, self.order + 1):
             x_new = jnp.where(k_now == k, cands[k - 1], x_new)
-        return {"x": x_new, "x_prev": x, "ms": ring_ms, "lams": lams, "order_prev": k_now.astype(jnp.int32),
-                "t_prev": t}
+        return Carry(x_new, ring_ms, lams, x_prev=x, t_prev=t,
+                     order_prev=k_now.astype(jnp.int32))

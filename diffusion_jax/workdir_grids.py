@@ -59,7 +59,7 @@ def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters:
     (seed ``seed + 1``) for the learned and the experiment's grid, store the grid."""
     exp = read_experiment(workdir)
     method = exp.method
-    if not getattr(method, "generates", False) or not hasattr(method, "denoiser"):
+    if "grid" not in method.sample_options:
         raise ValueError(f"{workdir} holds a {exp.method_name!r} run: learned grids are for "
                          "diffusion models")
     steps = steps_for_budget(sampler, nfe)
@@ -80,7 +80,7 @@ def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters:
     ref = reference_endpoints(denoise, method.process, x_new)
     err = lambda s, **kw: float(jnp.sqrt(jnp.mean((sample(denoise, method.process, x_new,
                                                           sampler=s, **kw) - ref) ** 2)))
-    info.update(process=exp.config["process"]["name"], nfe=nfe, checkpoint_step=step,
+    info.update(process=method.process.name, nfe=nfe, checkpoint_step=step,
                 heldout_rmse=err(solver, ts=ts), heldout_rmse_default=err(
                     sampler, num_steps=steps, grid=method.grid),
                 default_grid=default_grid(sampler) if method.grid == "default" else method.grid,

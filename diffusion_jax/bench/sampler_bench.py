@@ -180,7 +180,7 @@ def _deterministic():
     out = []
     for name in SAMPLERS:
         obj = resolve_sampler(name)
-        if not obj.stochastic and not hasattr(obj, "run"):
+        if not obj.stochastic and not obj.adaptive:
             out.append(name)
     return out
 
@@ -357,7 +357,7 @@ def model_pass(workdir, classifier, out: Path, samplers=MODEL_SAMPLERS, nfes=MOD
     where the workdir has none yet), plus every sampler at ``reference_nfe`` on its default grid
     (the converged figure the low-NFE ones are read against). Rows and table in ``out/model``."""
     from diffusion_jax.eval.sample_eval import evaluate
-    from diffusion_jax.learned_grids import grid_path, optimize_workdir_grid
+    from diffusion_jax.workdir_grids import grid_path, optimize_workdir_grid
 
     for s_name in samplers:
         resolve_sampler(s_name)

@@ -1,0 +1,300 @@
+"""What a ``SampleRequest`` means for a diffusion model, and the compiled functions it runs.
+
+``plan(method, req, env)`` checks every control (labels and classifier-free guidance, a
+noise-conditional classifier's guidance, a low-resolution image, inpainting by replacement or
+RePaint, SDEdit, a learned grid) before anything is compiled, and returns the ``Sampling`` whose
+chunk function ``generate`` and ``eval`` run. The three factories (plain, RePaint, SDEdit) share
+one jit-and-check wrapper and are cached, so every chunk reuses one compile.
+
+    fn = make_sample_fn(model, process, par, "dpmpp_2m", 20, "logsnr", guidance_scale=2.0)
+    images = fn(params, x_T, key, cond={"y": labels})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax import guidance
+from diffusion_jax.conditioning import downsample
+from diffusion_jax.methods.base import Sampling, SampleRequest, SamplingEnv, parse_labels, take
+from diffusion_jax.parameterization import make_denoiser
+from diffusion_jax.samplers import default_grid
+from diffusion_jax.samplers import sample as run_sampler
+from diffusion_jax.utils.images import load_images, make_mask
+
+
+def _num_classes(model) -> int:
+    return getattr(getattr(model, "config", None), "num_classes", 0)
+
+
+def model_denoiser(model, process, par, params, cond: dict | None = None,
+                   guidance_scale: float | None = None, classifier: tuple | None = None) -> Callable:
+    """The network as ``denoise(x, t) -> x0_hat`` with its conditioning bound.
+
+    ``guidance_scale``: classifier-free guidance over ``cond["y"]`` (null label = num_classes);
+    ``classifier=(log_prob, scale)``: classifier guidance with ``log_prob(x_t, t) -> [B, K]`` and
+    labels ``cond["y"]`` (for an unconditional model the labels are not passed to the network)."""
+    cond = dict(cond or {})
+    net = lambda x, t, **c: model.apply({"params": params}, x, t, **c)
+    denoise = make_denoiser(net, process, par)
+    k = _num_classes(model)
+    y = cond.get("y")
+    if not k:
+        cond.pop("y", None)
+    if guidance_scale is None:
+        out = lambda x, t: denoise(x, t, **cond)
+    else:
+        rest = {n: v for n, v in cond.items() if n != "y"}
+
+        def labelled(x, t, labels):  # x is [2B]: tile the other conditioning to match
+            tiled = {n: jnp.concatenate([v] * (x.shape[0] // v.shape[0])) for n, v in rest.items()}
+            return denoise(x, t, y=labels, **tiled)
+
+        out = guidance.classifier_free_guidance(labelled, y, k, guidance_scale)
+    if classifier is not None:
+        log_prob, scale = classifier
+        out = guidance.classifier_guidance(out, log_prob, y, scale, process)
+    return out
+
+
+def check_sample_inputs(model, cond: dict | None, guidance_scale, classifier, x_shape) -> None:
+    """Errors a user can make, raised before anything is compiled."""
+    k, cond = _num_classes(model), cond or {}
+    y = cond.get("y")
+    if guidance_scale is not None and not k:
+        raise ValueError("classifier-free guidance needs a class-conditional model, but this one "
+                         "has no class conditioning (model.conditional=False); train one with "
+                         "--config.model.conditional=True, or use classifier guidance")
+    if (guidance_scale is not None or classifier is not None) and y is None:
+        raise ValueError("guidance needs labels: pass cond={'y': labels} (CLI: --labels)")
+    if y is None:
+        return
+    y = np.asarray(y)
+    if y.shape != (x_shape[0],):
+        raise ValueError(f"labels must have shape [{x_shape[0]}] (one per sample), got {y.shape}")
+    if not k and classifier is None:
+        raise ValueError("labels were given but the model has no class conditioning "
+                         "(model.conditional=False): drop them or pass a guidance classifier")
+    if k:
+        guidance.check_labels(y, k, allow_null=True)
+    if classifier is not None:
+        guidance.check_labels(y, classifier[2], allow_null=False)
+
+
+def _jit_checked(fn: Callable, model, guidance_scale, classifier, shape_of: Callable,
+                 prepare: Callable = lambda *a: a) -> Callable:
+    """``fn`` jitted, behind the input checks every factory makes (``shape_of(args)``: the
+    batch's shape; ``prepare(*args)``: the arguments the compiled function takes)."""
+    jitted = jax.jit(fn)
+
+    def checked(*args):
+        check_sample_inputs(model, args[-1] if len(args) else None, guidance_scale, classifier,
+                            shape_of(args))
+        return jitted(*prepare(*args))
+
+    return checked
+
+
+@functools.lru_cache(maxsize=64)
+def make_sample_fn(model, process, par, sampler, num_steps: int, grid,
+                   guidance_scale: float | None = None, classifier: tuple | None = None):
+    """``fn(params, x_T, key, cond=None, known=None, mask=None) -> images``, jitted whole (one
+    XLA program per shape). ``grid``: a grid name, or the times themselves (a tuple: a learned
+    grid). ``known``/``mask`` (1 = known): inpainting by replacement.
+    ``classifier = (log_prob, scale, num_classes)`` adds classifier guidance."""
+    clf = None if classifier is None else classifier[:2]
+
+    def fn(params, x_T, key, known, mask, cond):
+        denoise = model_denoiser(model, process, par, params, cond, guidance_scale, clf)
+        if known is not None:
+            denoise = guidance.inpaint(denoise, process, known, mask, jax.random.fold_in(key, 1))
+        # inpainting's output is its last denoised estimate, whose known part is exact
+        where = dict(ts=np.asarray(grid)) if isinstance(grid, tuple) else dict(grid=grid)
+        return run_sampler(denoise, process, x_T, sampler=sampler, num_steps=num_steps, key=key,
+                           final="ode" if known is None else "denoise", **where)
+
+    def prepare(params, x_T, key, known, mask, cond):
+        mask = None if known is None else guidance.broadcast_mask(mask, known)
+        return params, x_T, key, known, mask, cond
+
+    checked = _jit_checked(fn, model, guidance_scale, classifier, lambda a: a[1].shape, prepare)
+    return lambda params, x_T, key, cond=None, known=None, mask=None: checked(
+        params, x_T, key, known, mask, cond)
+
+
+@functools.lru_cache(maxsize=16)
+def make_repaint_fn(method, num_steps: int, resample: int, grid: str = "logsnr",
+                    guidance_scale: float | None = None):
+    """``fn(params, known, mask, key, cond=None)``: RePaint inpainting, jitted whole."""
+
+    def fn(params, known, mask, key, cond):
+        denoise = method.denoiser(params, cond, guidance_scale)
+        return guidance.repaint(denoise, method.process, known, mask, key, num_steps, resample,
+                                grid)
+
+    prepare = lambda p, known, mask, key, cond: (p, known, guidance.broadcast_mask(mask, known),
+                                                 key, cond)
+    checked = _jit_checked(fn, method.model, guidance_scale, None, lambda a: a[1].shape, prepare)
+    return lambda params, known, mask, key, cond=None: checked(params, known, mask, key, cond)
+
+
+@functools.lru_cache(maxsize=16)
+def make_sdedit_fn(method, sampler: str, num_steps: int, grid: str, strength: float,
+                   guidance_scale: float | None = None):
+    """``fn(params, x_init, key, cond=None)``: SDEdit at ``strength``, jitted whole."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+
+    def fn(params, x_init, key, cond):
+        denoise = method.denoiser(params, cond, guidance_scale)
+        return guidance.sdedit(denoise, method.process, x_init, strength, key, sampler, num_steps,
+                               grid)
+
+    checked = _jit_checked(fn, method.model, guidance_scale, None, lambda a: a[1].shape)
+    return lambda params, x_init, key, cond=None: checked(params, x_init, key, cond)
+
+
+# -- a request, checked and planned ----------------------------------------------------------
+
+def plan(method, req: SampleRequest, env: SamplingEnv) -> Sampling:
+    """Every check of ``req`` against ``method``, then its chunk function (nothing compiled)."""
+    if method.sample_shape != tuple(method.shape) and (
+            req.mask or req.strength is not None or req.low_res or req.classifier):
+        raise ValueError("--mask, --strength, --low-res and --classifier work on pixels; this is "
+                         "a latent diffusion model (it samples latents)")
+    classifier = _classifier(req, method, env)
+    cond, n, nrow, inputs = _conditioning(req, method, classifier, env)
+    if req.guidance is not None and not method.conditioning.num_classes:
+        raise ValueError("--guidance (classifier-free) needs a class-conditional model; this one "
+                         "has no class conditioning. Use --classifier DIR for classifier guidance")
+    init = _init_images(req, method.shape, n, env)
+    mask = None
+    if req.mask:
+        mask = make_mask(req.mask, method.shape, req.seed)
+        if mask.shape[:2] != tuple(method.shape[:2]) or mask.shape[-1] not in (1, method.shape[-1]):
+            raise ValueError(f"--mask {req.mask} is {mask.shape[0]}x{mask.shape[1]}x"
+                             f"{mask.shape[-1]}; this model makes "
+                             f"{'x'.join(map(str, method.shape))} images: give a mask of that "
+                             "size (1 or the image's channels)")
+        inputs = init * mask  # unknown pixels shown mid-grey
+    elif req.strength is not None:
+        inputs = init
+    b = min(req.batch, n)
+    check_sample_inputs(method.model, take(cond, 0, b, n), req.guidance, classifier,
+                        (b,) + tuple(method.shape))
+    req = _learned(req, method, env)
+    run = _runner(method, req, mask, classifier, b)
+    draw = lambda params, key, start: run(params, take(cond, start, b, n),
+                                          take(init, start, b, n), key)
+    y = np.asarray(cond["y"]) if "y" in cond else None
+    return Sampling(n, b, draw, inputs, nrow, y)
+
+
+def _learned(req: SampleRequest, method, env: SamplingEnv) -> SampleRequest:
+    """``--grid learned``: the stored grid (and, for ``learned_pc``, its solver) in the request."""
+    if req.grid != "learned":
+        return req
+    if req.strength is not None or req.resample > 1:
+        raise ValueError("--grid learned is for sampling and replacement inpainting, not for "
+                         "--strength or --resample")
+    ts, solver = env.learned(req.sampler or method.sampler, req.steps or method.num_steps,
+                             method.process.name)
+    return dataclasses.replace(req, grid=ts, sampler=solver)
+
+
+def _runner(method, req: SampleRequest, mask, classifier, b: int) -> Callable:
+    """``run(params, cond, init, key)`` for one chunk of ``b`` samples."""
+    steps = req.steps or method.num_steps
+    grid = req.grid or method.grid
+    sampler = req.sampler or method.sampler
+    if req.mask and req.resample > 1:
+        fn = make_repaint_fn(method, steps, req.resample, "logsnr" if grid == "default" else grid,
+                             req.guidance)
+        return lambda params, cond, init, key: fn(params, init, jnp.asarray(mask), key, cond)
+    if req.strength is not None:
+        grid = default_grid(sampler) if grid == "default" else grid
+        fn = make_sdedit_fn(method, sampler, steps, grid, req.strength, req.guidance)
+        return lambda params, cond, init, key: fn(params, init, key, cond)
+    fn = method.sample_fn(req.sampler, steps, grid, req.guidance, classifier)
+
+    def run(params, cond, init, key):
+        x_T = method.process.prior_sample(key, (b,) + tuple(method.shape))
+        if req.mask:
+            return fn(params, x_T, key, cond, init, jnp.asarray(mask))
+        return fn(params, x_T, key, cond)
+
+    return run
+
+
+def _classifier(req: SampleRequest, method, env: SamplingEnv):
+    if not req.classifier:
+        return None
+    clf, cparams, info = env.classifier(req.classifier)
+    name = method.process.name
+    if not info["noise_conditional"]:
+        raise ValueError(f"the classifier in {req.classifier} was trained on clean images; "
+                         "classifier guidance needs a noise-conditional one (train one with "
+                         f"--config.process.name={name})")
+    if info["process"] != name:
+        raise ValueError(f"the classifier was trained on process {info['process']!r} but the "
+                         f"model uses {name!r}: their times do not match")
+    log_prob = lambda x, t: jax.nn.log_softmax(
+        clf.apply({"params": cparams}, x, jnp.broadcast_to(t, x.shape[:1])))
+    return log_prob, req.classifier_scale, info["num_classes"]
+
+
+def _conditioning(req: SampleRequest, method, classifier, env: SamplingEnv):
+    """``(cond, n, nrow, inputs)`` from the label and low-res flags."""
+    n, nrow, cond, inputs, cc = req.num, None, {}, None, method.conditioning
+    if req.labels is not None:
+        k = cc.num_classes or (classifier[2] if classifier else 0)
+        if not k:
+            raise ValueError("--labels needs a class-conditional model (this one was trained with "
+                             "model.conditional=False) or a guidance --classifier")
+        y, nrow = parse_labels(req.labels, k, n)
+        n = len(y)
+        cond["y"] = jnp.asarray(y, jnp.int32)
+    elif req.guidance is not None or classifier is not None:
+        raise ValueError("guidance needs --labels (e.g. --labels all)")
+    if cc.low_res_size:
+        low = _low_res(req, method.shape, cc.low_res_size, n, env)
+        n = len(low)
+        cond["low_res"] = jnp.asarray(low)
+        inputs = np.asarray(jax.image.resize(low, (n,) + tuple(method.shape), "nearest"))
+    elif req.low_res:
+        raise ValueError("--low-res is for super-resolution models; this model has "
+                         "model.low_res_size=0")
+    if "y" in cond and len(cond["y"]) != n:
+        cond["y"] = jnp.resize(cond["y"], (n,))
+    return cond, n, nrow, inputs
+
+
+def _low_res(req: SampleRequest, shape, size: int, n: int, env: SamplingEnv) -> np.ndarray:
+    if not req.low_res:
+        raise ValueError(f"this is a super-resolution model ({size} -> {shape[0]}): pass "
+                         "--low-res FILE or --low-res test")
+    if req.low_res == "test":
+        return np.asarray(downsample(jnp.asarray(env.test_images(n)), size))
+    low = load_images(req.low_res, shape[-1])
+    if low.shape[1] != size:
+        raise ValueError(f"--low-res images are {low.shape[1]}x{low.shape[2]}; this model takes "
+                         f"{size}x{size}")
+    n = len(low) if len(low) > 1 else n
+    return np.resize(low, (n,) + low.shape[1:])
+
+
+def _init_images(req: SampleRequest, shape, n: int, env: SamplingEnv):
+    if not req.init_image:
+        return None
+    if req.init_image == "test":
+        return env.test_images(n)
+    init = load_images(req.init_image, shape[-1])
+    if init.shape[1:] != tuple(shape):
+        raise ValueError(f"--init-image is {init.shape[1:]}, the model makes {tuple(shape)}")
+    return np.resize(init, (n,) + init.shape[1:])
