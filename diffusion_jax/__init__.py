@@ -16,6 +16,10 @@ from diffusion_jax.parameterization import make_denoiser
 from diffusion_jax.samplers import GRIDS, SAMPLERS, make_grid, optimize_grid, optimize_solver, sample, total_nfe
 
 
+# The functions below import the training and evaluation layers when called: ``import
+# diffusion_jax`` stays the math (processes, samplers, likelihood) without orbax, grain or TFDS.
+
+
 def build_experiment(config):
     """The typed ``Experiment`` (data, mesh, optimizer, train, sample settings and its method)
     of an experiment ``ConfigDict``."""
@@ -51,8 +55,8 @@ def sampler_fn(model, process, parameterization, sampler: str, num_steps: int, g
                guidance_scale: float | None = None):
     """A jitted ``fn(params, x_T, key, cond=None, known=None, mask=None) -> samples`` for a trained
     flax model (``cond={"y": labels}`` with ``guidance_scale``: classifier-free guidance;
-    ``known``/``mask``: inpainting). See ``diffusion_jax.methods.diffusion``."""
-    from diffusion_jax.methods.diffusion import make_sample_fn
+    ``known``/``mask``: inpainting). See ``diffusion_jax.methods.diffusion_sampling``."""
+    from diffusion_jax.methods.diffusion_sampling import make_sample_fn
 
     return make_sample_fn(model, process, parameterization, sampler, num_steps, grid, guidance_scale)
 

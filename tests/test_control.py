@@ -13,7 +13,7 @@ from diffusion_jax.cli import main
 from diffusion_jax.conditioning import Conditioning, downsample
 from diffusion_jax.config import apply_override
 from diffusion_jax.experiment import from_config
-from diffusion_jax.methods.diffusion import check_sample_inputs, make_sample_fn
+from diffusion_jax.methods.diffusion_sampling import check_sample_inputs, make_sample_fn
 from diffusion_jax.models import UNet, UNetConfig
 from diffusion_jax.train.loop import train
 from diffusion_jax.utils.images import make_mask

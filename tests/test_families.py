@@ -248,10 +248,12 @@ def test_likelihood_on_each_family(workdirs, capsys, configs):
         res = json.loads((workdirs[fam] / "eval" / "likelihood.json").read_text())
         assert set(res["bounds"]) == keys
         for k in keys:
-            assert 0 < res["bounds"][k]["bits_per_dim"] < 20
-    if True:
-        res = json.loads((workdirs["vae"] / "eval" / "likelihood.json").read_text())
-        assert res["bounds"]["iwae"]["bits_per_dim"] <= res["bounds"]["elbo"]["bits_per_dim"]
+            # the data are uniformly random 8-bit pixels: their entropy, 8 bits/dim, bounds every
+            # model's (dequantised: the uniform density on [-1, 1]) from below in expectation,
+            # and the ELBO/IWAE bound the model's from above (0.1: sampling error of 16 images)
+            assert res["bounds"][k]["bits_per_dim"] > 8.0 - 0.1, (fam, k, res)
+    res = json.loads((workdirs["vae"] / "eval" / "likelihood.json").read_text())
+    assert res["bounds"]["iwae"]["bits_per_dim"] <= res["bounds"]["elbo"]["bits_per_dim"]
     err = configs.cli_error(capsys, ["likelihood", "--workdir", str(workdirs["gan"])])
     assert "a GAN has no likelihood" in err and "flow" in err and "vae" in err
 

@@ -53,3 +53,15 @@ def test_train_and_eval_do_not_import_each_other():
     for sub, other in (("train", "eval"), ("eval", "train"), ("data", "eval"), ("data", "bench")):
         for path in (PKG / sub).rglob("*.py"):
             assert all(t != other for t, _ in _imports(path)), f"{path} imports {other}"
+
+
+def test_callers_ask_methods_and_samplers_instead_of_probing_them():
+    """Outside ``methods/``, nothing probes a method or compares family names; nothing probes a
+    sampler (the contracts declare every capability)."""
+    import re
+    probe = re.compile(r"getattr\(.*method|hasattr\(.*method|method\.name ==|method_name ==|"
+                       r"hasattr\(sampler|hasattr\(obj")
+    bad = [f"{p.relative_to(PKG)}:{n}: {line.strip()}"
+           for p in PKG.rglob("*.py") if "methods" not in p.relative_to(PKG).parts
+           for n, line in enumerate(p.read_text().splitlines(), 1) if probe.search(line)]
+    assert not bad, "\n".join(bad)

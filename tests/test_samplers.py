@@ -430,3 +430,34 @@ def test_noise_prediction_singlestep_solvers_warn_at_low_nfe(problem):
         dj.sample(den, proc, x, sampler="dpmpp_2s", num_steps=2)
         dj.sample(den, proc, x, sampler="dpm_solver_2", num_steps=6)  # 13 NFE: no warning
     assert not [w for w in caught if "unstable below" in str(w.message)]
+
+
+def test_the_callback_sees_every_network_evaluation_and_costs_nothing_when_absent(problem):
+    """``callback(i, t, x, x0_hat)``: once per network call (Heun: 2 a step), the final call with
+    ``i = N``, and x0_hat is the denoiser's output on x; the samples equal those without it."""
+    g, proc, den, x_T, _ = problem
+    seen = []
+    cb = lambda i, t, x, x0: seen.append((int(i), float(t), np.asarray(x), np.asarray(x0)))
+    with jax.enable_x64(True):
+        with_cb = dj.sample(den, proc, x_T, sampler="heun", num_steps=3, callback=cb)
+        plain = dj.sample(den, proc, x_T, sampler="heun", num_steps=3)
+        np.testing.assert_array_equal(np.asarray(with_cb), np.asarray(plain))
+        assert len(seen) == dj.total_nfe("heun", 3)
+        assert sorted({i for i, *_ in seen}) == [0, 1, 2, 3] and seen[-1][0] == 3
+        for i, t, x, x0 in seen:
+            np.testing.assert_allclose(x0, np.asarray(den(jnp.asarray(x), jnp.asarray(t))),
+                                       rtol=1e-5, atol=1e-6)  # float32 rounding
+
+
+def test_samplers_declare_what_the_driver_asks():
+    """Adaptive solving, grid expansion and low-NFE warnings are declared members."""
+    from diffusion_jax.samplers import SAMPLERS
+    for name, ctor in SAMPLERS.items():
+        s = ctor()
+        assert isinstance(s.adaptive, bool) and isinstance(s.expands_grid, bool), name
+        assert all(hasattr(s, f) for f in s.nonnegative), name
+    assert SAMPLERS["ode_dopri5"]().adaptive and SAMPLERS["restart"]().expands_grid
+    assert SAMPLERS["dpm_solver_3"]().low_nfe_warning(5) is not None
+    assert SAMPLERS["dpm_solver_3"]().low_nfe_warning(20) is None
+    with pytest.raises(ValueError, match="DDIM.eta must be >= 0"):
+        dj.samplers.DDIM(eta=-1.0).validate()
