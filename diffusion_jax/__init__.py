@@ -5,7 +5,26 @@
     x0 = dj.sample(denoise, process, x_T, sampler="dpmpp_2m", num_steps=10, key=key)
 """
 
-from diffusion_jax import cpu_flags as _cpu_flags
+import os as _os
+import signal as _signal
+import sys as _sys
+
+
+def _stop_while_starting(signum, frame):
+    name = "Ctrl-C (SIGINT)" if signum == _signal.SIGINT else "SIGTERM"
+    _sys.stderr.write(f"error: stopped by {name} while starting; nothing was written\n")
+    _os._exit(128 + signum)
+
+
+# ``python -m diffusion_jax``: a signal during the imports below (seconds: jax, flax, orbax)
+# ends the program with one line and 128 + signal; the CLI then installs its own handlers.
+# Imported as a library, nothing is installed.
+_argv = getattr(_sys, "orig_argv", [])
+if "-m" in _argv and _argv[_argv.index("-m") + 1:][:1] == ["diffusion_jax"]:
+    for _s in (_signal.SIGINT, _signal.SIGTERM):
+        _signal.signal(_s, _stop_while_starting)
+
+from diffusion_jax import cpu_flags as _cpu_flags  # noqa: E402
 
 _cpu_flags.apply()  # before anything below imports jax: XLA reads XLA_FLAGS once, at backend start
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
@@ -152,7 +153,6 @@ class Checkpointer:
             shutil.move(str(self.dir / str(step)), str(dest))
             (dest / "REASON.txt").write_text(why + "\n")
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"quarantine {step}")
         self._open()  # the manager caches its list of steps
         return dest

@@ -25,17 +25,45 @@ their last step: run the same command to continue), 1 failed (NaN loss, or NaN/i
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 from pathlib import Path
 
+import jax
+
+from diffusion_jax.bench.sampler_bench import (CASES, MODEL_NFES, MODEL_SAMPLERS, model_pass,
+                                               run_benchmark)
+from diffusion_jax.bench.train import PEERS, bench_train
+from diffusion_jax.config import load_config
+from diffusion_jax.eval.bpd import workdir_bits_per_dim
+from diffusion_jax.eval.compare import compare
+from diffusion_jax.eval.sample_eval import evaluate, training_fd
+from diffusion_jax.experiment import from_config
+from diffusion_jax.generate import SampleRequest, generate
+from diffusion_jax.samplers import GRIDS, SAMPLERS
+from diffusion_jax.samplers.learned_grid import MIN_CALIBRATION
+from diffusion_jax.train.loop import EXIT_CODES, train
+from diffusion_jax.utils.atomic import check_writable
+from diffusion_jax.utils.flags import choice, int_list, integer, name_list, number
+from diffusion_jax.utils.images import save_output
+from diffusion_jax.utils.interrupts import Interrupted, honoured_signals
+from diffusion_jax.workdir_grids import optimize_workdir_grid
+
+GRID_NAMES = ("default", "learned", *GRIDS)
+MIN_SAMPLES = 2  # KID, precision and recall compare pairs of samples
+
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError)
 
 
-def _csv(value: str, kind=str) -> list:
-    """``"a,b,"`` -> ``["a", "b"]`` (empty items dropped), each converted by ``kind``."""
-    return [kind(v) for v in value.split(",") if v]
+class UsageError(ValueError):
+    """A command line argparse refuses: one line, exit 2 (argparse would print usage too)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
 
 
 def _split_overrides(argv):
@@ -46,156 +74,172 @@ def _split_overrides(argv):
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m diffusion_jax")
+    ap = _Parser(prog="python -m diffusion_jax")
     ap.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for verb in ("train", "train-classifier"):
-        t = sub.add_parser(verb, help="train an experiment (resumes from the workdir)")
-        t.add_argument("--config", required=True)
-        t.add_argument("--workdir", required=True)
-        t.add_argument("--distributed", action="store_true",
-                       help="call jax.distributed.initialize() first (multi-host TPU pods; also "
-                            "when JAX_COORDINATOR_ADDRESS is set)")
-        t.add_argument("--restart", action="store_true",
-                       help="start over: move the workdir's old content to "
-                            "WORKDIR/previous_<time>/ (nothing is deleted)")
+        _train_parser(sub.add_parser(verb, help="train an experiment (resumes from the workdir)"))
     _sample_parser(sub.add_parser("sample", help="sample from a trained workdir"))
-    _eval_parsers(sub)
-    b = sub.add_parser("bench-samplers", help="sampler accuracy vs NFE on exact-score problems")
+    _eval_parser(sub.add_parser("eval", help="FD/KID/precision/recall of samplers x NFE"))
+    _likelihood_parser(sub.add_parser("likelihood", help="bits/dim on the test split"))
+    _compare_parser(sub.add_parser("compare", help="families side by side (any methods)"))
+    _optimize_grid_parser(sub.add_parser(
+        "optimize-grid", help="learn a time grid for a sampler and NFE (learned_pc: its "
+        "coefficients too)"))
+    _bench_samplers_parser(sub.add_parser(
+        "bench-samplers", help="sampler accuracy vs NFE on exact-score problems"))
+    _bench_train_parser(sub.add_parser("bench-train",
+                                       help="train-step throughput and FLOP utilisation"))
+    return ap
+
+
+def _train_parser(t) -> None:
+    t.add_argument("--config", required=True)
+    t.add_argument("--workdir", required=True)
+    t.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (multi-host TPU pods; also "
+                        "when JAX_COORDINATOR_ADDRESS is set)")
+    t.add_argument("--restart", action="store_true",
+                   help="start over: move the workdir's old content to "
+                        "WORKDIR/previous_<time>/ (nothing is deleted)")
+
+
+def _bench_samplers_parser(b) -> None:
     b.add_argument("--out", default="bench_out")
-    b.add_argument("--nfe", default=None,
+    b.add_argument("--nfe", type=int_list(2), default=None,
                    help="NFE budgets (default 5,8,10,15,20,50,100; with --workdir 4,5,6,8,10)")
-    b.add_argument("--samplers", default="")
-    b.add_argument("--cases", default="ring2d,gmm64,image3072")
-    b.add_argument("--batch", type=int, default=256)
-    b.add_argument("--goal-nfe", default="5,10",
+    b.add_argument("--samplers", type=name_list(SAMPLERS, "sampler"), default=None)
+    b.add_argument("--cases", type=name_list(CASES, "case"), default="ring2d,gmm64,image3072")
+    b.add_argument("--batch", type=integer(1), default=256)
+    b.add_argument("--goal-nfe", type=lambda v: int_list(2)(v) if v.strip() else [],
+                   default="5,10",
                    help="NFEs of the goal table (best per variant: baseline, logsnr, default, "
                         "learned); empty to skip")
-    b.add_argument("--learned", default=None,
+    b.add_argument("--learned", type=lambda v: name_list(SAMPLERS, "sampler")(v) if v.strip() else [],
+                   default=None,
                    help="samplers that get a learned grid in the goal table (comma-separated; "
                         "default unipc,dpmpp_3m,ipndm_v,deis)")
     b.add_argument("--workdir", default=None,
                    help="instead of the exact-score cases: FD of a trained model at each --nfe, "
                         "default and learned grids (calibrating the missing ones), and NFE 20")
     b.add_argument("--classifier", default=None, help="feature extractor for --workdir's FD")
-    b.add_argument("--num", type=int, default=1000, help="samples per FD (--workdir)")
-    b.add_argument("--calib-num", type=int, default=64,
+    b.add_argument("--num", type=integer(MIN_SAMPLES), default=1000,
+                   help="samples per FD (--workdir)")
+    b.add_argument("--calib-num", type=integer(MIN_CALIBRATION), default=64,
                    help="calibration draws per learned grid (--workdir)")
-    b.add_argument("--calib-iters", type=int, default=60, help="optimize-grid iterations")
-    bt = sub.add_parser("bench-train", help="train-step throughput and FLOP utilisation")
+    b.add_argument("--calib-iters", type=integer(1), default=60, help="optimize-grid iterations")
+
+
+def _bench_train_parser(bt) -> None:
     bt.add_argument("--config", required=True)
-    bt.add_argument("--steps", type=int, default=10)
-    bt.add_argument("--peer", default=None,
+    bt.add_argument("--steps", type=integer(1), default=10)
+    bt.add_argument("--peer", type=choice(PEERS, "peer"), default=None,
                     help="time a peer's implementation of the same U-Net alternately with ours "
                          "(torch: diffusers' UNet2DModel; needs torch and diffusers installed)")
-    bt.add_argument("--rounds", type=int, default=3,
+    bt.add_argument("--rounds", type=integer(1), default=3,
                     help="with --peer: alternations of --steps steps each; medians are reported")
     bt.add_argument("--memory-only", action="store_true",
                     help="compile only: FLOPs and per-device memory for the experiment's mesh")
-    return ap
 
 
-def _eval_parsers(sub) -> None:
-    ev = sub.add_parser("eval", help="FD/KID/precision/recall of samplers x NFE")
+def _eval_parser(ev) -> None:
     ev.add_argument("--workdir", required=True)
     ev.add_argument("--classifier", default=None,
                     help="classifier workdir: the feature extractor (and the judge of class "
                          "agreement for class-conditional models)")
     ev.add_argument("--inception", default=None,
                     help="Inception-v3 weights .npz (scripts/convert_fid_inception.py)")
-    ev.add_argument("--guidance", type=float, default=None)
-    ev.add_argument("--samplers", default="ddim,dpmpp_2m,unipc,heun")
-    ev.add_argument("--nfe", default="5,10,20")
-    ev.add_argument("--grids", default="default",
+    ev.add_argument("--guidance", type=number(), default=None)
+    ev.add_argument("--samplers", type=name_list(SAMPLERS, "sampler"),
+                    default="ddim,dpmpp_2m,unipc,heun")
+    ev.add_argument("--nfe", type=int_list(1), default="5,10,20")
+    ev.add_argument("--grids", type=name_list(GRID_NAMES, "grid"), default="default",
                     help="grid names, comma-separated; 'learned' uses the workdir's optimize-grid "
                          "results")
-    ev.add_argument("--num", type=int, default=2000)
+    ev.add_argument("--num", type=integer(MIN_SAMPLES), default=2000)
     ev.add_argument("--out", default=None)
-    lk = sub.add_parser("likelihood", help="bits/dim on the test split (PF-ODE, dequantised)")
+
+
+def _likelihood_parser(lk) -> None:
     lk.add_argument("--workdir", required=True)
-    lk.add_argument("--num", type=int, default=512)
-    lk.add_argument("--batch", type=int, default=128)
+    lk.add_argument("--num", type=integer(1), default=512)
+    lk.add_argument("--batch", type=integer(1), default=128)
     lk.add_argument("--trace", default="rademacher", choices=["rademacher", "gaussian", "exact"])
-    lk.add_argument("--rtol", type=float, default=1e-4)
-    lk.add_argument("--atol", type=float, default=1e-4)
-    lk.add_argument("--seed", type=int, default=0)
+    lk.add_argument("--rtol", type=number(0.0, lo_open=True), default=1e-4)
+    lk.add_argument("--atol", type=number(0.0, lo_open=True), default=1e-4)
+    lk.add_argument("--seed", type=integer(0), default=0)
     lk.add_argument("--out", default=None)
-    cp = sub.add_parser("compare", help="families side by side (GAN, VAE, flow, diffusion)")
+
+
+def _compare_parser(cp) -> None:
     cp.add_argument("--workdirs", required=True, help="comma-separated workdirs")
     cp.add_argument("--classifier", required=True,
                     help="classifier workdir: the features of FD/KID/precision/recall and the "
                          "judge of class coverage")
-    cp.add_argument("--num", type=int, default=2000, help="samples per model")
-    cp.add_argument("--bpd-num", type=int, default=256,
+    cp.add_argument("--num", type=integer(MIN_SAMPLES), default=2000, help="samples per model")
+    cp.add_argument("--bpd-num", type=integer(0), default=256,
                     help="test images for bits/dim (0: skip the likelihoods)")
     cp.add_argument("--labels", default=None, help="comma-separated names for the rows")
     cp.add_argument("--out", default="compare")
-    og = sub.add_parser("optimize-grid", help="learn a time grid for a sampler and NFE "
-                        "(learned_pc: its coefficients too)")
+
+
+def _optimize_grid_parser(og) -> None:
     og.add_argument("--workdir", required=True)
-    og.add_argument("--sampler", required=True)
-    og.add_argument("--nfe", type=int, required=True, help="total NFE, the final call included")
-    og.add_argument("--num", type=int, default=64,
+    og.add_argument("--sampler", type=choice(SAMPLERS, "sampler"), required=True)
+    og.add_argument("--nfe", type=integer(2), required=True,
+                    help="total NFE, the final call included")
+    og.add_argument("--num", type=integer(MIN_CALIBRATION), default=64,
                     help="calibration noise draws (64 x 60 iterations: about 3 minutes for the "
                          "demo model on 2 CPU cores)")
-    og.add_argument("--iters", type=int, default=60)
-    og.add_argument("--seed", type=int, default=0)
+    og.add_argument("--iters", type=integer(1), default=60)
+    og.add_argument("--seed", type=integer(0), default=0)
 
 
 def _sample_parser(s) -> None:
     s.add_argument("--workdir", required=True)
-    s.add_argument("--sampler", default=None)
-    s.add_argument("--steps", type=int, default=None)
-    s.add_argument("--grid", default=None, help="a grid name, or 'learned' (see optimize-grid)")
-    s.add_argument("--num", type=int, default=64)
-    s.add_argument("--batch", type=int, default=256,
+    s.add_argument("--sampler", type=choice(SAMPLERS, "sampler"), default=None)
+    s.add_argument("--steps", type=integer(1), default=None)
+    s.add_argument("--grid", type=choice(GRID_NAMES, "grid"), default=None,
+                   help="a grid name, or 'learned' (see optimize-grid)")
+    s.add_argument("--num", type=integer(1), default=64)
+    s.add_argument("--batch", type=integer(1), default=256,
                    help="samples per compiled call: memory stays flat whatever --num is")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=integer(0), default=0)
     s.add_argument("--out", default="samples.png",
                    help=".png grid, .npz (float32 images, labels) or .npy (float32 images, "
                         "written chunk by chunk as they are made)")
     s.add_argument("--labels", default=None, help="'all' (one row per class), 'K', or 'a,b,c,...'")
-    s.add_argument("--guidance", type=float, default=None,
+    s.add_argument("--guidance", type=number(), default=None,
                    help="classifier-free guidance scale (0 unconditional, 1 conditional, >1 guided)")
     s.add_argument("--classifier", default=None, help="noise-conditional classifier workdir")
-    s.add_argument("--classifier-scale", type=float, default=1.0)
+    s.add_argument("--classifier-scale", type=number(), default=1.0)
     s.add_argument("--init-image", default=None, help=".png, .npz/.npy, or 'test' (test split)")
     s.add_argument("--mask", default=None,
                    help="unknown region center|left|right|top|bottom|random, or a .png/.npy")
-    s.add_argument("--resample", type=int, default=1, help="RePaint resamplings per step")
-    s.add_argument("--strength", type=float, default=None, help="SDEdit strength in [0, 1]")
+    s.add_argument("--resample", type=integer(1), default=1, help="RePaint resamplings per step")
+    s.add_argument("--strength", type=number(0.0, 1.0), default=None,
+                   help="SDEdit strength in [0, 1]")
     s.add_argument("--low-res", default=None, help="super-resolution input (.png/.npz) or 'test'")
-    s.add_argument("--temperature", type=float, default=None,
+    s.add_argument("--temperature", type=number(0.0), default=None,
                    help="flow / VAE: the latents' standard deviation (flow default: the "
                         "experiment's flow.temperature)")
-    s.add_argument("--interpolate", type=int, default=0,
+    s.add_argument("--interpolate", type=integer(0), default=0,
                    help="GAN / VAE / flow: --num rows of this many images along slerp paths in "
                         "latent space (VAE/flow: between test images; GAN: random latents)")
 
 
 def _train(args, overrides) -> int:
-    from diffusion_jax.config import load_config
-    from diffusion_jax.experiment import from_config
-    from diffusion_jax.train.loop import EXIT_CODES, train
-
     exp = from_config(load_config(args.config, overrides))
     if args.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        import jax
-
         jax.distributed.initialize()  # arguments come from the TPU / cluster environment
-    periodic = None
-    if exp.train.fid_every:
-        from diffusion_jax.eval.sample_eval import training_fd
-
-        periodic = training_fd(exp, args.workdir)
+    periodic = training_fd(exp, args.workdir) if exp.train.fid_every else None
     out = train(exp, args.workdir, periodic, restart=args.restart)
     return EXIT_CODES[out["status"]]
 
 
-def _sample(args) -> int:
-    from diffusion_jax.generate import SampleRequest, generate
-    from diffusion_jax.utils.images import save_output
-
+def _sample(args, overrides) -> int:
+    _no_overrides(overrides, "sample")
+    check_writable(args.out, "--out", suffixes=(".png", ".npz", ".npy"))
     req = SampleRequest(
         num=args.num, batch=args.batch, seed=args.seed, sampler=args.sampler, steps=args.steps,
         grid=args.grid, labels=args.labels, guidance=args.guidance, classifier=args.classifier,
@@ -209,77 +253,138 @@ def _sample(args) -> int:
     return 0
 
 
-def _run(args, overrides) -> int:
-    if args.cmd in ("train", "train-classifier"):
-        return _train(args, overrides)
-    if args.cmd == "sample":
-        return _sample(args)
-    if args.cmd == "eval":
-        from diffusion_jax.eval.sample_eval import evaluate
-
-        if not args.classifier and not args.inception:
-            raise ValueError("eval needs a feature extractor: --classifier DIR or --inception W.npz")
-        evaluate(args.workdir, args.classifier, args.samplers.split(","),
-                 [int(v) for v in args.nfe.split(",")], args.num, out=args.out,
-                 inception=args.inception, guidance=args.guidance, grids=args.grids.split(","))
-    elif args.cmd == "likelihood":
-        from diffusion_jax.eval.bpd import workdir_bits_per_dim
-
-        workdir_bits_per_dim(args.workdir, args.num, args.batch, args.trace, rtol=args.rtol,
-                             atol=args.atol, seed=args.seed, out=args.out)
-    elif args.cmd == "compare":
-        from diffusion_jax.eval.compare import compare
-
-        workdirs = [w for w in args.workdirs.split(",") if w]
-        labels = args.labels.split(",") if args.labels else None
-        if labels and len(labels) != len(workdirs):
-            raise ValueError(f"--labels names {len(labels)} rows but --workdirs has "
-                             f"{len(workdirs)}")
-        compare(workdirs, args.classifier, args.num, args.out, args.bpd_num, labels)
-    elif args.cmd == "optimize-grid":
-        from diffusion_jax.workdir_grids import optimize_workdir_grid
-
-        info = optimize_workdir_grid(args.workdir, args.sampler, args.nfe, args.num, args.iters,
-                                     args.seed)
-        print(json.dumps({k: v for k, v in info.items() if k != "ts"}))
-    elif args.cmd == "bench-train":
-        from diffusion_jax.bench.train import bench_train
-        from diffusion_jax.config import load_config
-        from diffusion_jax.experiment import from_config
-
-        bench_train(from_config(load_config(args.config, overrides)), args.steps, args.peer,
-                    args.memory_only, args.rounds)
-    elif args.workdir:
-        from diffusion_jax.bench.sampler_bench import MODEL_NFES, MODEL_SAMPLERS, model_pass
-
-        if args.classifier is None:
-            raise ValueError("bench-samplers --workdir measures FD: pass --classifier (a "
-                             "workdir of experiments/fashion_mnist_classifier.py)")
-        model_pass(args.workdir, args.classifier, Path(args.out),
-                   _csv(args.samplers) or MODEL_SAMPLERS,
-                   _csv(args.nfe, int) if args.nfe else MODEL_NFES,
-                   num=args.num, calib=args.calib_num, iters=args.calib_iters)
-    else:
-        from diffusion_jax.bench.sampler_bench import run_benchmark
-
-        run_benchmark(Path(args.out), _csv(args.nfe or "5,8,10,15,20,50,100", int),
-                      _csv(args.samplers), args.cases.split(","), args.batch,
-                      goal_nfes=_csv(args.goal_nfe, int),
-                      learned=None if args.learned is None else _csv(args.learned))
+def _eval(args, overrides) -> int:
+    _no_overrides(overrides, "eval")
+    if args.out is not None:
+        check_writable(args.out, "--out", folder=True)
+    if not args.classifier and not args.inception:
+        raise ValueError("eval needs a feature extractor: --classifier DIR or --inception W.npz")
+    evaluate(args.workdir, args.classifier, args.samplers, args.nfe, args.num, out=args.out,
+             inception=args.inception, guidance=args.guidance, grids=args.grids)
     return 0
 
 
+def _likelihood(args, overrides) -> int:
+    _no_overrides(overrides, "likelihood")
+    if args.out is not None:
+        check_writable(args.out, "--out", suffixes=(".json",))
+    workdir_bits_per_dim(args.workdir, args.num, args.batch, args.trace, rtol=args.rtol,
+                         atol=args.atol, seed=args.seed, out=args.out)
+    return 0
+
+
+def _compare(args, overrides) -> int:
+    _no_overrides(overrides, "compare")
+    check_writable(args.out, "--out", folder=True)
+    workdirs = [w for w in args.workdirs.split(",") if w]
+    if not workdirs:
+        raise ValueError(f"--workdirs {args.workdirs!r} names no workdir: give them separated "
+                         "by commas")
+    labels = args.labels.split(",") if args.labels else None
+    if labels and len(labels) != len(workdirs):
+        raise ValueError(f"--labels names {len(labels)} rows but --workdirs has "
+                         f"{len(workdirs)}")
+    compare(workdirs, args.classifier, args.num, args.out, args.bpd_num, labels)
+    return 0
+
+
+def _optimize_grid(args, overrides) -> int:
+    _no_overrides(overrides, "optimize-grid")
+    info = optimize_workdir_grid(args.workdir, args.sampler, args.nfe, args.num, args.iters,
+                                 args.seed)
+    print(json.dumps({k: v for k, v in info.items() if k != "ts"}))
+    return 0
+
+
+def _bench_train(args, overrides) -> int:
+    bench_train(from_config(load_config(args.config, overrides)), args.steps, args.peer,
+                args.memory_only, args.rounds)
+    return 0
+
+
+def _bench_samplers(args, overrides) -> int:
+    _no_overrides(overrides, "bench-samplers")
+    check_writable(args.out, "--out", folder=True)
+    if args.workdir:
+        if args.classifier is None:
+            raise ValueError("bench-samplers --workdir measures FD: pass --classifier (a "
+                             "workdir of experiments/fashion_mnist_classifier.py)")
+        model_pass(args.workdir, args.classifier, Path(args.out), args.samplers or MODEL_SAMPLERS,
+                   args.nfe or MODEL_NFES, num=args.num, calib=args.calib_num,
+                   iters=args.calib_iters)
+        return 0
+    run_benchmark(Path(args.out), args.nfe or [5, 8, 10, 15, 20, 50, 100], args.samplers or [],
+                  args.cases, args.batch, goal_nfes=args.goal_nfe, learned=args.learned)
+    return 0
+
+
+def _no_overrides(overrides, verb: str) -> None:
+    if overrides:
+        raise ValueError(f"{overrides[0]}: {verb} reads the workdir's stored experiment; "
+                         "--config.* overrides are for train and bench-train")
+
+
+VERBS = {"train": _train, "train-classifier": _train, "sample": _sample, "eval": _eval,
+         "likelihood": _likelihood, "compare": _compare, "optimize-grid": _optimize_grid,
+         "bench-train": _bench_train, "bench-samplers": _bench_samplers}
+
+
 def main(argv=None) -> int:
+    """Parse, run the verb; user errors are one line and exit 2 (``--debug``: tracebacks)."""
     argv, overrides = _split_overrides(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
-    if args.debug:
-        return _run(args, overrides)
     try:
-        return _run(args, overrides)
+        args = _parser().parse_args(argv)
+    except UsageError as e:
+        return _error(e, 2)
+    with honoured_signals() as received:
+        code = _guarded(VERBS[args.cmd], args, overrides)
+    if received and code == 0:  # an interrupt swallowed on its way (a gc callback's)
+        return _error(Interrupted(received[0]), 128 + received[0])
+    return code
+
+
+def _guarded(run, args, overrides) -> int:
+    try:
+        return run(args, overrides)
+    except Interrupted as e:
+        return _error(e, e.code)
     except FloatingPointError as e:  # a run or an output that diverged: failed, not misused
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        if args.debug:
+            raise
+        return _error(e, 1)
     except USER_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+        if args.debug:
+            raise
+        if isinstance(e, FileNotFoundError) and e.filename:  # raised by the OS, not by us
+            return _error(f"{e.filename} does not exist", 2)
+        return _error(e.args[0] if isinstance(e, KeyError) and e.args else e, 2)
+    except OSError as e:
+        if args.debug or e.filename is None:  # not about a path the user gave: a bug
+            raise
+        return _error(os_error_message(e), 2)
+    except MemoryError:
+        if args.debug:
+            raise
+        return _error("this host ran out of memory: ask for fewer samples (--num, --batch) or "
+                      "a smaller train.batch_size", 2)
+
+
+def _error(msg, code: int) -> int:
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    return code
+
+
+def os_error_message(e: OSError) -> str:
+    """What went wrong with which path, and what to do."""
+    path = e.filename
+    if isinstance(e, PermissionError):
+        return f"permission denied: {path}: choose a folder you can write to (or fix its mode)"
+    if isinstance(e, IsADirectoryError):
+        return f"{path} is a folder: give a file name"
+    if isinstance(e, NotADirectoryError):
+        return f"{path}: part of this path is a file, not a folder: choose another path"
+    if isinstance(e, FileExistsError):
+        return f"{path} already exists and is not a folder: choose another path"
+    if e.errno == errno.ENOSPC:
+        return f"the disk is full (writing {path}): free some space or choose another folder"
+    return f"{path}: {e.strerror or e}"

@@ -5,22 +5,60 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import math
+import traceback
 from pathlib import Path
 
 from ml_collections import ConfigDict
 
 
 def load_config(path: str, overrides: list[str] = ()) -> ConfigDict:
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"experiment_{p.stem}", p)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    config = mod.get_config()
+    """The ``ConfigDict`` of an experiment file's ``get_config()``, with ``overrides`` applied;
+    every way the file can be wrong is one line naming the file (and the line)."""
+    config = _get_config(Path(path))
     for item in overrides:
         apply_override(config, item)
     return config
+
+
+def _get_config(p: Path) -> ConfigDict:
+    if not p.exists():
+        raise FileNotFoundError(f"config file {p} does not exist")
+    if p.is_dir():
+        raise ValueError(f"--config {p} is a folder: give an experiment file "
+                         "(experiments/NAME.py)")
+    if p.suffix != ".py":
+        raise ValueError(f"--config {p} is not a Python file: an experiment is a .py file with "
+                         "get_config() (experiments/NAME.py)")
+    spec = importlib.util.spec_from_file_location(f"experiment_{p.stem}", p)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except SyntaxError as e:
+        raise ValueError(f"{p}:{e.lineno}: syntax error: {e.msg}") from None
+    except Exception as e:  # noqa: BLE001 - the user's file failed: say where, in one line
+        raise ValueError(f"{p}:{_line_in(p, e)}: {type(e).__name__}: {e}") from None
+    if not callable(getattr(mod, "get_config", None)):
+        raise ValueError(f"{p} defines no get_config(): an experiment file returns its "
+                         "ConfigDict from get_config()")
+    try:
+        config = mod.get_config()
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{p}:{_line_in(p, e)}: get_config() failed: {type(e).__name__}: "
+                         f"{e}") from None
+    if not isinstance(config, ConfigDict):
+        raise ValueError(f"{p}: get_config() returned a {type(config).__name__}, not an "
+                         "ml_collections.ConfigDict")
+    return config
+
+
+def _line_in(path: Path, e: BaseException) -> int | str:
+    """The line of ``path`` where ``e`` was raised (the innermost frame in that file)."""
+    line = "?"
+    for frame in traceback.extract_tb(e.__traceback__):
+        if Path(frame.filename).resolve() == path.resolve():
+            line = frame.lineno
+    return line
 
 
 def _keys(cfg: ConfigDict, prefix=""):
@@ -30,8 +68,13 @@ def _keys(cfg: ConfigDict, prefix=""):
             yield from _keys(v, prefix + k + ".")
 
 
+BOOLS = {"true": True, "1": True, "false": False, "0": False}
+
+
 def apply_override(config: ConfigDict, item: str) -> None:
-    """``config.train.steps=100`` (leading ``--`` and ``config.`` optional)."""
+    """``config.train.steps=100`` (leading ``--`` and ``config.`` optional). The value is
+    parsed as the type the experiment gives the key (a bool takes true/false/1/0 only); a value
+    of another type is refused with the key named."""
     item = item.lstrip("-")
     if item.startswith("config."):
         item = item[len("config."):]
@@ -47,20 +90,42 @@ def apply_override(config: ConfigDict, item: str) -> None:
             raise KeyError(f"unknown config key {key!r}{hint}")
         if i < len(parts) - 1:
             node = node[part]
-    old = node[parts[-1]]
+    node[parts[-1]] = _typed_value(key, raw, node[parts[-1]])
+
+
+def _typed_value(key: str, raw: str, old):
+    """``raw`` as a value of ``old``'s type."""
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         value = raw
-    if isinstance(old, bool) and isinstance(value, str):
-        value = value.lower() in ("1", "true", "yes")
-    elif isinstance(old, float) and isinstance(value, int):
-        value = float(value)
-    elif isinstance(old, tuple) and isinstance(value, (list, int)):
-        value = tuple(value) if isinstance(value, list) else (value,)
-    elif isinstance(old, str) and not isinstance(value, str):
-        value = raw
-    node[parts[-1]] = value
+    bad = lambda what: ValueError(f"--config.{key}={raw!r} is not {what}")
+    if isinstance(old, bool):
+        if raw.strip().lower() not in BOOLS:
+            raise bad("a boolean (true, false, 1 or 0)")
+        return BOOLS[raw.strip().lower()]
+    if isinstance(old, int) and not isinstance(old, bool):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise bad("an integer")
+        return value
+    if isinstance(old, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        if not math.isfinite(value):
+            raise bad("a finite number")
+        return float(value)
+    if isinstance(old, tuple):
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return (value,)
+        raise bad("a tuple, e.g. (1, 2)")
+    if isinstance(old, str):
+        return raw
+    if isinstance(old, ConfigDict):
+        raise ValueError(f"--config.{key} is a section: set one of its keys "
+                         f"(--config.{key}.NAME=VALUE)")
+    return value
 
 
 def cifar10_tpu(c):

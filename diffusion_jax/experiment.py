@@ -29,6 +29,7 @@ from diffusion_jax.methods.base import Method
 from diffusion_jax.parallel import make_mesh
 from diffusion_jax.settings import (BuildContext, ConfigError, DataSpec, OptimizerSpec, SampleSpec,
                                     StoredRun, TrainSpec, plain, typed)
+from diffusion_jax.utils.memory import check_fits
 
 __all__ = ["ConfigError", "DataSpec", "OptimizerSpec", "TrainSpec", "SampleSpec", "MeshSpec",
            "Experiment", "METHODS", "register_method", "from_config", "stored", "DEFAULT_RULES"]
@@ -140,17 +141,19 @@ def from_config(config: ConfigDict) -> Experiment:
     opt = typed(OptimizerSpec, _section(config, "optimizer"), "optimizer")
     train = typed(TrainSpec, _section(config, "train"), "train")
     sample = typed(SampleSpec, _section(config, "sample", False), "sample")
-    _check_train(train)
+    _check_train(train, data)
     ctx = BuildContext(config, data, opt, train, sample, stored_run)
     method = METHODS[name].build(ctx)
     return Experiment(name, int(config.get("seed", 0)), data, _mesh(config), opt, train, sample,
                       method, json.loads(config.to_json()))
 
 
-def _check_train(t: TrainSpec) -> None:
-    for field in ("steps", "batch_size", "log_every", "ckpt_every", "keep"):
-        if getattr(t, field) < (0 if field == "steps" else 1):
-            raise ConfigError(f"train.{field}={getattr(t, field)} must be >= 1")
+def _check_train(t: TrainSpec, data: DataSpec) -> None:
+    if not data.dim and (data.image_size < 1 or data.channels < 1):
+        raise ConfigError(f"image data needs data.image_size >= 1 and data.channels >= 1 (got "
+                          f"{data.image_size} and {data.channels}); vector data sets data.dim")
+    # the batch as the step sees it: the images, their noise and the noised copy at least
+    check_fits(t.batch_size, data.shape, f"train.batch_size={t.batch_size}", copies=3)
     if t.fid_every and not (t.fid_classifier or t.fid_inception):
         raise ConfigError(f"train.fid_every={t.fid_every} needs a feature extractor: set "
                           "train.fid_classifier=DIR (a classifier workdir) or "

@@ -9,8 +9,11 @@ compiled), and run by one chunk loop (memmap, chunk, NaN check). The CLI only pa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import os
+import sys
 from pathlib import Path
 
 import jax
@@ -21,6 +24,7 @@ from diffusion_jax.data.sources import first_images, get_source
 from diffusion_jax.experiment import Experiment
 from diffusion_jax.methods.base import (COMMON_OPTIONS, SampleRequest, Sampling, SamplingEnv,
                                         changed_options, parse_labels)
+from diffusion_jax.utils.memory import check_fits
 from diffusion_jax.workdir import load, load_classifier, read_experiment
 from diffusion_jax.workdir_grids import load_learned
 
@@ -76,6 +80,14 @@ def check_options(exp: Experiment, req: SampleRequest, workdir) -> None:
                              f"{workdir} holds one (its options: {valid} --out)")
 
 
+def check_sizes(req: SampleRequest, shape, streamed: bool) -> None:
+    """A request whose arrays cannot fit in this host's memory, refused before planning."""
+    check_fits(min(req.batch, req.num), shape, f"--batch {req.batch}", copies=4)  # noise, output
+    check_fits(req.num, (2,), f"--num {req.num}", bytes_per_value=8)  # labels, keys per row
+    if not streamed:  # held in memory, then written
+        check_fits(req.num, shape, f"--num {req.num} (use --out NAME.npy to stream to disk)")
+
+
 def sampling_env(exp: Experiment, workdir) -> SamplingEnv:
     """What a method's ``sampling`` may ask of the workdir: test images, a classifier workdir,
     the workdir's learned grids."""
@@ -98,10 +110,38 @@ def generate(workdir: str, req: SampleRequest, out: str | None = None) -> Genera
         raise ValueError(f"{workdir} holds a {exp.method_name!r} run, which does not generate "
                          "samples")
     check_options(exp, req, workdir)
+    check_sizes(req, exp.method.sample_shape, streamed=str(out).endswith(".npy"))
     plan = exp.method.sampling(req, sampling_env(exp, workdir))
-    _, params, step = load(workdir)
-    images = run_chunks(plan, params, req.seed, out, f"{workdir} (checkpoint step {step})")
+    with output_lock(out):
+        _, params, step = load(workdir)
+        images = run_chunks(plan, params, req.seed, out, f"{workdir} (checkpoint step {step})")
     return Generated(images, plan.inputs, plan.nrow, plan.labels, step)
+
+
+@contextlib.contextmanager
+def output_lock(out):
+    """One writer per streamed ``.npy``: a second ``sample`` to the same ``--out`` is refused
+    with the holder's pid, before it loads or compiles anything (``NAME.npy.lock``, an
+    advisory lock the kernel releases when the holder dies, even by ``kill -9``)."""
+    if out is None or not str(out).endswith(".npy"):
+        yield
+        return
+    lock = Path(str(out) + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ValueError(f"--out {out} is being written by another sample run (pid {holder}): "
+                         "wait for it to finish or choose another --out") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def run_chunks(plan: Sampling, params, seed: int, out: str | None = None,
@@ -111,25 +151,37 @@ def run_chunks(plan: Sampling, params, seed: int, out: str | None = None,
     ``.npy`` the rows stream into ``NAME.partial.npy`` beside it, renamed to ``out`` only once
     every row is made: an existing ``out`` is never left half-written."""
     n, b = plan.n, plan.batch
-    shape = None
-    partial = None
+    partial, images, done = None, None, 0
     key = jax.random.key(seed)
-    images = None
-    for i, start in enumerate(tqdm(range(0, n, b), desc="sample", disable=n <= b)):
-        chunk = np.asarray(plan.draw(params, jax.random.fold_in(key, i), start))[: n - start]
-        if not np.all(np.isfinite(chunk)):
-            raise FloatingPointError(f"samples {start}..{start + len(chunk) - 1} from {source} "
-                                     "hold NaN/inf: the parameters or the sampler diverged")
-        if images is None:
-            shape = (n,) + chunk.shape[1:]
-            if out is not None and str(out).endswith(".npy"):
-                partial = Path(str(out)[:-4] + ".partial.npy")
-                images = np.lib.format.open_memmap(partial, "w+", np.float32, shape)
-            else:
-                images = np.empty(shape, np.float32)
-        images[start: start + len(chunk)] = chunk
+    try:
+        for i, start in enumerate(tqdm(range(0, n, b), desc="sample", disable=n <= b)):
+            chunk = np.asarray(plan.draw(params, jax.random.fold_in(key, i), start))[: n - start]
+            if not np.all(np.isfinite(chunk)):
+                raise FloatingPointError(f"samples {start}..{start + len(chunk) - 1} from "
+                                         f"{source} hold NaN/inf: the parameters or the sampler "
+                                         "diverged")
+            if images is None:
+                partial = _partial_path(out)
+                images = (np.lib.format.open_memmap(partial, "w+", np.float32,
+                                                    (n,) + chunk.shape[1:])
+                          if partial else np.empty((n,) + chunk.shape[1:], np.float32))
+            images[start: start + len(chunk)] = chunk
+            done = start + len(chunk)
+    except BaseException:
+        if partial is not None and images is not None:
+            images.flush()
+            print(f"kept the {done} finished rows of {n} in {partial} ({out} is unchanged)",
+                  file=sys.stderr)
+        raise
     if partial is not None:
         images.flush()
         os.replace(partial, out)
         images = np.load(out, mmap_mode="r")
     return images
+
+
+def _partial_path(out) -> Path | None:
+    """Where a streamed ``.npy`` grows until it is whole: ``NAME.partial.npy`` beside it."""
+    if out is None or not str(out).endswith(".npy"):
+        return None
+    return Path(str(out)[:-4] + ".partial.npy")

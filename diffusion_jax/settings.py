@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
 import optax
 
 from diffusion_jax.optim import make_optimizer
+from diffusion_jax.samplers import GRIDS, SAMPLERS
 
 
 class ConfigError(ValueError):
@@ -114,7 +116,88 @@ def typed(cls, section, where: str, **fixed):
         if (f.name not in given and f.default is dataclasses.MISSING
                 and f.default_factory is dataclasses.MISSING):
             raise ConfigError(f"the experiment is missing the required field {where}.{f.name}")
+        if f.name in given:
+            check_field(f, given[f.name], where)
     return cls(**given, **fixed)
+
+
+# Ranges beyond what a field's type and default say (see ``check_field``): "section.field" ->
+# (test, what it must be).
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "optimizer.lr": (lambda v: v > 0, "> 0"),
+    "optimizer.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "optimizer.grad_clip": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
+    "optimizer.b1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optimizer.b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optimizer.schedule": (lambda v: v in ("constant", "cosine"), "'constant' or 'cosine'"),
+    "train.steps": (lambda v: v >= 1, ">= 1"),
+    "train.batch_size": (lambda v: v >= 1, ">= 1"),
+    "train.ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0: no averaging)"),
+    "train.time_limit_minutes": (lambda v: v >= 0, ">= 0 (0: no limit)"),
+    "train.fid_num": (lambda v: v >= 2, ">= 2"),
+    "sample.guidance": (lambda v: v is None or v >= 0, ">= 0 (or None: no guidance)"),
+    "sample.sampler": (lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
+    "sample.grid": (lambda v: v == "default" or v in GRIDS,
+                    f"'default' or one of {', '.join(GRIDS)}"),
+    "model.latent_dim": (lambda v: v >= 0, ">= 0 (0: a spatial latent)"),
+    "model.channel_mult": (lambda v: len(v) >= 1 and all(isinstance(m, int) and m >= 1
+                                                         for m in v),
+                           "a non-empty tuple of integers >= 1, e.g. (1, 2, 2)"),
+    "model.attn_resolutions": (lambda v: all(isinstance(r, int) and r >= 1 for r in v),
+                               "a tuple of resolutions >= 1 (empty: no attention)"),
+    "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.cond_drop": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.mlp_ratio": (lambda v: v > 0, "> 0"),
+    "model.time_scale": (lambda v: v > 0, "> 0"),
+    "model.dtype": (lambda v: v in ("float32", "bfloat16", "float16"),
+                    "one of float32, bfloat16, float16"),
+}
+
+
+def check_field(f: dataclasses.Field, value, where: str) -> None:
+    """``value`` against field ``f``'s type (``int``, ``float``, ``bool``, ``str``, tuples,
+    ``X | None``, ``Literal``), then its range: ``RULES``, else an integer whose default is
+    positive is a count (``>= 1``) and one whose default is 0 is ``>= 0`` (0: off)."""
+    name = f"{where}.{f.name}"
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    optional = kind.endswith("| None")
+    kind = kind.removesuffix("| None").strip()
+    if not (optional and value is None):
+        _check_type(name, kind, value)
+    if name in RULES:
+        test, want = RULES[name]
+        if not test(value):
+            raise ConfigError(f"{name}={value!r} must be {want}")
+    elif kind == "int" and isinstance(f.default, int) and value is not None:
+        low = 1 if f.default >= 1 else 0
+        if value < low:
+            raise ConfigError(f"{name}={value} must be >= {low}"
+                              + (" (0: off)" if low == 0 else ""))
+
+
+def check_rule(name: str, value) -> None:
+    """``RULES[name]`` for a value read outside a dataclass (``model.dtype``, ...)."""
+    test, want = RULES[name]
+    if not test(value):
+        raise ConfigError(f"{name}={value!r} must be {want}")
+
+
+def _check_type(name: str, kind: str, value) -> None:
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool)
+                              and math.isfinite(v)),
+          "bool": lambda v: isinstance(v, bool),
+          "str": lambda v: isinstance(v, str)}
+    words = {"int": "an integer", "float": "a finite number", "bool": "true or false",
+             "str": "a string"}
+    if kind in ok and not ok[kind](value):
+        raise ConfigError(f"{name}={value!r} is not {words[kind]}")
+    if kind.startswith("tuple") and not isinstance(value, tuple):
+        raise ConfigError(f"{name}={value!r} is not a tuple, e.g. (1, 2)")
+    if kind.startswith("Literal["):
+        options = [o.strip().strip("'\"") for o in kind[len("Literal["):-1].split(",")]
+        if value not in options:
+            raise ConfigError(f"{name}={value!r} is not one of {', '.join(options)}")
 
 
 def split(section, keys: tuple[str, ...]) -> tuple[dict, dict]:

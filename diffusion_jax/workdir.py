@@ -9,12 +9,13 @@ parameters sampling uses (EMA, or the live ones), restored straight into abstrac
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import jax
 
 from diffusion_jax.checkpoint import Checkpointer
-from diffusion_jax.experiment import Experiment, from_config, stored
+from diffusion_jax.experiment import ConfigError, Experiment, from_config, stored
 from diffusion_jax.methods.classifier import ClassifierMethod
 from diffusion_jax.parallel import make_mesh
 
@@ -36,21 +37,44 @@ def _checkpointer(workdir: str | Path) -> Checkpointer:
 
 
 def read_experiment(workdir: str | Path) -> Experiment:
-    """The experiment stored with the newest checkpoint (cheap: no array is read)."""
-    return from_config(stored(_checkpointer(workdir).read_config()))
+    """The experiment stored with the newest readable checkpoint (cheap: no array is read)."""
+    return _newest_readable(workdir, lambda ckpt, step, exp: exp)[0]
 
 
 def load(workdir: str | Path, ema: bool = True) -> tuple[Experiment, object, int]:
-    """``(experiment, params, step)``: the newest checkpoint's sampling parameters (``ema=False``:
-    the live ones), laid out on the mesh the experiment declares."""
-    ckpt = _checkpointer(workdir)
-    exp = from_config(stored(ckpt.read_config()))
-    mesh = make_mesh(exp.mesh.axes)
-    abstract, _ = exp.method.abstract_state(mesh, exp.mesh.rules)
+    """``(experiment, params, step)``: the newest intact checkpoint's sampling parameters
+    (``ema=False``: the live ones), laid out on the mesh the experiment declares. A newest step
+    that is empty or damaged (a save cut short) is skipped with a warning, as ``train`` does;
+    nothing in the workdir is moved (another process may be writing it)."""
     field = "ema_params" if ema else "params"
-    step = ckpt.latest_step()
-    out = ckpt.restore_subtree(step, {field: getattr(abstract, field)})
-    return exp, out[field], step
+
+    def restore(ckpt, step, exp):
+        mesh = make_mesh(exp.mesh.axes)
+        abstract, _ = exp.method.abstract_state(mesh, exp.mesh.rules)
+        return ckpt.restore_subtree(step, {field: getattr(abstract, field)})[field]
+
+    exp, params, step = _newest_readable(workdir, restore)
+    return exp, params, step
+
+
+def _newest_readable(workdir, read):
+    """``(experiment, read(ckpt, step, experiment), step)`` of the newest step that reads."""
+    ckpt = _checkpointer(workdir)
+    failures = []
+    for step in sorted(ckpt.manager.all_steps(), reverse=True):
+        try:
+            exp = from_config(stored(ckpt.read_config(step)))
+            out = read(ckpt, step, exp)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - an empty or damaged step: try an older one
+            failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+            continue
+        for why in failures:
+            print(f"warning: skipped checkpoint {why}", file=sys.stderr)
+        return exp, out, step
+    raise WorkdirError(f"no checkpoint in {ckpt.dir} reads back ({'; '.join(failures)}): "
+                       "train again, or restore the folder from a copy")
 
 
 def summary(workdir: str | Path) -> dict:

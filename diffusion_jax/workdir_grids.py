@@ -17,8 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax.samplers import LearnedPC, default_grid, resolve_sampler, sample, steps_for_budget
+from diffusion_jax.samplers import (LearnedPC, default_grid, resolve_sampler, sample,
+                                    steps_for_budget, total_nfe)
 from diffusion_jax.samplers.learned_grid import MIN_CALIBRATION, calibrate, reference_endpoints
+from diffusion_jax.utils.atomic import write_json
 from diffusion_jax.workdir import load, read_experiment
 
 
@@ -62,9 +64,18 @@ def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters:
     if "grid" not in method.sample_options:
         raise ValueError(f"{workdir} holds a {exp.method_name!r} run: learned grids are for "
                          "diffusion models")
+    obj = resolve_sampler(sampler)
+    if obj.stochastic or obj.adaptive:
+        raise ValueError(f"--sampler {sampler} is {'stochastic' if obj.stochastic else 'adaptive'}"
+                         ": learned grids are for deterministic fixed-grid samplers")
     steps = steps_for_budget(sampler, nfe)
     if steps is None:
         raise ValueError(f"NFE {nfe} is too few for {sampler} (the final denoising call counts)")
+    if total_nfe(sampler, steps) != nfe:  # a grid is labelled with the NFE it really costs
+        reach = sorted({total_nfe(sampler, s) for s in (steps, steps + 1)})
+        raise ValueError(f"--nfe {nfe} is not reachable with {sampler} "
+                         f"({resolve_sampler(sampler).nfe_per_step} evaluations per step + the "
+                         f"final call): use --nfe {' or '.join(map(str, reach))}")
     if num < MIN_CALIBRATION:
         raise ValueError(f"--num {num}: optimize-grid needs at least {MIN_CALIBRATION} "
                          "calibration samples")
@@ -87,7 +98,7 @@ def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters:
                 ts=[float(t) for t in np.asarray(ts)])
     path = grid_path(workdir, sampler, steps)
     path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(info, indent=1))
+    write_json(path, info)
     log(f"held-out RMSE to the PF-ODE endpoint: learned {info['heldout_rmse']:.4g}, "
         f"{info['default_grid']} {info['heldout_rmse_default']:.4g}; wrote {path}")
     return info

@@ -12,7 +12,7 @@ import pytest
 from diffusion_jax.cli import main
 from diffusion_jax.likelihood import logistic_mixture_logp
 from diffusion_jax.methods.autoregressive import quantize, sample_pixels
-from diffusion_jax.models.pixelcnn import PixelCNN
+from diffusion_jax.models.pixelcnn import PixelCNN, receptive_field
 
 LEVELS = jnp.arange(256) / 127.5 - 1.0
 
@@ -37,6 +37,32 @@ def test_the_network_is_causal_in_raster_order():
     assert np.all(dep[np.tril(np.ones((h * w, h * w), bool), -1)].reshape(-1) >= 0)
     assert dep[h * w - 1, : h * w - 1].min() > 0  # the last pixel sees every earlier one
     assert dep[w + 1, 0] > 0 and dep[w + 1, w] > 0  # above-left and directly left
+
+
+def test_the_receptive_field_window_gives_the_full_networks_outputs():
+    """Sampling evaluates the network on a crop the size of its receptive field: at every pixel
+    of a 24x26 image, the crop's output equals the whole image's (perturbed parameters)."""
+    h, w, blocks = 24, 26, 2
+    net = PixelCNN(channels=6, blocks=blocks, num_mix=2)
+    x = jax.random.uniform(jax.random.key(0), (2, h, w, 1), minval=-1, maxval=1)
+    params = net.init(jax.random.key(1), x)["params"]
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    params = jax.tree_util.tree_unflatten(
+        tree, [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    apply = jax.jit(lambda x: jnp.concatenate(net.apply({"params": params}, x), -1))
+    full = np.asarray(apply(x))
+    rows, cols = receptive_field(blocks)
+    hc, wc = rows + 1, 2 * cols + 1
+    for i in range(h):
+        for j in range(w):
+            r0, c0 = min(max(i - rows, 0), h - hc), min(max(j - cols, 0), w - wc)
+            crop = np.asarray(apply(x[:, r0: r0 + hc, c0: c0 + wc]))
+            np.testing.assert_allclose(crop[:, i - r0, j - c0], full[:, i, j], rtol=1e-5,
+                                       atol=1e-5, err_msg=f"pixel {i},{j}")
+    # one row and one column less is not enough: the window is the receptive field, not more
+    short = np.asarray(apply(x[:, h - rows: h, :]))  # the last row without its top row
+    assert not np.allclose(short[:, -1], full[:, -1], atol=1e-5)
 
 
 @pytest.mark.parametrize("mean,log_scale", [(0.0, -3.0), (0.93, -6.5), (-1.0, 0.5)])

@@ -65,3 +65,16 @@ def test_callers_ask_methods_and_samplers_instead_of_probing_them():
            for p in PKG.rglob("*.py") if "methods" not in p.relative_to(PKG).parts
            for n, line in enumerate(p.read_text().splitlines(), 1) if probe.search(line)]
     assert not bad, "\n".join(bad)
+
+
+def test_functions_stay_short():
+    """No function over 60 lines (the training loop 80, the CLI's 40): STYLE.md's screenful."""
+    long = []
+    for path in PKG.rglob("*.py"):
+        limit = 40 if path.name == "cli.py" else 80 if path.name == "loop.py" else 60
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > limit:
+                    long.append(f"{path.relative_to(PKG)}:{node.lineno} {node.name}: {n} lines")
+    assert not long, "\n".join(long)

@@ -19,17 +19,25 @@ with the most steps that fit the budget and is skipped when even ``min_steps`` d
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib.figure import Figure  # the object API: no pyplot, no backend switch
 
 from diffusion_jax import gmm
+from diffusion_jax.eval.sample_eval import evaluate
+from diffusion_jax.models import UNet, UNetConfig
+from diffusion_jax.parameterization import VPrediction, make_denoiser
 from diffusion_jax.processes import VP
-from diffusion_jax.samplers import SAMPLERS, resolve_sampler, sample, steps_for_budget
+from diffusion_jax.samplers import (SAMPLERS, default_grid, resolve_sampler, sample,
+                                    steps_for_budget)
+from diffusion_jax.samplers.learned_grid import calibrate
+from diffusion_jax.utils.atomic import write_json, write_text
+from diffusion_jax.utils.images import save_figure
+from diffusion_jax.workdir_grids import grid_path, optimize_workdir_grid
 
 CASES = {
     "ring2d": lambda: gmm.ring(8, 2.0, 0.05),
@@ -101,8 +109,6 @@ def scan_overhead(nfes=(10, 20, 50), samplers=("ddim", "dpmpp_2m", "unipc"), bat
                   log=print):
     """Sampler wall time / (NFE x one call of a small U-Net denoiser) (1.0 = the scan adds
     nothing), and compile time vs NFE."""
-    from diffusion_jax.models import UNet, UNetConfig
-    from diffusion_jax.parameterization import VPrediction, make_denoiser
 
     proc = VP.cosine()
     model = UNet(UNetConfig(channels=16, channel_mult=(1, 2, 2), attn_resolutions=(7,)))
@@ -202,8 +208,6 @@ def goals(cases=None, nfes=(5, 10), learned=GOAL_LEARNED, batch: int = 256, cali
     ``pool`` limits the samplers tried (default: every deterministic fixed-grid one). One row
     per (case, NFE, variant) with the winning sampler, the ratio to ``baseline`` and every
     sampler's RMSE (``all``)."""
-    from diffusion_jax.samplers import default_grid
-    from diffusion_jax.samplers.learned_grid import calibrate
 
     cases = cases or list(CASES)
     det = [s for s in _deterministic() if pool is None or s in pool]
@@ -238,24 +242,29 @@ def goals(cases=None, nfes=(5, 10), learned=GOAL_LEARNED, batch: int = 256, cali
                     log(f"{c} NFE {nfe} {s_name}: calibrated in {time.perf_counter() - t0:.1f}"
                         f" s, rmse {found['learned'][s_name]:.3e} (logsnr "
                         f"{found['logsnr'][s_name]:.3e})")
-            base = min(found["baseline"].values())
-            for variant, res in found.items():
-                if not res:
-                    continue
-                best = min(res, key=res.get)
-                rows.append({"case": c, "nfe": nfe, "variant": variant, "sampler": best,
-                             "rmse": res[best], "ratio_to_baseline": res[best] / base,
-                             "all": res})
-                log(f"{c:10s} NFE {nfe:3d} {variant:8s} best {best:12s} rmse {res[best]:.3e} "
-                    f"= {res[best] / base:.3f} x baseline")
+            rows += _goal_rows(c, nfe, found, log)
+    return rows
+
+
+def _goal_rows(case: str, nfe: int, found: dict, log) -> list[dict]:
+    """The best sampler of each variant, and its ratio to the baseline's best."""
+    base, rows = min(found["baseline"].values()), []
+    for variant, res in found.items():
+        if not res:
+            continue
+        best = min(res, key=res.get)
+        rows.append({"case": case, "nfe": nfe, "variant": variant, "sampler": best,
+                     "rmse": res[best], "ratio_to_baseline": res[best] / base, "all": res})
+        log(f"{case:10s} NFE {nfe:3d} {variant:8s} best {best:12s} rmse {res[best]:.3e} "
+            f"= {res[best] / base:.3f} x baseline")
     return rows
 
 
 def write_report(out: Path, rows, overhead, history=(), goal_rows=()):
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"cases": rows, "scan_overhead": overhead,
-                                                  "history_overhead": list(history),
-                                                  "goals": list(goal_rows)}, indent=1))
+    write_json(out / "results.json", {"cases": rows, "scan_overhead": overhead,
+                                      "history_overhead": list(history),
+                                      "goals": list(goal_rows)})
     lines = []
     for case in dict.fromkeys(r["case"] for r in rows):
         cr = [r for r in rows if r["case"] == case]
@@ -290,18 +299,15 @@ def write_report(out: Path, rows, overhead, history=(), goal_rows=()):
                     for g in goal_rows if (g["case"], g["nfe"]) == (c, n)}
             lines.append(f"| {c} | {n} | " + " | ".join(
                 cell.get(v, "") for v in ("baseline", "logsnr", "default", "learned")) + " |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "results.md", "\n".join(lines) + "\n")
     _plot(out, rows)
 
 
 def _plot(out: Path, rows):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     cases = list(dict.fromkeys(r["case"] for r in rows))
-    fig, axes = plt.subplots(1, len(cases), figsize=(5.5 * len(cases), 4.5), squeeze=False)
+    fig = Figure(figsize=(5.5 * len(cases), 4.5))
+    axes = fig.subplots(1, len(cases), squeeze=False)
     for ax, case in zip(axes[0], cases):
         for j, s in enumerate(dict.fromkeys(r["sampler"] for r in rows if r["case"] == case)):
             pts = [(r["nfe"], r["rmse"]) for r in rows
@@ -317,8 +323,7 @@ def _plot(out: Path, rows):
         ax.grid(alpha=0.3, which="both")
     axes[0][-1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out / "error_vs_nfe.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "error_vs_nfe.png", dpi=110)
 
 
 def run_benchmark(out: Path, nfes, samplers=None, cases=None, batch: int = 256,
@@ -356,8 +361,6 @@ def model_pass(workdir, classifier, out: Path, samplers=MODEL_SAMPLERS, nfes=MOD
     default grid and with a learned one (``optimize-grid``, calibrated here on ``calib`` draws
     where the workdir has none yet), plus every sampler at ``reference_nfe`` on its default grid
     (the converged figure the low-NFE ones are read against). Rows and table in ``out/model``."""
-    from diffusion_jax.eval.sample_eval import evaluate
-    from diffusion_jax.workdir_grids import grid_path, optimize_workdir_grid
 
     for s_name in samplers:
         resolve_sampler(s_name)

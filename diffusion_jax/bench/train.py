@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
+from diffusion_jax.bench import peer_torch  # imports torch only when asked (peer_torch._import)
 from diffusion_jax.bench.flops import count_flops
 from diffusion_jax.experiment import Experiment, from_config
 from diffusion_jax.methods.diffusion import Diffusion
@@ -72,8 +73,6 @@ def _check_peer(exp: Experiment, peer: str | None):
         return None
     if peer not in PEERS:
         raise ValueError(f"unknown --peer {peer!r}; valid: {', '.join(PEERS)}")
-    from diffusion_jax.bench import peer_torch
-
     peer_torch._import()  # torch / diffusers missing: the install command, before compiling
     pixel_diffusion = type(exp.method) is Diffusion  # not a latent or consistency subclass
     if (not pixel_diffusion or not isinstance(exp.method.model, UNet)
@@ -86,41 +85,17 @@ def _check_peer(exp: Experiment, peer: str | None):
 
 def bench_train(exp: Experiment, steps: int = 10, peer: str | None = None,
                 memory_only: bool = False, rounds: int = 3) -> dict:
+    """Compile the experiment's step on its mesh (FLOPs, per-device memory), then time ``steps``
+    steps (with ``peer``, alternately with the peer's, ``rounds`` times; medians)."""
     peer_mod = _check_peer(exp, peer)
     mesh = make_mesh(exp.mesh.axes)
     method, b = exp.method, exp.train.batch_size
-    _, sh = method.abstract_state(mesh, exp.mesh.rules)
-    bsh = batch_sharding(mesh)
-    step = jax.jit(method.train_step, in_shardings=(sh, bsh, None), out_shardings=(sh, None),
-                   donate_argnums=(0,))
-    key = jax.random.key(1)
-    abstract = jax.eval_shape(method.init, jax.random.key(0))
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract, sh)
-    babs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=bsh),
-                        _batch(exp))
-    t0 = time.perf_counter()
-    compiled = step.lower(abstract, babs, key).compile()
-    compile_s = time.perf_counter() - t0
-    # XLA's cost analysis of an SPMD program counts one device's share: scale to the whole step.
-    xla_flops = _xla_flops(compiled) * mesh.size
-    mflops = model_flops(exp)
-    mem = compiled.memory_analysis()
-    per_device_mb = None
-    if mem is not None:  # bytes XLA allocates per device: arguments + outputs + temporaries
-        per_device_mb = (mem.argument_size_in_bytes + mem.output_size_in_bytes
-                         - mem.alias_size_in_bytes + mem.temp_size_in_bytes) / 2**20
-    n_params = sum(x.size for x in jax.tree_util.tree_leaves(
-        jax.eval_shape(method.sample_params, abstract)))
-    out = {"params_M": n_params / 1e6, "batch": b, "compile_s": compile_s,
-           "model_gflop_per_step": mflops / 1e9, "xla_gflop_per_step": xla_flops / 1e9,
-           "devices": jax.device_count(), "mesh": dict(mesh.shape),
-           "per_device_mb": per_device_mb}
+    compiled, out, sh, bsh = _compiled_step(exp, mesh)
     if memory_only:
         print(json.dumps(_rounded(out)))
         return out
     state = jax.jit(method.init, out_shardings=sh)(jax.random.key(0))
-    batch = _batch(exp, bsh)
+    batch, key = _batch(exp, bsh), jax.random.key(1)
 
     def ours(n):
         nonlocal state
@@ -141,23 +116,57 @@ def bench_train(exp: Experiment, steps: int = 10, peer: str | None = None,
         times.append(ours(steps))
         if torch_peer:
             ttimes.append(torch_peer.time_steps(steps))
-    dt = statistics.median(times)
-    peak = matmul_gflops()
+    dt, peak, mflops = statistics.median(times), matmul_gflops(), out["model_gflop_per_step"] * 1e9
     out.update(step_s=dt, img_per_s=b / dt, achieved_gflops=mflops / dt / 1e9,
                matmul_gflops=peak, mfu=mflops / dt / 1e9 / peak,
-               xla_achieved_gflops=xla_flops / dt / 1e9)
+               xla_achieved_gflops=out["xla_gflop_per_step"] / dt)
     if torch_peer:
-        tdt = statistics.median(ttimes)
-        tpeak = torch_peer.matmul_gflops()
-        out["peer"] = {"name": "torch", "params_M": torch_peer.params / 1e6, "step_s": tdt,
-                       "img_per_s": b / tdt, "model_gflop_per_step": torch_peer.flops_per_step / 1e9,
-                       "achieved_gflops": torch_peer.flops_per_step / tdt / 1e9,
-                       "matmul_gflops": tpeak, "mfu": torch_peer.flops_per_step / tdt / 1e9 / tpeak,
-                       "threads": torch_peer.torch.get_num_threads()}
-        out["speed_vs_peer"] = tdt / dt
+        out.update(_peer_row(torch_peer, statistics.median(ttimes), b))
+        out["speed_vs_peer"] = out["peer"]["step_s"] / dt
         print(side_by_side(out))
     print(json.dumps(_rounded(out)))
     return out
+
+
+def _compiled_step(exp: Experiment, mesh):
+    """``(compiled step, its figures, state shardings, batch sharding)``: compiled from shapes."""
+    method = exp.method
+    _, sh = method.abstract_state(mesh, exp.mesh.rules)
+    bsh = batch_sharding(mesh)
+    step = jax.jit(method.train_step, in_shardings=(sh, bsh, None), out_shardings=(sh, None),
+                   donate_argnums=(0,))
+    abstract = jax.eval_shape(method.init, jax.random.key(0))
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract, sh)
+    babs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=bsh),
+                        _batch(exp))
+    t0 = time.perf_counter()
+    compiled = step.lower(abstract, babs, jax.random.key(1)).compile()
+    compile_s = time.perf_counter() - t0
+    # XLA's cost analysis of an SPMD program counts one device's share: scale to the whole step.
+    xla_flops = _xla_flops(compiled) * mesh.size
+    mem = compiled.memory_analysis()
+    per_device_mb = None
+    if mem is not None:  # bytes XLA allocates per device: arguments + outputs + temporaries
+        per_device_mb = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                         - mem.alias_size_in_bytes + mem.temp_size_in_bytes) / 2**20
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(
+        jax.eval_shape(method.sample_params, abstract)))
+    out = {"params_M": n_params / 1e6, "batch": exp.train.batch_size, "compile_s": compile_s,
+           "model_gflop_per_step": model_flops(exp) / 1e9, "xla_gflop_per_step": xla_flops / 1e9,
+           "devices": jax.device_count(), "mesh": dict(mesh.shape),
+           "per_device_mb": per_device_mb}
+    return compiled, out, sh, bsh
+
+
+def _peer_row(torch_peer, tdt: float, b: int) -> dict:
+    tpeak = torch_peer.matmul_gflops()
+    return {"peer": {"name": "torch", "params_M": torch_peer.params / 1e6, "step_s": tdt,
+                     "img_per_s": b / tdt,
+                     "model_gflop_per_step": torch_peer.flops_per_step / 1e9,
+                     "achieved_gflops": torch_peer.flops_per_step / tdt / 1e9,
+                     "matmul_gflops": tpeak, "mfu": torch_peer.flops_per_step / tdt / 1e9 / tpeak,
+                     "threads": torch_peer.torch.get_num_threads()}}
 
 
 def _rounded(d):

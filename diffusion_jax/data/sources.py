@@ -11,11 +11,15 @@
 
 from __future__ import annotations
 
+import difflib
 import gzip
 import os
 from pathlib import Path
 
+import jax
 import numpy as np
+
+from diffusion_jax import gmm
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 _FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -51,7 +55,7 @@ def find_fashion_mnist(data_dir: str | None = None) -> Path:
             return Path(c)
     raise FileNotFoundError(
         "Fashion-MNIST not found (looked in: " + ", ".join(filter(None, candidates)) + "). "
-        "Install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the "
+        "Install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu, as root), or put the "
         "four IDX .gz files from github.com/zalandoresearch/fashion-mnist in a folder and pass "
         "--config.data.data_dir=FOLDER (or set FASHION_MNIST_DIR), or use "
         "--config.data.dataset=tfds:fashion_mnist where TFDS can download.")
@@ -67,7 +71,21 @@ def fashion_mnist(split: str = "train", data_dir: str | None = None) -> ArraySou
 
 
 def npz_source(path: str) -> ArraySource:
-    with np.load(path, allow_pickle=False) as f:
+    """``images`` (uint8 ``[N, H, W, C]``) and optional ``labels`` (``N`` integers) of an
+    ``.npz`` archive (``numpy.savez``); never unpickled."""
+    if Path(path).is_dir():
+        raise ValueError(f"npz:{path} is a folder: give an .npz file (numpy.savez)")
+    not_npz = ValueError(f"npz:{path} is not an .npz archive of arrays (write one with "
+                         "numpy.savez(path, images=..., labels=...))")
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:  # a pickle, a text file, a truncated file
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise not_npz from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise not_npz
+    with f:
         if "images" not in f:
             raise ValueError(f"{path} has no 'images' array (found: {list(f.keys())})")
         images = f["images"]
@@ -75,12 +93,21 @@ def npz_source(path: str) -> ArraySource:
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"{path}: 'images' must be uint8 [N, H, W, C], got {images.dtype} "
                          f"{images.shape}")
+    if labels is not None and (labels.shape != (len(images),)
+                               or not np.issubdtype(labels.dtype, np.integer)):
+        raise ValueError(f"{path}: 'labels' must be {len(images)} integers (one per image), got "
+                         f"{labels.dtype} {labels.shape}")
     return ArraySource(images, labels)
 
 
 def tfds_source(name: str, split: str, data_dir: str | None = None):
-    import tensorflow_datasets as tfds  # imported lazily: heavy
+    import tensorflow_datasets as tfds  # imported here: heavy (seconds), and only tfds: needs it
 
+    known = tfds.list_builders()
+    if name.split("/")[0].split(":")[0] not in known:
+        near = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+        raise ValueError(f"unknown TFDS dataset {name!r}"
+                         + (f"; closest: {', '.join(near)}" if near else ""))
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
 
 
@@ -88,8 +115,6 @@ class MixtureSource:
     """``n`` fixed draws from an exact-score mixture, as float32 vectors in data space."""
 
     def __init__(self, mixture, n: int = 65_536, seed: int = 0):
-        import jax
-
         x, y = mixture.sample(jax.random.key(seed), n)
         self.x, self.y = np.asarray(x, np.float32), np.asarray(y, np.int32)
         self.mixture = mixture
@@ -105,8 +130,6 @@ GMM_CASES = ("ring", "gmm64")
 
 
 def gmm_source(name: str, split: str = "train") -> MixtureSource:
-    from diffusion_jax import gmm
-
     if name == "ring":
         m = gmm.ring(8, 2.0, 0.05)
     elif name == "gmm64":
@@ -122,11 +145,18 @@ def first_images(source, n: int, shape: tuple[int, ...]):
     return x.reshape((n,) + tuple(shape))
 
 
-def check_source(source, dataset: str, shape: tuple[int, ...]) -> None:
-    """An empty source, or examples of another shape than the experiment declares, named before
-    anything is built (a 32x32 file must not train "fine" as 28x28)."""
+def check_source(source, dataset: str, shape: tuple[int, ...], num_classes: int = 0) -> None:
+    """An empty source, examples of another shape than the experiment declares, or labels
+    outside ``0 .. num_classes - 1``, named before anything is built (a 32x32 file must not
+    train "fine" as 28x28)."""
     if len(source) == 0:
         raise ValueError(f"dataset {dataset!r} has no examples: check the path / split")
+    labels = getattr(source, "labels", None)  # in-memory sources: every label is checked
+    if num_classes and labels is not None and len(labels) and (
+            labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"dataset {dataset!r} has labels {int(labels.min())}..{int(labels.max())}"
+                         f" but data.num_classes={num_classes}: labels must be 0.."
+                         f"{num_classes - 1}")
     got = tuple(np.shape(source[0]["image"]))
     got = got + (1,) if len(got) == 2 else got
     if got != tuple(shape):

@@ -9,7 +9,6 @@ with ``likelihood = None`` (a GAN) says why it has none.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from diffusion_jax.data import get_source
+from diffusion_jax.utils.atomic import json_text, write_json
 from diffusion_jax.workdir import load, read_experiment
 
 FAMILIES_WITH_ONE = ("diffusion (PF-ODE), flow (exact), vae (ELBO and IWAE bounds), "
@@ -83,6 +83,6 @@ def _test_images(exp, num: int):
 def _write(res: dict, workdir, out) -> dict:
     path = Path(out or Path(workdir) / "eval" / "likelihood.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=1))
-    print(json.dumps(res))
+    write_json(path, res)
+    print(json_text(res, indent=None))
     return res

@@ -18,12 +18,16 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from matplotlib.figure import Figure  # the object API: no pyplot, no backend switch
 
 from diffusion_jax.eval import metrics as M
 from diffusion_jax.eval.bpd import workdir_bits_per_dim
 from diffusion_jax.eval.features import classifier_extractor
 from diffusion_jax.eval.sample_eval import reference_features, sample_images
 from diffusion_jax.methods.base import SampleRequest
+from diffusion_jax.utils.atomic import write_json, write_text
+from diffusion_jax.utils.images import save_figure, to_uint8
+from diffusion_jax.utils.memory import check_fits
 from diffusion_jax.workdir import load, read_experiment
 
 SPEED_BATCH = 256
@@ -67,16 +71,19 @@ def _bits(workdir, exp, num: int, out: Path) -> dict:
 
 def compare(workdirs, classifier: str, num: int = 2000, out: str | Path = "compare",
             bpd_num: int = 256, labels: list[str] | None = None) -> list[dict]:
+    """Each workdir's row (sampled ``num`` times, bits/dim on ``bpd_num`` test images) into
+    ``out``; every workdir is read and checked before any work, and ``out`` made only then."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    exps = [read_experiment(w) for w in workdirs]  # every workdir is checked before any work
+    exps = [read_experiment(w) for w in workdirs]
     for w, e in zip(workdirs, exps):
         if not e.method.generates:
             raise ValueError(f"{w} holds a {e.method_name!r} run, which makes no samples")
     if len({e.data.shape for e in exps}) > 1:
         raise ValueError("the workdirs were trained on different image shapes: "
                          + ", ".join(f"{w} {e.data.shape}" for w, e in zip(workdirs, exps)))
+    check_fits(num, exps[0].method.sample_shape, f"--num {num}", copies=2)
     extractor = classifier_extractor(classifier)
+    out.mkdir(parents=True, exist_ok=True)
     real = reference_features(extractor, exps[0], out / "reference_features.npz")
     rows, grids = [], []
     for i, w in enumerate(workdirs):
@@ -110,10 +117,9 @@ def compare(workdirs, classifier: str, num: int = 2000, out: str | Path = "compa
         grids.append((label, images[:64]))
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
                           if k != "class_histogram"}), flush=True)
-    (out / "compare.json").write_text(json.dumps(
-        {"extractor": extractor.name, "num": num, "num_real": len(real), "bpd_num": bpd_num,
-         "rows": rows}, indent=1))
-    (out / "compare.md").write_text(_markdown(rows, extractor.name, num, len(real), bpd_num))
+    write_json(out / "compare.json", {"extractor": extractor.name, "num": num,
+                                      "num_real": len(real), "bpd_num": bpd_num, "rows": rows})
+    write_text(out / "compare.md", _markdown(rows, extractor.name, num, len(real), bpd_num))
     _figure(rows, grids, out / "compare.png")
     return rows
 
@@ -142,15 +148,9 @@ def _markdown(rows, extractor: str, num: int, n_real: int, bpd_num: int) -> str:
 
 
 def _figure(rows, grids, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from diffusion_jax.utils.images import to_uint8
 
     n = len(rows)
-    fig = plt.figure(figsize=(3.2 * max(n, 4), 7.2), layout="constrained")
+    fig = Figure(figsize=(3.2 * max(n, 4), 7.2), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[1.1, 1])
     for i, (label, imgs) in enumerate(grids):
         ax = top.add_subplot(1, n, i + 1)
@@ -175,5 +175,4 @@ def _figure(rows, grids, path: Path) -> None:
             ax.set_yscale("log")
         ax.set_title(title, fontsize=9)
         ax.tick_params(axis="x", labelrotation=45, labelsize=8)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)

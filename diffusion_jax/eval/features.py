@@ -12,7 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_jax.eval.inception import load_inception
 from diffusion_jax.eval.metrics import check_image_range
+from diffusion_jax.workdir import load_classifier
 
 
 @dataclasses.dataclass
@@ -33,8 +35,6 @@ class Extractor:
 
 
 def classifier_extractor(workdir: str) -> Extractor:
-    from diffusion_jax.workdir import load_classifier
-
     clf, params, info = load_classifier(workdir)
     acc = info.get("test_accuracy")
     name = (f"CNN classifier {workdir} (penultimate layer, {clf.feature_dim}-d"
@@ -49,8 +49,6 @@ def classifier_extractor(workdir: str) -> Extractor:
 
 
 def inception_extractor(weights: str, expected_sha256: str | None = None) -> Extractor:
-    from diffusion_jax.eval.inception import load_inception
-
     model, variables = load_inception(weights, expected_sha256)
 
     @jax.jit

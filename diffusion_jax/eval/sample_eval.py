@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from matplotlib.figure import Figure  # the object API: no pyplot, no backend switch
 
 from diffusion_jax.data import get_source
 from diffusion_jax.data.pipeline import image_batches
@@ -21,6 +22,9 @@ from diffusion_jax.eval import metrics as M
 from diffusion_jax.eval.features import Extractor, classifier_extractor, make_extractor
 from diffusion_jax.experiment import Experiment
 from diffusion_jax.generate import run_chunks, sampling_env
+from diffusion_jax.utils.atomic import atomic_path, write_json, write_text
+from diffusion_jax.utils.images import save_figure
+from diffusion_jax.utils.memory import check_fits
 from diffusion_jax.workdir import load, read_experiment
 
 
@@ -34,7 +38,8 @@ def reference_features(extractor: Extractor, exp: Experiment, cache: Path | None
     feats = np.concatenate([extractor(x)[0] for x, _ in image_batches(test, 1000)])
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, features=feats, extractor=np.array(extractor.name))
+        with atomic_path(cache) as tmp:
+            np.savez(tmp, features=feats, extractor=np.array(extractor.name))
     return feats
 
 
@@ -94,6 +99,7 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
     if not method.generates:
         raise ValueError(f"{workdir} holds a {exp.method_name!r} run, which makes no samples")
     settings = method.eval_requests(samplers, nfes, grids, guidance)  # checked before any work
+    check_fits(num, method.sample_shape, f"--num {num}", copies=2)  # the samples and clipped
     k = method.num_classes
     if k and not classifier_dir:
         raise ValueError("a class-conditional model is judged by a classifier: pass --classifier")
@@ -105,6 +111,11 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
                                                env)))
         except FileNotFoundError:
             print(f"note: no learned grid for {row['sampler']} at NFE {row['nfe']}; skipped")
+    if not plans:
+        raise ValueError(f"no eval row can run for {workdir}: {', '.join(map(str, samplers))} at "
+                         f"NFE {', '.join(map(str, nfes))} on grids {', '.join(grids)}: each is "
+                         "below its sampler's minimum NFE or has no learned grid (nothing was "
+                         "written)")
     exp, params, step = load(workdir)
     extractor = make_extractor(classifier_dir, inception)
     judge = classifier_extractor(classifier_dir) if k else None
@@ -141,7 +152,7 @@ def _eval_row(plan, params, extractor, judge, real_feats) -> dict:
 
 def _write(rows, out: Path, extractor, num, n_real, step, guidance) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(rows, indent=1))
+    write_json(out / "eval.json", rows)
     agree = guidance is not None or any("agreement" in r for r in rows)
     lines = [f"FD/KID with the {extractor.name}, {num} samples vs the {n_real}-image "
              f"test split; checkpoint step {step}"
@@ -152,17 +163,14 @@ def _write(rows, out: Path, extractor, num, n_real, step, guidance) -> None:
     lines += [f"| {r['sampler']} | {r['grid']} | {r['nfe']} | {r['fd']:.3f} | {r['kid']:.4f} | {r['precision']:.3f} "
               f"| {r['recall']:.3f} |" + (f" {r['agreement']:.3f} |" if agree else "")
               + f" {r['seconds']:.1f} |" for r in rows]
-    (out / "eval.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "eval.md", "\n".join(lines) + "\n")
     _plot(rows, out / "fd_vs_nfe.png")
 
 
 def _plot(rows, path):
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.subplots()
     for s, g in dict.fromkeys((r["sampler"], r["grid"]) for r in rows):
         pts = [(r["nfe"], r["fd"]) for r in rows if (r["sampler"], r["grid"]) == (s, g)]
         ax.plot(*zip(*pts), marker="o", ls="--" if g == "learned" else "-",
@@ -173,5 +181,4 @@ def _plot(rows, path):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

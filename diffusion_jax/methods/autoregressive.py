@@ -24,7 +24,7 @@ import optax
 from diffusion_jax.likelihood import NUM_BINS, logistic_mixture_logp
 from diffusion_jax.methods.base import MethodBase, SampleRequest
 from diffusion_jax.methods.state import SingleNetwork, TrainState, apply_gradients, ema_decay_at
-from diffusion_jax.models.pixelcnn import PixelCNN
+from diffusion_jax.models.pixelcnn import PixelCNN, receptive_field
 from diffusion_jax.settings import BuildContext, ConfigError
 
 SECTIONS = ("autoregressive",)
@@ -50,17 +50,26 @@ def sample_mixture(key, logits, means, log_scales, temperature: float = 1.0):
     return quantize(mean + scale * (jnp.log(u) - jnp.log1p(-u)))
 
 
-def sample_pixels(apply: Callable, key, shape: tuple[int, ...], temperature: float = 1.0):
+def sample_pixels(apply: Callable, key, shape: tuple[int, ...], temperature: float = 1.0,
+                  window: tuple[int, int] | None = None):
     """``[n, H, W, 1]`` images drawn pixel by pixel in raster order: step ``p`` evaluates
     ``apply(x) -> (logits, means, log_scales)`` on the image so far and draws pixel ``p``. One
-    ``lax.scan`` of ``H * W`` network evaluations."""
+    ``lax.scan`` of ``H * W`` network evaluations. ``window = (rows, cols)``: the network's
+    receptive field (``models.pixelcnn.receptive_field``); each evaluation then sees only the
+    ``rows + 1`` by ``2 cols + 1`` crop around the pixel that its output depends on (exactly the
+    same output, a fraction of the work)."""
     n, h, w, _ = shape
+    rows, cols = window or (h, w)
+    hc, wc = min(h, rows + 1), min(w, 2 * cols + 1)
 
     def step(x, inp):
         p, k = inp
         i, j = p // w, p % w
-        logits, means, log_scales = apply(x)
-        at = lambda a: jax.lax.dynamic_slice(a, (0, i, j, 0), (n, 1, 1, a.shape[-1]))[:, 0, 0]
+        r0, c0 = jnp.clip(i - rows, 0, h - hc), jnp.clip(j - cols, 0, w - wc)
+        crop = jax.lax.dynamic_slice(x, (0, r0, c0, 0), (n, hc, wc, x.shape[-1]))
+        logits, means, log_scales = apply(crop)
+        at = lambda a: jax.lax.dynamic_slice(a, (0, i - r0, j - c0, 0),
+                                             (n, 1, 1, a.shape[-1]))[:, 0, 0]
         v = sample_mixture(k, at(logits), at(means), at(log_scales), temperature)
         return jax.lax.dynamic_update_slice(x, v[:, None, None, None].astype(x.dtype),
                                             (0, i, j, 0)), None
@@ -130,7 +139,8 @@ def _bpd(method: AutoregressiveMethod):
 def _sampler(method: AutoregressiveMethod, n: int, temperature: float):
     def fn(params, key):
         apply = lambda x: method.model.apply({"params": params}, x)
-        return sample_pixels(apply, key, (n,) + tuple(method.shape), temperature)
+        return sample_pixels(apply, key, (n,) + tuple(method.shape), temperature,
+                             receptive_field(method.model.blocks))
     return jax.jit(fn)
 
 

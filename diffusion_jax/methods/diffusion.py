@@ -32,7 +32,7 @@ from diffusion_jax.models.layers import REMAT_POLICIES, remat_policy
 from diffusion_jax.parameterization import Parameterization
 from diffusion_jax.processes import Process
 from diffusion_jax.samplers import steps_for_budget, total_nfe
-from diffusion_jax.settings import BuildContext, ConfigError, DataSpec, split, typed
+from diffusion_jax.settings import BuildContext, ConfigError, DataSpec, check_rule, split, typed
 
 SECTIONS = ("process", "parameterization", "loss", "latent")
 SAMPLE_OPTIONS = frozenset({"sampler", "steps", "grid", "labels", "guidance", "classifier",
@@ -199,13 +199,21 @@ def _pf_ode_bpd(method: Diffusion, trace: str, rtol: float, atol: float):
 def denoiser_network(section, data: DataSpec):
     """``(network, conditioning)`` from the ``model`` section: a U-Net, a DiT or an MLP."""
     common, arch = split(section, ("name", "dtype", "conditional", "cond_drop"))
+    for key, field in (("dtype", "model.dtype"), ("cond_drop", "model.cond_drop")):
+        if key in common:
+            check_rule(field, common[key])
     name = common.get("name", "unet")
     conditional = common.get("conditional", False)
+    if not isinstance(conditional, bool):
+        raise ConfigError(f"model.conditional={conditional!r} is not true or false")
     if conditional and not data.num_classes:
         raise ConfigError("model.conditional=True needs data.num_classes > 0")
     num_classes = data.num_classes if conditional else 0
     dtype = jnp.dtype(common.get("dtype", "float32"))
     if name == "mlp":
+        if conditional or arch.get("context_dim") or arch.get("low_res_size"):
+            raise ConfigError("model.name='mlp' is unconditional: set model.conditional=False "
+                              "(or use model.name='unet' / 'dit' for class conditioning)")
         model = typed(MLP, arch, "model")
     elif name == "dit":
         model = DiT(_dit_config(arch, data, num_classes), dtype=dtype)
@@ -238,6 +246,12 @@ def _unet_config(arch: dict, data: DataSpec, num_classes: int) -> UNetConfig:
         raise ConfigError(f"unknown model.remat={ucfg.remat!r}; valid: none, "
                           f"{', '.join(REMAT_POLICIES)}")
     check_image_size(data.image_size, ucfg.channel_mult)
+    for i, mult in enumerate(ucfg.channel_mult):  # attention splits a level's channels in heads
+        width = ucfg.channels * mult
+        if data.image_size // 2 ** i in ucfg.attn_resolutions and width % ucfg.num_heads:
+            raise ConfigError(f"model.num_heads={ucfg.num_heads} must divide the {width} "
+                              f"channels of the attention level at resolution "
+                              f"{data.image_size // 2 ** i}")
     if ucfg.low_res_size and data.image_size % ucfg.low_res_size:
         raise ConfigError(f"model.low_res_size={ucfg.low_res_size} must divide "
                           f"data.image_size={data.image_size}")

@@ -90,13 +90,16 @@ def check_sample_inputs(model, cond: dict | None, guidance_scale, classifier, x_
 def _jit_checked(fn: Callable, model, guidance_scale, classifier, shape_of: Callable,
                  prepare: Callable = lambda *a: a) -> Callable:
     """``fn`` jitted, behind the input checks every factory makes (``shape_of(args)``: the
-    batch's shape; ``prepare(*args)``: the arguments the compiled function takes)."""
-    jitted = jax.jit(fn)
+    batch's shape; ``prepare(*args)``: the arguments the compiled function takes). The jitted
+    function is made at the first call: planning a request compiles and traces nothing."""
+    jitted = []
 
     def checked(*args):
         check_sample_inputs(model, args[-1] if len(args) else None, guidance_scale, classifier,
                             shape_of(args))
-        return jitted(*prepare(*args))
+        if not jitted:
+            jitted.append(jax.jit(fn))
+        return jitted[0](*prepare(*args))
 
     return checked
 
@@ -168,11 +171,11 @@ def plan(method, req: SampleRequest, env: SamplingEnv) -> Sampling:
             req.mask or req.strength is not None or req.low_res or req.classifier):
         raise ValueError("--mask, --strength, --low-res and --classifier work on pixels; this is "
                          "a latent diffusion model (it samples latents)")
-    classifier = _classifier(req, method, env)
-    cond, n, nrow, inputs = _conditioning(req, method, classifier, env)
     if req.guidance is not None and not method.conditioning.num_classes:
         raise ValueError("--guidance (classifier-free) needs a class-conditional model; this one "
                          "has no class conditioning. Use --classifier DIR for classifier guidance")
+    classifier = _classifier(req, method, env)
+    cond, n, nrow, inputs = _conditioning(req, method, classifier, env)
     init = _init_images(req, method.shape, n, env)
     mask = None
     if req.mask:

@@ -101,3 +101,11 @@ class PixelCNN(nn.Module):
         logits, means, log_scales = jnp.split(out, 3, axis=-1)
         return logits, jnp.tanh(means), jnp.maximum(log_scales, -7.0)
 
+
+def receptive_field(blocks: int) -> tuple[int, int]:
+    """``(rows, cols)``: the output at ``(i, j)`` depends only on input rows ``i - rows .. i``
+    and columns ``j - cols .. j + cols``. The input layer reaches 3 rows up and 2 columns; each
+    block's two 2-row, 3-wide convolutions of the vertical stack add 2 of each (the horizontal
+    stack reaches no further). ``tests/test_autoregressive.py`` checks a window this size gives
+    the full network's outputs."""
+    return 3 + 2 * blocks, 2 + 2 * blocks

@@ -123,6 +123,35 @@ def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sa
     obj = resolve_sampler(sampler, **(sampler_kwargs or {}))
     if final not in FINAL_STEPS:
         raise ValueError(f"unknown final step {final!r}; valid: {', '.join(FINAL_STEPS)}")
+    ts = _checked_grid(obj, process, sampler, num_steps, grid, ts)
+    # Restart's cycles join the grid (a grid it cannot restart on fails here, before compiling);
+    # NaN steps are reported on the grid the scan runs
+    run_ts = obj.expand_grid(process, ts)
+    nfe = None if obj.adaptive else obj.nfe(len(ts) - 1) + int(final_denoise)
+    warning = None if nfe is None else obj.low_nfe_warning(nfe)
+    if warning:
+        warnings.warn(warning, stacklevel=2)
+    key = jax.random.key(0) if key is None else key
+    out = jax.eval_shape(denoise, x_T, jnp.asarray(ts[0], x_T.dtype))  # traces, never compiles
+    if out.shape != x_T.shape:
+        raise ValueError(f"the denoiser maps x_T of shape {x_T.shape} to {out.shape}; "
+                         "it must return x0_hat with the shape of its input")
+    if isinstance(x_T, jax.core.Tracer) or isinstance(key, jax.core.Tracer):
+        return run(obj, denoise, process, x_T, ts, key, final_denoise, final, callback=callback)[0]
+    x, nan_step = _run_jit(obj, denoise, process, x_T, tuple(float(v) for v in ts), key,
+                           final_denoise, final, callback)
+    nan_step = int(nan_step)
+    if nan_step >= 0:
+        m = len(run_ts) - 1
+        where = "the final denoising step" if nan_step == m else f"step {nan_step} of {m}"
+        raise FloatingPointError(
+            f"sampler {type(obj).__name__} produced NaN at {where} "
+            f"(t={run_ts[min(nan_step, m)]:.4g}): check the denoiser's output at that time")
+    return x
+
+
+def _checked_grid(obj: Sampler, process: Process, sampler, num_steps: int, grid, ts) -> np.ndarray:
+    """The grid ``sample`` runs: ``ts`` checked, or made from ``grid`` and ``num_steps``."""
     if ts is None:
         ts = make_grid(process, num_steps, default_grid(sampler) if grid == "default" else grid)
     else:
@@ -133,31 +162,9 @@ def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sa
             process.check_t(v)
     n = len(ts) - 1
     if n < obj.min_steps:
-        raise ValueError(f"sampler {type(obj).__name__} needs at least {obj.min_steps} steps, got {n}")
-    # Restart's cycles join the grid (a grid it cannot restart on fails here, before compiling);
-    # NaN steps are reported on the grid the scan runs
-    run_ts = obj.expand_grid(process, ts)
-    warning = None if obj.adaptive else obj.low_nfe_warning(obj.nfe(n) + int(final_denoise))
-    if warning:
-        warnings.warn(warning, stacklevel=2)
-    key = jax.random.key(0) if key is None else key
-    out = jax.eval_shape(denoise, x_T, jnp.asarray(ts[0], x_T.dtype))  # traces, never compiles
-    if out.shape != x_T.shape:
-        raise ValueError(f"the denoiser maps x_T of shape {x_T.shape} to {out.shape}; "
-                         "it must return x0_hat with the shape of its input")
-    if not isinstance(x_T, jax.core.Tracer) and not isinstance(key, jax.core.Tracer):
-        x, nan_step = _run_jit(obj, denoise, process, x_T, tuple(float(v) for v in ts), key,
-                               final_denoise, final, callback)
-        nan_step = int(nan_step)
-        if nan_step >= 0:
-            m = len(run_ts) - 1
-            where = "the final denoising step" if nan_step == m else f"step {nan_step} of {m}"
-            raise FloatingPointError(
-                f"sampler {type(obj).__name__} produced NaN at {where} "
-                f"(t={run_ts[min(nan_step, m)]:.4g}): check the denoiser's output at that time")
-        return x
-    x, _ = run(obj, denoise, process, x_T, ts, key, final_denoise, final, callback=callback)
-    return x
+        raise ValueError(f"sampler {type(obj).__name__} needs at least {obj.min_steps} steps, "
+                         f"got {n}")
+    return ts
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 4, 6, 7, 8))

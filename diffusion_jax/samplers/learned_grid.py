@@ -158,26 +158,21 @@ def optimize_solver(denoise: Callable, process: Process, num_steps: int, x_calib
     and its grid, fitted to the PF-ODE endpoints of ``x_calib`` (``[B, ...]`` noise, ``B >=
     16``). The last ``val_fraction`` of ``x_calib`` is held out: each start (one per entry of
     ``correctors``: with and without the corrector; the loss is not convex and either can win)
-    runs ``iters`` Adam steps on the rest, and the parameters with the lowest held-out error
-    over all starts and iterations (the starting solvers included) are returned: selected on
-    noise they were not fitted to, so an iterate that over-fits the fit set loses. ``info``: held-out RMSE at the start
-    and at the end, the chosen start, seconds."""
-    LearnedPC(history=history).validate()
-    _check_calibration(x_calib, num_steps, 1, "optimize_solver")
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    runs ``iters`` Adam steps on the rest; the parameters with the lowest held-out error over
+    all starts and iterations (the starting solvers included) are returned: an iterate that
+    over-fits the fit set loses. ``info``: held-out RMSE at the start and at the end, the
+    chosen start, seconds."""
+    _check_solver_fit(history, x_calib, num_steps, val_fraction)
     t0 = time.perf_counter()
     key = jax.random.key(0) if key is None else key
     x_calib = jnp.asarray(x_calib)
     ref = reference_endpoints(denoise, process, x_calib) if reference is None else reference
     n_val = max(int(round(val_fraction * x_calib.shape[0])), 4)
-    x_fit, r_fit = x_calib[:-n_val], jnp.asarray(ref)[:-n_val]
-    x_val, r_val = x_calib[-n_val:], jnp.asarray(ref)[-n_val:]
+    (x_fit, r_fit), (x_val, r_val) = ((x_calib[sl], jnp.asarray(ref)[sl])
+                                      for sl in (slice(None, -n_val), slice(-n_val, None)))
     base, l_hi, l_lo, theta0 = _grid_start(process, num_steps, init, learn_end)
     dt = x_calib.dtype
     n, k = num_steps, history
-    best = (np.inf, None, None)
-    first = {}
 
     def loss_fn(p, x, r, gate):  # gate 0: the corrector's output is not used (no gradient to c)
         ts = _grid_of(p["theta"], base, l_hi, l_lo, process, learn_end, dt)
@@ -195,27 +190,16 @@ def optimize_solver(denoise: Callable, process: Process, num_steps: int, x_calib
         u, opt = tx.update(g, opt)
         return optax.apply_updates(p, u), opt, loss, val
 
-    for corrector in correctors:
-        params = {"theta": jnp.asarray(theta0, dt), "pred": jnp.zeros((n, k), dt),
-                  "corr": jnp.zeros((n, k + 1), dt), "fin": jnp.zeros((3,), dt)}
-        opt, gate = tx.init(params), jnp.asarray(float(corrector), dt)
-        for i in range(iters):
-            new, opt, loss, val = update(params, opt, gate)
-            val = float(val)
-            first.setdefault(corrector, val)
-            if np.isfinite(val) and val < best[0]:
-                best = (val, params, corrector)  # ``val`` is that of ``params``, before the update
-            params = new
-            if log and (i % 50 == 0 or i == iters - 1):
-                log(f"optimize_solver {n} steps (corrector={corrector}): iter {i} fit rmse "
-                    f"{np.sqrt(float(loss)):.4g} held-out {np.sqrt(val):.4g}")
-    if best[1] is None:
-        raise FloatingPointError("optimize_solver: every candidate gave NaN; lower lr")
-    val, p, corrector = best
-    tup = lambda v: tuple(tuple(float(a) for a in row) for row in np.asarray(v))
-    solver = LearnedPC(history=k, corrector=corrector, pred=tup(p["pred"]),
-                       corr=tup(p["corr"]) if corrector else None,
-                       fin=tuple(float(a) for a in np.asarray(p["fin"])))
+    start = lambda: {"theta": jnp.asarray(theta0, dt), "pred": jnp.zeros((n, k), dt),
+                     "corr": jnp.zeros((n, k + 1), dt), "fin": jnp.zeros((3,), dt)}
+
+    def report(c, i, loss, v):
+        if log and (i % 50 == 0 or i == iters - 1):
+            log(f"optimize_solver {n} steps (corrector={c}): iter {i} fit rmse "
+                f"{np.sqrt(loss):.4g} held-out {np.sqrt(v):.4g}")
+
+    val, p, corrector, first = _best_of_starts(update, start, correctors, iters, tx, dt, report)
+    solver = _stored_solver(p, corrector, k)
     ts = _grid_final(p["theta"], base, l_hi, l_lo, process, learn_end)
     info = {"sampler": "learned_pc", "num_steps": n, "init": init, "history": k,
             "corrector": corrector, "val_rmse_init": {str(c): float(np.sqrt(v))
@@ -224,6 +208,42 @@ def optimize_solver(denoise: Callable, process: Process, num_steps: int, x_calib
             "val_num": n_val, "iters": iters, "learn_end": learn_end,
             "seconds": time.perf_counter() - t0}
     return ts, solver, info
+
+
+def _check_solver_fit(history: int, x_calib, num_steps: int, val_fraction: float) -> None:
+    LearnedPC(history=history).validate()
+    _check_calibration(x_calib, num_steps, 1, "optimize_solver")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+
+
+def _stored_solver(p: dict, corrector: bool, history: int) -> LearnedPC:
+    """The fitted tables as tuples of floats: a hashable solver, a static argument of jit."""
+    tup = lambda v: tuple(tuple(float(a) for a in row) for row in np.asarray(v))
+    return LearnedPC(history=history, corrector=corrector, pred=tup(p["pred"]),
+                     corr=tup(p["corr"]) if corrector else None,
+                     fin=tuple(float(a) for a in np.asarray(p["fin"])))
+
+
+def _best_of_starts(update, start, correctors, iters: int, tx, dt, report):
+    """Adam from ``start()`` once per corrector setting; ``(held-out MSE, params, corrector,
+    first held-out MSE per setting)`` of the best iterate (its ``val`` is that of ``params``,
+    before the update)."""
+    best, first = (np.inf, None, None), {}
+    for corrector in correctors:
+        params = start()
+        opt, gate = tx.init(params), jnp.asarray(float(corrector), dt)
+        for i in range(iters):
+            new, opt, loss, val = update(params, opt, gate)
+            val = float(val)
+            first.setdefault(corrector, val)
+            if np.isfinite(val) and val < best[0]:
+                best = (val, params, corrector)
+            params = new
+            report(corrector, i, float(loss), val)
+    if best[1] is None:
+        raise FloatingPointError("optimize_solver: every candidate gave NaN; lower lr")
+    return (*best, first)
 
 
 def calibrate(denoise: Callable, process: Process, sampler: str, num_steps: int, x_calib, *,

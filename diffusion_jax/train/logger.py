@@ -15,6 +15,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from PIL import Image
+from tensorboardX import SummaryWriter
+from tensorboardX.proto import event_pb2
 
 
 class MetricLogger:
@@ -25,7 +28,6 @@ class MetricLogger:
         self._tb = None
         if self.active:  # rewrite the rows up to the resumed step (later ones are re-logged)
             self.path.write_text("".join(json.dumps(h) + "\n" for h in self.history))
-            from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"), flush_secs=10)
 
     def write(self, row: dict) -> None:
@@ -42,7 +44,6 @@ class MetricLogger:
     def image(self, tag: str, grid_png: str | Path, step: int) -> None:
         """A saved grid (PNG) as a TensorBoard image."""
         if self.active:
-            from PIL import Image
             self._tb.add_image(tag, np.asarray(Image.open(grid_png).convert("RGB")), step,
                                dataformats="HWC")
 
@@ -67,8 +68,6 @@ def read_history(workdir: str | Path, upto: int) -> list[dict]:
 
 def read_scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar in the TensorBoard event files under ``logdir``: ``{tag: [(step, value)]}``."""
-    from tensorboardX.proto import event_pb2
-
     out: dict[str, list[tuple[int, float]]] = {}
     for path in sorted(Path(logdir).rglob("events.out.tfevents.*")):
         data, i = path.read_bytes(), 0

@@ -46,7 +46,7 @@ def train(exp: Experiment, workdir: str, periodic: Periodic | None = None,
     workdir = Path(workdir)
     d = exp.data
     source = get_source(d.dataset, "train", d.data_dir or None)
-    check_source(source, d.dataset, d.shape)
+    check_source(source, d.dataset, d.shape, d.num_classes)
     mesh = make_mesh(exp.mesh.axes)
     batch_size_per_shard(mesh, exp.train.batch_size)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -55,19 +55,25 @@ def train(exp: Experiment, workdir: str, periodic: Periodic | None = None,
         lock.acquire()
     try:
         if restart:
-            print(f"--restart: moved the old content of {workdir} to {move_aside(workdir)}")
+            moved = move_aside(workdir)
+            print(f"--restart: moved the old content of {workdir} to {moved}" if moved
+                  else f"--restart: {workdir} holds nothing to move aside")
         return _train(exp, workdir, source, mesh, periodic)
     finally:
         lock.release()
 
 
-def move_aside(workdir: Path) -> Path:
-    """Everything in ``workdir`` (but the lock) into ``workdir/previous_<time>/``; nothing deleted."""
+def move_aside(workdir: Path) -> Path | None:
+    """Everything in ``workdir`` (but the lock) into ``workdir/previous_<time>/``; nothing
+    deleted. ``None`` (and no folder made) when there is nothing to move."""
     dest = workdir / f"previous_{time.strftime('%Y%m%d-%H%M%S')}"
+    items = [p for p in workdir.iterdir()
+             if p.name != "lock.json" and not p.name.startswith("previous_")]
+    if not items:
+        return None
     dest.mkdir()
-    for p in workdir.iterdir():
-        if p != dest and p.name != "lock.json" and not p.name.startswith("previous_"):
-            shutil.move(str(p), str(dest / p.name))
+    for p in items:
+        shutil.move(str(p), str(dest / p.name))
     return dest
 
 
