@@ -46,7 +46,8 @@ from diffusion_jax.samplers import GRIDS, SAMPLERS
 from diffusion_jax.samplers.learned_grid import MIN_CALIBRATION
 from diffusion_jax.train.loop import EXIT_CODES, train
 from diffusion_jax.utils.atomic import check_writable
-from diffusion_jax.utils.flags import choice, int_list, integer, name_list, number
+from diffusion_jax.utils.flags import (choice, int_list, integer, name_list, number,
+                                       usage_message)
 from diffusion_jax.utils.images import save_output
 from diffusion_jax.utils.interrupts import Interrupted, honoured_signals
 from diffusion_jax.workdir_grids import optimize_workdir_grid
@@ -63,7 +64,7 @@ class UsageError(ValueError):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        raise UsageError(message)
+        raise UsageError(usage_message(message))
 
 
 def _split_overrides(argv):

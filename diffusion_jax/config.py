@@ -120,8 +120,8 @@ def _typed_value(key: str, raw: str, old):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return (value,)
         raise bad("a tuple, e.g. (1, 2)")
-    if isinstance(old, str):
-        return raw
+    if isinstance(old, str):  # 'float32' and float32 both mean the string
+        return value if isinstance(value, str) else raw
     if isinstance(old, ConfigDict):
         raise ValueError(f"--config.{key} is a section: set one of its keys "
                          f"(--config.{key}.NAME=VALUE)")

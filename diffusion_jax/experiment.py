@@ -27,6 +27,7 @@ from diffusion_jax.methods import (autoregressive, classifier, consistency, diff
                                    vae)
 from diffusion_jax.methods.base import Method
 from diffusion_jax.parallel import make_mesh
+from diffusion_jax.samplers import resolve_sampler
 from diffusion_jax.settings import (BuildContext, ConfigError, DataSpec, OptimizerSpec, SampleSpec,
                                     StoredRun, TrainSpec, plain, typed)
 from diffusion_jax.utils.memory import check_fits
@@ -142,10 +143,19 @@ def from_config(config: ConfigDict) -> Experiment:
     train = typed(TrainSpec, _section(config, "train"), "train")
     sample = typed(SampleSpec, _section(config, "sample", False), "sample")
     _check_train(train, data)
+    _check_sample(sample)
     ctx = BuildContext(config, data, opt, train, sample, stored_run)
     method = METHODS[name].build(ctx)
     return Experiment(name, int(config.get("seed", 0)), data, _mesh(config), opt, train, sample,
                       method, json.loads(config.to_json()))
+
+
+def _check_sample(s: SampleSpec) -> None:
+    """The ``sample`` section (used by previews and ``sample``), checked when training starts."""
+    sampler = resolve_sampler(s.sampler)
+    if s.num_steps < sampler.min_steps:
+        raise ConfigError(f"sample.num_steps={s.num_steps}: {s.sampler} needs at least "
+                          f"{sampler.min_steps} steps")
 
 
 def _check_train(t: TrainSpec, data: DataSpec) -> None:

@@ -38,9 +38,13 @@ def _train(cfg, wd: Path, *overrides) -> str:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, configs):
+    return build_env(tmp_path_factory.mktemp("bad"), configs)
+
+
+def build_env(root: Path, configs) -> dict:
     """The workdirs (toy mixture, class-conditional 8x8 U-Net, GAN, classifier), an output
-    folder holding good files, and broken inputs (config files, images, arrays)."""
-    root = tmp_path_factory.mktemp("bad")
+    folder holding good files, and broken inputs (config files, images, arrays), under ``root``
+    (``scripts/fuzz_bad_inputs.py`` builds the same with the code it measures)."""
     data = root / "tiny.npz"
     cfg = configs.tiny_image(root)  # writes tiny.npz (64 8x8 images with labels)
     wds = {"toy": _train(configs.toy(2), root / "toy"),

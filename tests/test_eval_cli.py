@@ -86,7 +86,7 @@ def test_optimize_grid_then_sample_with_the_learned_grid(tmp_path, configs, caps
     err = configs.cli_error(capsys, ["sample", "--workdir", wd, "--sampler", "dpmpp_2m",
                                      "--steps", "4", "--grid", "learned"])
     assert "no learned grid for dpmpp_2m with 4 steps" in err and "--nfe 5" in err
-    assert "at least 16 calibration" in configs.cli_error(
+    assert "--num must be >= 16, got 8" in configs.cli_error(
         capsys, ["optimize-grid", "--workdir", wd, "--sampler", "dpmpp_2m", "--nfe", "4",
                  "--num", "8"])
     # learned_pc: the solver's coefficients are stored with its grid and used by sample

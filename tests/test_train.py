@@ -181,7 +181,8 @@ def test_every_experiment_builds_and_its_step_lowers(path):
              "dit": ["model.hidden_size=32", "model.depth=1", "model.num_heads=4",
                      "model.dtype='float32'"],
              "classifier": ["model.channels=8"], "gan": ["model.ch=8", "model.d_ch=8"],
-             "vae": ["model.ch=8"], "flow": ["model.steps=1", "model.hidden=8"]}
+             "vae": ["model.ch=8"], "flow": ["model.steps=1", "model.hidden=8"],
+             "autoregressive": ["model.channels=8", "model.blocks=1"]}
     kind = cfg.method if cfg.method in smoke else cfg.get("model", {}).get("name", "unet")
     for o in smoke.get(kind, []):  # smoke size: the build, the layout and one step are checked
         apply_override(cfg, o)
@@ -210,12 +211,20 @@ def test_cli_train_then_sample(configs, tmp_path, capsys):
     wd = str(tmp_path / "cli")
     assert main(["train", "--config", "experiments/fashion_mnist_ddpm.py", "--workdir", wd]
                 + overrides) == 0
-    assert main(["sample", "--workdir", wd, "--sampler", "unipc", "--steps", "3", "--num", "4",
-                 "--out", str(tmp_path / "g.png")]) == 0
-    assert main(["sample", "--workdir", wd, "--num", "4", "--out", str(tmp_path / "g.npz")]) == 0
+    for out in ("g.png", "g.npz"):
+        assert main(["sample", "--workdir", wd, "--sampler", "unipc", "--steps", "3", "--num",
+                     "4", "--out", str(tmp_path / out)]) == 0
     with np.load(tmp_path / "g.npz", allow_pickle=False) as f:
-        assert f["images"].shape == (4, 8, 8, 1) and np.all(np.isfinite(f["images"]))
-    assert (tmp_path / "g.png").stat().st_size > 100
+        images = f["images"]
+    assert images.shape == (4, 8, 8, 1) and np.all(np.isfinite(images))
+    # the PNG grid holds those samples: 2 x 2 tiles of 8x8, 2-pixel padding, scaled 2x
+    from PIL import Image
+    from diffusion_jax.utils.images import to_uint8
+    grid = np.asarray(Image.open(tmp_path / "g.png"))[::2, ::2]
+    for i, want in enumerate(to_uint8(images)[..., 0]):
+        r, q = divmod(i, 2)
+        np.testing.assert_array_equal(grid[2 + r * 10: 10 + r * 10, 2 + q * 10: 10 + q * 10],
+                                      want)
     err = configs.cli_error(capsys, ["sample", "--workdir", str(tmp_path / "empty"),
                                      "--out", str(tmp_path / "x.png")])
     assert "no checkpoints in" in err and not (tmp_path / "empty").exists()

@@ -122,8 +122,6 @@ class AutoregressiveMethod(SingleNetwork, MethodBase):
         t = self.temperature if temperature is None else temperature
         return _sampler(self, n, float(t))(params, key)
 
-    def sample_controls(self, req: SampleRequest) -> dict:
-        return {} if req.temperature is None else {"temperature": req.temperature}
 
     def nfe(self, req: SampleRequest) -> int:
         return math.prod(self.shape[:2])

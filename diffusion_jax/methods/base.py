@@ -183,7 +183,10 @@ class MethodBase:
         raise ValueError(f"a {self.name} does not generate samples")
 
     def sample_controls(self, req: SampleRequest) -> dict:
-        """The ``sample(...)`` keyword arguments a request sets (temperature, steps, ...)."""
+        """The ``sample(...)`` keyword arguments a request sets: ``temperature`` for families
+        that declare it (override for others, e.g. a consistency model's ``steps``)."""
+        if "temperature" in self.sample_options and req.temperature is not None:
+            return {"temperature": req.temperature}
         return {}
 
     def sampling(self, req: SampleRequest, env: SamplingEnv) -> Sampling:

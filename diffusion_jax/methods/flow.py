@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from diffusion_jax.likelihood import bits_per_dim, dequantize, to_integers
-from diffusion_jax.methods.base import MethodBase, SampleRequest, slerp_rows
+from diffusion_jax.methods.base import MethodBase, slerp_rows
 from diffusion_jax.methods.state import SingleNetwork, TrainState, apply_gradients, ema_decay_at
 from diffusion_jax.models.flow import Glow, check_flow_size, latent_shapes, standard_normal_logp
 from diffusion_jax.settings import BuildContext, ConfigError
@@ -89,8 +89,6 @@ class FlowMethod(SingleNetwork, MethodBase):
     def decode(self, params, zs):
         return _reverse(self.model)(params, zs)
 
-    def sample_controls(self, req: SampleRequest) -> dict:
-        return {} if req.temperature is None else {"temperature": req.temperature}
 
     def interpolate(self, params, key, rows: int, steps: int, test_images, labels):
         """``rows x steps`` images along one slerp path per row through all levels' latents,

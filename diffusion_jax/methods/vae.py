@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from diffusion_jax.likelihood import discretized_logistic_logp
-from diffusion_jax.methods.base import MethodBase, SampleRequest, slerp_rows
+from diffusion_jax.methods.base import MethodBase, slerp_rows
 from diffusion_jax.methods.state import SingleNetwork, TrainState, apply_gradients, ema_decay_at
 from diffusion_jax.models.gan import check_gan_size
 from diffusion_jax.models.vae import VAE
@@ -106,8 +106,6 @@ class VAEMethod(SingleNetwork, MethodBase):
         z = temperature * jax.random.normal(key, (n,) + self.model.latent_shape)
         return self.decode(params, z)
 
-    def sample_controls(self, req: SampleRequest) -> dict:
-        return {} if req.temperature is None else {"temperature": req.temperature}
 
     def interpolate(self, params, key, rows: int, steps: int, test_images, labels):
         """``rows x steps`` decoded latents along slerp paths between the posterior means of

@@ -1,6 +1,6 @@
 """Typed command-line values: each parser checks its value's type and range and says what was
-wrong in the user's words (argparse puts the flag's name in front: ``argument --nfe: 'abc' is not
-an integer``), before anything runs.
+wrong in the user's words, before anything runs; the CLI puts the flag in front (``--nfe: 'abc'
+is not an integer``, ``--num must be >= 1, got 0``) with ``usage_message``.
 
     ap.add_argument("--num", type=integer(1), default=64)
     ap.add_argument("--nfe", type=int_list(1), default="5,10,20")
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import re
 from typing import Callable, Iterable
 
 
@@ -26,9 +27,9 @@ def integer(lo: int | None = None, hi: int | None = None) -> Callable[[str], int
         except ValueError:
             _fail(f"{v!r} is not an integer")
         if lo is not None and x < lo:
-            _fail(f"{x} must be >= {lo}")
+            _fail(f"must be >= {lo}, got {x}")
         if hi is not None and x > hi:
-            _fail(f"{x} must be <= {hi}")
+            _fail(f"must be <= {hi}, got {x}")
         return x
     parse.__name__ = "integer"
     return parse
@@ -45,9 +46,11 @@ def number(lo: float | None = None, hi: float | None = None,
         if not math.isfinite(x):
             _fail(f"{v!r} is not a finite number")
         if lo is not None and (x <= lo if lo_open else x < lo):
-            _fail(f"{x:g} must be {'>' if lo_open else '>='} {lo:g}")
+            _fail(f"must be {'>' if lo_open else '>='} {lo:g}, got {v}")
+        if lo is not None and hi is not None and x > hi:
+            _fail(f"must be in [{lo:g}, {hi:g}], got {v}")
         if hi is not None and x > hi:
-            _fail(f"{x:g} must be <= {hi:g}")
+            _fail(f"must be <= {hi:g}, got {v}")
         return x
     parse.__name__ = "number"
     return parse
@@ -96,3 +99,12 @@ def choice(valid: Iterable[str], what: str) -> Callable[[str], str]:
         return items[0]
     parse.__name__ = "choice"
     return parse
+
+
+def usage_message(message: str) -> str:
+    """argparse's ``argument --num: must be >= 1, got 0`` as ``--num must be >= 1, got 0``."""
+    m = re.match(r"argument (\S+?)(?:/\S+)?: (.*)", message)
+    if not m:
+        return message
+    flag, rest = m.groups()
+    return f"{flag} {rest}" if rest.startswith("must") else f"{flag}: {rest}"

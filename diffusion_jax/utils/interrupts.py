@@ -52,8 +52,13 @@ def honoured_signals(grace: float = 3.0):
         received.append(signum)
         raise Interrupted(signum)
 
+    def unraisable(info):  # an interrupt lost in a gc callback: no "Exception ignored" noise
+        if not isinstance(info.exc_value, Interrupted):
+            old_hook(info)
+
     r, w = os.pipe()
     os.set_blocking(w, False)
+    old_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     old = {s: signal.signal(s, handler) for s in SIGNALS}
     old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
     done = threading.Event()
@@ -63,6 +68,7 @@ def honoured_signals(grace: float = 3.0):
         yield received
     finally:
         done.set()
+        sys.unraisablehook = old_hook
         signal.set_wakeup_fd(old_fd)
         for s, h in old.items():
             signal.signal(s, h)
