@@ -1,5 +1,3 @@
-import sys
+from diffusion_jax.cli import run
 
-from diffusion_jax.cli import main
-
-sys.exit(main())
+run()

@@ -28,6 +28,7 @@ import argparse
 import errno
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -389,3 +390,15 @@ def os_error_message(e: OSError) -> str:
     if e.errno == errno.ENOSPC:
         return f"the disk is full (writing {path}): free some space or choose another folder"
     return f"{path}: {e.strerror or e}"
+
+
+def run() -> None:
+    """The program (``python -m diffusion_jax``, ``diffusion-jax``): ``main``'s exit code. After
+    a signal the process ends at once (``os._exit``): XLA may still be running the program the
+    signal stopped, and tearing the interpreter down under it can crash (seen: SIGSEGV)."""
+    code = main()
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
