@@ -30,8 +30,10 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
 
 
-class Interrupted(Exception):
-    """A command stopped by a signal; ``code`` is the shell's ``128 + signal``."""
+class Interrupted(BaseException):
+    """A command stopped by a signal; ``code`` is the shell's ``128 + signal``. A
+    ``BaseException``, like ``KeyboardInterrupt``: ``except Exception`` (a reader skipping a
+    damaged checkpoint, say) must not take it for an error of its own."""
 
     def __init__(self, signum: int):
         super().__init__(f"stopped by {NAMES.get(signum, signum)}; outputs are written whole "
