@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -38,8 +39,22 @@ def _alarm(signum, frame):
     raise Alarm()
 
 
-def run_case(main, argv, names, root: Path, snapshot) -> tuple[str, str]:
-    before = snapshot(root)
+def restore(root: Path, pristine: Path, before: dict, after: dict) -> None:
+    """Undo a case: remove what it made, copy back what it changed (cases stay independent)."""
+    for rel in sorted(set(after) - set(before), reverse=True):
+        p = root / rel
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
+    for rel, digest in before.items():
+        if digest is not None and after.get(rel) != digest:
+            shutil.copy2(pristine / rel, root / rel)
+
+
+def run_case(main, argv, names, root: Path, snapshot, before: dict) -> tuple[str, str]:
+    """``before``: the tree every case starts from (what a case changed is judged against it,
+    not against leftovers of an accepted case's background writes)."""
     out, err = io.StringIO(), io.StringIO()
     code, tb = None, ""
     signal.signal(signal.SIGALRM, _alarm)
@@ -87,11 +102,16 @@ def main() -> None:
 
     assert Path(sys.modules["diffusion_jax"].__file__).is_relative_to(Path(args.tree).resolve())
     env = t.build_env(Path(tempfile.mkdtemp(prefix="fuzz_")), _Configs(conftest))
+    root = env["root"]
+    pristine = root.with_name(root.name + "_pristine")
+    shutil.copytree(root, pristine)
+    base = t._snapshot(root)
     rows, t0 = [], time.time()
     for argv, names in t.CASES:
         argv = [t._fill(a, env) for a in argv]
         names = [t._fill(n, env) for n in names]
-        kind, detail = run_case(cli_main, argv, names, env["root"], t._snapshot)
+        kind, detail = run_case(cli_main, argv, names, root, t._snapshot, base)
+        restore(root, pristine, base, t._snapshot(root))
         rows.append({"argv": argv, "kind": kind, "detail": detail})
         print(f"{kind:22s} {' '.join(argv)[:110]}", flush=True)
     counts = collections.Counter(r["kind"] for r in rows)
