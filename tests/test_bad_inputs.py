@@ -380,7 +380,8 @@ def test_an_interrupted_sample_keeps_the_previous_output(env, configs, tmp_path,
         proc.send_signal(sig)
         t0 = time.time()
         _, err = proc.communicate(timeout=60)
-        assert time.time() - t0 < 15, f"honoured after {time.time() - t0:.0f} s"
+        # seconds, not minutes: the 3 s grace plus a loaded machine's exit (two test workers)
+        assert time.time() - t0 < 30, f"honoured after {time.time() - t0:.0f} s"
         assert proc.returncode == code, (delay, proc.returncode, err[-800:])
         assert "Traceback" not in err and "Exception ignored" not in err, err[-800:]
         assert sum(ln.startswith("error:") for ln in err.splitlines()) == 1, err[-800:]
@@ -439,5 +440,5 @@ def test_a_swallowed_interrupt_still_ends_the_run(tmp_path):
     t0 = time.time()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=20)
-    assert proc.returncode == 143 and time.time() - t0 < 10
+    assert proc.returncode == 143 and time.time() - t0 < 20, (proc.returncode, err)
     assert err.strip().startswith("error: stopped by SIGTERM")
