@@ -14,18 +14,23 @@ KERNEL_AXES_DENSE = ("embed", "mlp")
 
 
 def conv(features, kernel=3, stride=1, dtype=jnp.float32, param_dtype=jnp.float32, zero=False,
-         name=None):
+         name=None, padding="SAME", use_bias=True):
+    """``padding``: "SAME", "VALID" or an int ``p`` (torch's ``padding=p`` on every side)."""
     init = nn.initializers.zeros if zero else nn.initializers.variance_scaling(
         1.0, "fan_avg", "uniform")
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
+    if isinstance(padding, int):
+        padding = ((padding, padding), (padding, padding))
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
+                   use_bias=use_bias,
                    dtype=dtype, param_dtype=param_dtype,
                    kernel_init=nn.with_logical_partitioning(init, KERNEL_AXES_CONV), name=name)
 
 
-def dense(features, dtype=jnp.float32, param_dtype=jnp.float32, zero=False, name=None):
+def dense(features, dtype=jnp.float32, param_dtype=jnp.float32, zero=False, name=None,
+          use_bias=True):
     init = nn.initializers.zeros if zero else nn.initializers.variance_scaling(
         1.0, "fan_avg", "uniform")
-    return nn.Dense(features, dtype=dtype, param_dtype=param_dtype,
+    return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, use_bias=use_bias,
                     kernel_init=nn.with_logical_partitioning(init, KERNEL_AXES_DENSE), name=name)
 
 

@@ -1,0 +1,128 @@
+"""Pretrained models from local folders: ``dj.load_pretrained(path) -> Pretrained``.
+
+A pretrained model is a model source, not a family: the folder's network becomes our flax
+module, its scheduler or preconditioner a process and a ``PretrainedDenoiser``, and the whole a
+``Diffusion`` method with the ``x0`` parameterization, so every sampler, guidance wrapper,
+learned grid, likelihood, ``eval`` and ``bench-samplers`` run on it unchanged. Two formats:
+
+* a diffusers folder (``model_index.json``, ``unet/``, ``scheduler/``; ``UNet2DModel``);
+* an EDM export (``config.json`` with ``"format": "edm"`` and ``model.safetensors``), written by
+  ``scripts/export_edm.py`` from NVlabs/edm's pickles.
+
+Only safetensors and JSON are read: no pickle, no code, nothing downloaded.
+
+    pre = dj.load_pretrained("ddpm-cifar10-32")
+    x = dj.sample(pre.denoiser, pre.process, jax.random.normal(key, (16,) + pre.shape), "unipc", 10)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from diffusion_jax.experiment import DEFAULT_RULES
+from diffusion_jax.losses import LossConfig
+from diffusion_jax.methods.diffusion import Diffusion
+from diffusion_jax.methods.state import param_shardings
+from diffusion_jax.parallel import make_mesh
+from diffusion_jax.parameterization import X0Prediction
+from diffusion_jax.pretrained import diffusers_folder, edm_export
+from diffusion_jax.pretrained.convert import PretrainedError, load_tree, rename_deprecated
+from diffusion_jax.pretrained.precond import PretrainedDenoiser
+from diffusion_jax.processes import Process
+from diffusion_jax.utils import safetensors_io
+
+__all__ = ["load_pretrained", "Pretrained", "PretrainedError", "is_pretrained", "read_method"]
+
+PICKLE_SUFFIXES = (".pkl", ".pt", ".pth", ".bin", ".ckpt")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """``process``; ``denoiser(x, t, labels=None) -> x0_hat`` (jittable, NHWC, the process's
+    time); ``shape`` of one sample (H, W, C); ``num_classes``; ``params`` (sharded by the
+    model's logical axes); ``method`` (a ``Diffusion`` method: what the CLI samples from)."""
+    path: str
+    format: str
+    method: Diffusion
+    params: Any
+
+    @property
+    def process(self) -> Process:
+        return self.method.process
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.method.shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.method.model.config.num_classes
+
+    @property
+    def denoiser(self) -> Callable:
+        model, params = self.method.model, self.params
+        return lambda x, t, labels=None: model.apply({"params": params}, x, t, labels)
+
+    @property
+    def num_params(self) -> int:
+        return sum(x.size for x in jax.tree_util.tree_leaves(self.params))
+
+
+def is_pretrained(path) -> bool:
+    """A folder in one of the two formats (checked by its marker files only)."""
+    p = Path(path)
+    return (p / "model_index.json").is_file() or edm_export.is_export(p)
+
+
+def _read(path: Path):
+    if path.is_file() and path.suffix in PICKLE_SUFFIXES:
+        raise PretrainedError(
+            f"{path} is a pickle, which this library never loads (it can run code): export an "
+            f"EDM pickle with `python scripts/export_edm.py {path} OUT_DIR` where torch and "
+            "NVlabs/edm are importable, then load OUT_DIR")
+    if not path.is_dir():
+        raise PretrainedError(f"{path} is not a folder: pass a diffusers pipeline folder "
+                              "(model_index.json, unet/, scheduler/) or an EDM export folder")
+    if (path / "model_index.json").is_file():
+        return "diffusers", diffusers_folder.read(path)
+    if edm_export.is_export(path):
+        return "edm", edm_export.read(path)
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    hint = (f"; {pickles[0]} is a pickle: export it with `python scripts/export_edm.py "
+            f"{path / pickles[0]} OUT_DIR`" if pickles else "")
+    raise PretrainedError(f"{path} holds neither model_index.json (a diffusers folder) nor "
+                          f"config.json with \"format\": \"edm\" (an EDM export){hint}")
+
+
+def read_method(path) -> tuple[Diffusion, PretrainedDenoiser, Path, str]:
+    """The folder's ``Diffusion`` method (cheap: configs only, no tensor read)."""
+    path = Path(path)
+    fmt, (net, precond, info, process, shape, weights) = _read(path)
+    model = PretrainedDenoiser(net, precond, info)
+    method = Diffusion(model, process, X0Prediction(), LossConfig(), optax.identity(), shape,
+                       name="pretrained")
+    return method, model, weights, fmt
+
+
+def load_pretrained(path, mesh=None, rules=None) -> Pretrained:
+    """Read a local pretrained folder; the parameters are laid out on ``mesh`` (default: every
+    device on a ``data`` axis) by the model's logical axis names under ``rules``."""
+    method, model, weights, fmt = read_method(path)
+    x, t = jnp.zeros((1,) + method.shape), jnp.ones((1,))
+    y = jnp.zeros((1,), jnp.int32) if model.config.num_classes else None
+    boxed = jax.eval_shape(lambda k: model.init({"params": k}, x, t, y), jax.random.key(0))["params"]
+    tensors = rename_deprecated(safetensors_io.read(weights))
+    containers, prefix, ignore = edm_export.naming() if fmt == "edm" else ((), "", ())
+    tree = {"net": load_tree(tensors, nn.meta.unbox(boxed)["net"], str(weights),
+                             containers=containers, prefix=prefix, ignore=ignore)}
+    mesh = mesh or make_mesh((("data", -1),))
+    shardings = param_shardings(boxed, mesh, rules or DEFAULT_RULES)
+    params = jax.device_put(tree, shardings)
+    return Pretrained(str(path), fmt, method, params)
