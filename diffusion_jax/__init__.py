@@ -79,8 +79,19 @@ def sampler_fn(model, process, parameterization, sampler: str, num_steps: int, g
 
     return make_sample_fn(model, process, parameterization, sampler, num_steps, grid, guidance_scale)
 
+
+def load_pretrained(path, mesh=None, rules=None):
+    """A local pretrained folder (diffusers ``UNet2DModel`` pipeline or an EDM export) as a
+    ``Pretrained``: ``process``, ``denoiser(x, t, labels=None) -> x0_hat``, ``shape``,
+    ``num_classes``, ``params`` (sharded). Safetensors only; nothing is downloaded."""
+    from diffusion_jax.pretrained import load_pretrained as load
+
+    return load(path, mesh, rules)
+
+
 __version__ = "0.1.0"
 
 __all__ = ["processes", "parameterization", "samplers", "gmm", "guidance", "likelihood", "sample",
            "SAMPLERS", "GRIDS", "make_grid", "total_nfe", "make_denoiser", "load_config",
-           "build_experiment", "train_experiment", "sampler_fn", "compare", "__version__"]
+           "build_experiment", "train_experiment", "sampler_fn", "compare", "load_pretrained",
+           "__version__"]

@@ -67,7 +67,9 @@ def deprecated_names(path: Path) -> None:
 
 def ddpm_tiny(out: Path) -> None:
     """DDPM-cifar10-style (DownBlock2D/AttnDownBlock2D, padding 0, sin-first embedding) with
-    DDPMScheduler(linear, clip_sample); the reference includes a 10-step DDIMPipeline run."""
+    DDPMScheduler(linear, clip_sample); the reference includes a 10-step DDIMPipeline run (with
+    ``use_clipped_model_output``: epsilon recomputed from the clipped x0, the DDIM step of an x0
+    denoiser; without it diffusers mixes a clipped x0 with the unclipped epsilon)."""
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(32, 64),
@@ -86,7 +88,7 @@ def ddpm_tiny(out: Path) -> None:
     ddim = DDIMPipeline(unet, DDIMScheduler.from_config(sched.config))
     noise = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(7))
     img = ddim(batch_size=2, generator=torch.Generator().manual_seed(7), num_inference_steps=10,
-               eta=0.0, output_type="np").images
+               eta=0.0, output_type="np", use_clipped_model_output=True).images
     ref.update(ddim_noise=nchw_to_nhwc(noise), ddim_images=np.asarray(img, np.float32))
     np.savez(out / "reference.npz", **ref)
 
@@ -167,7 +169,7 @@ def discrete_reference(unet, sched, x, steps, labels) -> dict:
     """x_t = sqrt(abar) x0 + ... is not needed: the denoiser is evaluated at the given x_t; the
     reference x0_hat is the scheduler's own conversion (and clipping) of the network output."""
     abar = sched.alphas_cumprod
-    outs = []
+    outs, raws = [], []
     for n in steps:
         with torch.no_grad():
             e = unet(x, torch.full((x.shape[0],), n), class_labels=labels).sample
@@ -177,7 +179,9 @@ def discrete_reference(unet, sched, x, steps, labels) -> dict:
         if sched.config.clip_sample:
             x0 = x0.clamp(-sched.config.clip_sample_range, sched.config.clip_sample_range)
         outs.append(nchw_to_nhwc(x0))
-    return {"x": nchw_to_nhwc(x), "steps": np.array(steps), "denoised": np.stack(outs)}
+        raws.append(nchw_to_nhwc(e))
+    return {"x": nchw_to_nhwc(x), "steps": np.array(steps), "denoised": np.stack(outs),
+            "raw": np.stack(raws)}
 
 
 EDM_FIXTURES = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 import flax
+import flax.linen as nn
 import numpy as np
 
 
@@ -76,7 +77,7 @@ def load_tree(tensors: dict, abstract, file: str, containers: tuple[str, ...] = 
     """``tensors`` ({torch key: array}) as a float32 parameter tree shaped like ``abstract``
     (a tree of arrays or ``ShapeDtypeStruct``s). Keys ending in one of ``ignore`` (buffers the
     architecture recomputes) are skipped."""
-    want = {path: leaf for path, leaf in flax.traverse_util.flatten_dict(abstract).items()}
+    want = flax.traverse_util.flatten_dict(nn.meta.unbox(abstract))
     got, unexpected, wrong, seen = {}, [], [], set()
     for key in sorted(tensors):
         if key.endswith(ignore) and ignore:

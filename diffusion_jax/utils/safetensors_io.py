@@ -41,8 +41,9 @@ def read_header(path: str | Path) -> tuple[dict, int]:
             raise SafetensorsError(f"{path}: {size} bytes, too short for a safetensors file")
         (n,) = struct.unpack("<Q", head)
         if n > min(size - 8, _MAX_HEADER):
-            raise SafetensorsError(f"{path} is not a safetensors file (its first 8 bytes give a "
-                                   f"header of {n} bytes in a file of {size})")
+            raise SafetensorsError(f"{path} is truncated or not a safetensors file (its first 8 "
+                                   f"bytes give a header of {n} bytes in a file of {size}); "
+                                   "download or export it again")
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
