@@ -95,6 +95,16 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _source(p, required: bool = True, help: str | None = None) -> None:  # noqa: A002
+    """``--workdir W`` (a trained run) or ``--pretrained DIR`` (a diffusers folder or an EDM
+    export, ``dj.load_pretrained``): both land in ``args.workdir``."""
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--workdir", default=None, help=help)
+    g.add_argument("--pretrained", dest="workdir", metavar="DIR", default=None,
+                   help="a pretrained folder instead of a workdir: diffusers (model_index.json, "
+                        "unet/, scheduler/) or an EDM export (scripts/export_edm.py)")
+
+
 def _train_parser(t) -> None:
     t.add_argument("--config", required=True)
     t.add_argument("--workdir", required=True)
@@ -121,9 +131,9 @@ def _bench_samplers_parser(b) -> None:
                    default=None,
                    help="samplers that get a learned grid in the goal table (comma-separated; "
                         "default unipc,dpmpp_3m,ipndm_v,deis)")
-    b.add_argument("--workdir", default=None,
-                   help="instead of the exact-score cases: FD of a trained model at each --nfe, "
-                        "default and learned grids (calibrating the missing ones), and NFE 20")
+    _source(b, required=False,
+            help="instead of the exact-score cases: FD of a trained model at each --nfe, "
+                 "default and learned grids (calibrating the missing ones), and NFE 20")
     b.add_argument("--classifier", default=None, help="feature extractor for --workdir's FD")
     b.add_argument("--num", type=integer(MIN_SAMPLES), default=1000,
                    help="samples per FD (--workdir)")
@@ -145,7 +155,7 @@ def _bench_train_parser(bt) -> None:
 
 
 def _eval_parser(ev) -> None:
-    ev.add_argument("--workdir", required=True)
+    _source(ev)
     ev.add_argument("--classifier", default=None,
                     help="classifier workdir: the feature extractor (and the judge of class "
                          "agreement for class-conditional models)")
@@ -163,7 +173,7 @@ def _eval_parser(ev) -> None:
 
 
 def _likelihood_parser(lk) -> None:
-    lk.add_argument("--workdir", required=True)
+    _source(lk)
     lk.add_argument("--num", type=integer(1), default=512)
     lk.add_argument("--batch", type=integer(1), default=128)
     lk.add_argument("--trace", default="rademacher", choices=["rademacher", "gaussian", "exact"])
@@ -186,7 +196,7 @@ def _compare_parser(cp) -> None:
 
 
 def _optimize_grid_parser(og) -> None:
-    og.add_argument("--workdir", required=True)
+    _source(og)
     og.add_argument("--sampler", type=choice(SAMPLERS, "sampler"), required=True)
     og.add_argument("--nfe", type=integer(2), required=True,
                     help="total NFE, the final call included")
@@ -198,7 +208,7 @@ def _optimize_grid_parser(og) -> None:
 
 
 def _sample_parser(s) -> None:
-    s.add_argument("--workdir", required=True)
+    _source(s)
     s.add_argument("--sampler", type=choice(SAMPLERS, "sampler"), default=None)
     s.add_argument("--steps", type=integer(1), default=None)
     s.add_argument("--grid", type=choice(GRID_NAMES, "grid"), default=None,

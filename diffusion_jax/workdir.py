@@ -18,6 +18,7 @@ from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.experiment import ConfigError, Experiment, from_config, stored
 from diffusion_jax.methods.classifier import ClassifierMethod
 from diffusion_jax.parallel import make_mesh
+from diffusion_jax.pretrained import as_experiment, is_pretrained, load_pretrained
 
 
 class WorkdirError(ValueError):
@@ -37,7 +38,10 @@ def _checkpointer(workdir: str | Path) -> Checkpointer:
 
 
 def read_experiment(workdir: str | Path) -> Experiment:
-    """The experiment stored with the newest readable checkpoint (cheap: no array is read)."""
+    """The experiment stored with the newest readable checkpoint (cheap: no array is read); a
+    pretrained folder's (``dj.load_pretrained``) from its configs."""
+    if is_pretrained(workdir):
+        return as_experiment(workdir)
     return _newest_readable(workdir, lambda ckpt, step, exp: exp)[0]
 
 
@@ -46,6 +50,8 @@ def load(workdir: str | Path, ema: bool = True) -> tuple[Experiment, object, int
     (``ema=False``: the live ones), laid out on the mesh the experiment declares. A newest step
     that is empty or damaged (a save cut short) is skipped with a warning, as ``train`` does;
     nothing in the workdir is moved (another process may be writing it)."""
+    if is_pretrained(workdir):  # step 0: the folder's weights, laid out on the default mesh
+        return as_experiment(workdir), load_pretrained(workdir).params, 0
     field = "ema_params" if ema else "params"
 
     def restore(ckpt, step, exp):

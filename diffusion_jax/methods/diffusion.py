@@ -57,6 +57,7 @@ class Diffusion(SingleNetwork, MethodBase):
     num_steps: int = 20
     grid: str = "default"  # the sampler's own (samplers.DEFAULT_GRIDS)
     guidance: float | None = None
+    null_class: bool = True   # label num_classes is the unconditional one (CFG needs it)
     name: str = "diffusion"
     sample_options = SAMPLE_OPTIONS
     likelihood = "pf_ode"
@@ -156,6 +157,9 @@ class Diffusion(SingleNetwork, MethodBase):
         if guidance is not None and not k:
             raise ValueError("--guidance (classifier-free) needs a class-conditional model; this "
                              "one has no class conditioning")
+        if guidance is not None and not self.null_class:
+            raise ValueError("--guidance (classifier-free) needs an unconditional (null) class, "
+                             "and this model was trained without one: evaluate without --guidance")
         labels = balanced_labels(k) if k else None
         for s_name in samplers:
             for nfe in nfes:

@@ -174,6 +174,9 @@ def plan(method, req: SampleRequest, env: SamplingEnv) -> Sampling:
     if req.guidance is not None and not method.conditioning.num_classes:
         raise ValueError("--guidance (classifier-free) needs a class-conditional model; this one "
                          "has no class conditioning. Use --classifier DIR for classifier guidance")
+    if req.guidance is not None and not method.null_class:
+        raise ValueError("--guidance (classifier-free) needs an unconditional (null) class, and "
+                         "this model was trained without one: sample with --labels alone")
     classifier = _classifier(req, method, env)
     cond, n, nrow, inputs = _conditioning(req, method, classifier, env)
     init = _init_images(req, method.shape, n, env)

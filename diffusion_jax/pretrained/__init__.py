@@ -26,7 +26,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from diffusion_jax.experiment import DEFAULT_RULES
+from diffusion_jax.conditioning import Conditioning
+from diffusion_jax.experiment import DEFAULT_RULES, Experiment, MeshSpec
+from diffusion_jax.settings import DataSpec, OptimizerSpec, SampleSpec, TrainSpec
 from diffusion_jax.losses import LossConfig
 from diffusion_jax.methods.diffusion import Diffusion
 from diffusion_jax.methods.state import param_shardings
@@ -38,7 +40,8 @@ from diffusion_jax.pretrained.precond import PretrainedDenoiser
 from diffusion_jax.processes import Process
 from diffusion_jax.utils import safetensors_io
 
-__all__ = ["load_pretrained", "Pretrained", "PretrainedError", "is_pretrained", "read_method"]
+__all__ = ["load_pretrained", "Pretrained", "PretrainedError", "is_pretrained", "read_method",
+           "as_experiment"]
 
 PICKLE_SUFFIXES = (".pkl", ".pt", ".pth", ".bin", ".ckpt")
 
@@ -107,7 +110,8 @@ def read_method(path) -> tuple[Diffusion, PretrainedDenoiser, Path, str]:
     fmt, (net, precond, info, process, shape, weights) = _read(path)
     model = PretrainedDenoiser(net, precond, info)
     method = Diffusion(model, process, X0Prediction(), LossConfig(), optax.identity(), shape,
-                       name="pretrained")
+                       conditioning=Conditioning(num_classes=info.num_classes),
+                       null_class=info.null_class, name="pretrained")
     return method, model, weights, fmt
 
 
@@ -126,3 +130,15 @@ def load_pretrained(path, mesh=None, rules=None) -> Pretrained:
     shardings = param_shardings(boxed, mesh, rules or DEFAULT_RULES)
     params = jax.device_put(tree, shardings)
     return Pretrained(str(path), fmt, method, params)
+
+
+def as_experiment(path) -> Experiment:
+    """A pretrained folder as the ``Experiment`` the workdir layer hands to ``sample``, ``eval``,
+    ``likelihood``, ``optimize-grid`` and ``bench-samplers`` (configs only: no tensor is read).
+    It has no dataset: image inputs come from files."""
+    method, _, _, fmt = read_method(path)
+    h, w, c = method.shape
+    data = DataSpec(dataset="", image_size=h, channels=c, num_classes=method.num_classes)
+    return Experiment("pretrained", 0, data, MeshSpec(), OptimizerSpec(lr=0.0),
+                      TrainSpec(steps=0, batch_size=1), SampleSpec(), method,
+                      {"pretrained": str(path), "format": fmt})
