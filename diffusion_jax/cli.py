@@ -7,13 +7,18 @@ Verbs:
   sample          samples from a trained workdir, with guidance, inpainting, SDEdit, super-resolution
                   (diffusion); latent slerp rows and temperature (GAN / VAE / flow)
   eval            FD / KID / precision / recall of samplers x NFE budgets (one row for a GAN,
-                  VAE or flow)
+                  VAE or flow); FID against ``--ref-stats`` (mu/sigma .npz)
+  ref-stats       FID reference statistics of a test split or images (the .npz eval reads)
   likelihood      bits/dim on the test split (diffusion: PF-ODE; flow: exact; VAE: ELBO, IWAE)
   compare         the families side by side: FD, KID, precision/recall, class coverage,
                   bits/dim, parameters, training time, sampling speed (compare.md/json/png)
   optimize-grid   learn a sampler's time grid for a trained workdir (``sample --grid learned``)
   bench-samplers  sampler accuracy vs NFE on exact-score Gaussian mixtures
   bench-train     train-step throughput, FLOPs and memory of an experiment
+
+``sample``, ``eval``, ``likelihood``, ``optimize-grid`` and ``bench-samplers`` take
+``--pretrained DIR`` (a diffusers folder or an EDM export, ``dj.load_pretrained``) in place of
+``--workdir``.
 
 Experiment values are overridden with ``--config.SECTION.KEY=VALUE``. User errors print one line
 (``error: ...``) and exit 2; ``--debug`` shows the traceback. Exit codes of ``train``: 0 finished
@@ -40,6 +45,7 @@ from diffusion_jax.bench.train import PEERS, bench_train
 from diffusion_jax.config import load_config
 from diffusion_jax.eval.bpd import workdir_bits_per_dim
 from diffusion_jax.eval.compare import compare
+from diffusion_jax.eval.reference_stats import reference_stats, sha256
 from diffusion_jax.eval.sample_eval import evaluate, training_fd
 from diffusion_jax.experiment import from_config
 from diffusion_jax.generate import SampleRequest, generate
@@ -82,7 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     for verb in ("train", "train-classifier"):
         _train_parser(sub.add_parser(verb, help="train an experiment (resumes from the workdir)"))
     _sample_parser(sub.add_parser("sample", help="sample from a trained workdir"))
-    _eval_parser(sub.add_parser("eval", help="FD/KID/precision/recall of samplers x NFE"))
+    _eval_parser(sub.add_parser("eval", help="FD/KID/precision/recall (or FID against "
+                                            "--ref-stats) of samplers x NFE"))
+    _ref_stats_parser(sub.add_parser("ref-stats", help="FID reference statistics (mu, sigma) of "
+                                                       "a dataset's test split or images"))
     _likelihood_parser(sub.add_parser("likelihood", help="bits/dim on the test split"))
     _compare_parser(sub.add_parser("compare", help="families side by side (any methods)"))
     _optimize_grid_parser(sub.add_parser(
@@ -169,6 +178,9 @@ def _eval_parser(ev) -> None:
                     help="grid names, comma-separated; 'learned' uses the workdir's optimize-grid "
                          "results")
     ev.add_argument("--num", type=integer(MIN_SAMPLES), default=2000)
+    ev.add_argument("--ref-stats", default=None,
+                    help="FID against reference statistics: an .npz with mu and sigma (EDM's "
+                         "fid.py ref, pytorch-fid, clean-fid, or the ref-stats command)")
     ev.add_argument("--out", default=None)
 
 
@@ -272,8 +284,32 @@ def _eval(args, overrides) -> int:
     if not args.classifier and not args.inception:
         raise ValueError("eval needs a feature extractor: --classifier DIR or --inception W.npz")
     evaluate(args.workdir, args.classifier, args.samplers, args.nfe, args.num, out=args.out,
-             inception=args.inception, guidance=args.guidance, grids=args.grids)
+             inception=args.inception, guidance=args.guidance, grids=args.grids,
+             ref_stats=args.ref_stats)
     return 0
+
+
+def _ref_stats(args, overrides) -> int:
+    _no_overrides(overrides, "ref-stats")
+    check_writable(args.out, "--out")
+    if not args.classifier and not args.inception:
+        raise ValueError("ref-stats needs a feature extractor: --classifier DIR or --inception "
+                         "W.npz (the one eval will use)")
+    _, _, n = reference_stats(args.images, classifier=args.classifier, inception=args.inception,
+                              out=args.out, channels=args.channels)
+    print(json.dumps({"out": args.out, "num": n, "sha256": sha256(args.out)}))
+    return 0
+
+
+def _ref_stats_parser(r) -> None:
+    r.add_argument("--images", required=True,
+                   help="a dataset name (its test split, e.g. fashion_mnist), a folder of PNGs, "
+                        "or an .npy/.npz of images")
+    r.add_argument("--classifier", default=None, help="classifier workdir (feature extractor)")
+    r.add_argument("--inception", default=None, help="Inception-v3 weights .npz")
+    r.add_argument("--channels", type=integer(1), default=None,
+                   help="image channels of PNG/array inputs (default 3)")
+    r.add_argument("--out", required=True, help="the .npz to write (mu, sigma, num)")
 
 
 def _likelihood(args, overrides) -> int:
@@ -338,7 +374,8 @@ def _no_overrides(overrides, verb: str) -> None:
 
 VERBS = {"train": _train, "train-classifier": _train, "sample": _sample, "eval": _eval,
          "likelihood": _likelihood, "compare": _compare, "optimize-grid": _optimize_grid,
-         "bench-train": _bench_train, "bench-samplers": _bench_samplers}
+         "bench-train": _bench_train, "bench-samplers": _bench_samplers,
+         "ref-stats": _ref_stats}
 
 
 def main(argv=None) -> int:

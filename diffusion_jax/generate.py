@@ -145,11 +145,13 @@ def output_lock(out):
 
 
 def run_chunks(plan: Sampling, params, seed: int, out: str | None = None,
-               source: str = "the model") -> np.ndarray:
+               source: str = "the model", on_chunk=None) -> np.ndarray | None:
     """``plan.n`` samples, ``plan.batch`` per compiled call, chunk ``i`` from
     ``fold_in(key(seed), i)``; NaN/inf stops the run naming the rows. With ``out`` ending in
     ``.npy`` the rows stream into ``NAME.partial.npy`` beside it, renamed to ``out`` only once
-    every row is made: an existing ``out`` is never left half-written."""
+    every row is made: an existing ``out`` is never left half-written. With ``on_chunk``, each
+    chunk goes to ``on_chunk(start, chunk)`` and nothing is kept (returns ``None``): evaluation
+    streams any number of samples through its feature extractor this way."""
     n, b = plan.n, plan.batch
     partial, images, done = None, None, 0
     key = jax.random.key(seed)
@@ -160,6 +162,9 @@ def run_chunks(plan: Sampling, params, seed: int, out: str | None = None,
                 raise FloatingPointError(f"samples {start}..{start + len(chunk) - 1} from "
                                          f"{source} hold NaN/inf: the parameters or the sampler "
                                          "diverged")
+            if on_chunk is not None:
+                on_chunk(start, chunk)
+                continue
             if images is None:
                 partial = _partial_path(out)
                 images = (np.lib.format.open_memmap(partial, "w+", np.float32,

@@ -23,6 +23,16 @@ class Extractor:
     fn: Callable  # images [B, H, W, C] in [-1, 1] -> (features [B, D], class probabilities [B, K])
     batch: int = 500
 
+    def check(self, shape) -> None:
+        """Refuse images of ``shape`` (one image's) that the extractor cannot read, before any
+        sampling (shapes only: nothing is computed)."""
+        try:
+            jax.eval_shape(self.fn, jax.ShapeDtypeStruct((1,) + tuple(shape), jnp.float32))
+        except Exception as e:  # noqa: BLE001 - any shape error of the network: one message
+            raise ValueError(f"the feature extractor ({self.name}) cannot read {tuple(shape)} "
+                             f"images ({type(e).__name__}); use an extractor made for this "
+                             "model's image size and channels") from None
+
     def __call__(self, images) -> tuple[np.ndarray, np.ndarray]:
         images = np.asarray(images)
         check_image_range(images)

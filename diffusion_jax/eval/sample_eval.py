@@ -20,6 +20,7 @@ from diffusion_jax.data import get_source
 from diffusion_jax.data.pipeline import image_batches
 from diffusion_jax.eval import metrics as M
 from diffusion_jax.eval.features import Extractor, classifier_extractor, make_extractor
+from diffusion_jax.eval.reference_stats import read_stats
 from diffusion_jax.experiment import Experiment
 from diffusion_jax.generate import run_chunks, sampling_env
 from diffusion_jax.utils.atomic import atomic_path, write_json, write_text
@@ -88,18 +89,27 @@ def training_fd(exp: Experiment, workdir: str | Path):
 
 def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int, batch: int = 500,
              out: str | None = None, inception: str | None = None,
-             guidance: float | None = None, grids=("default",)) -> list[dict]:
+             guidance: float | None = None, grids=("default",),
+             ref_stats: str | None = None) -> list[dict]:
     """The method's eval rows (diffusion: samplers x NFE x grids; a consistency model: one row
     per NFE; a one-call family: one row) -> FD, KID, precision/recall, class score (and, for
     class-conditional models, the fraction of samples the classifier assigns to the requested
     class). ``grids``: grid names, or ``"learned"`` (the workdir's ``optimize-grid`` results;
-    a sampler x NFE without one is skipped with a note)."""
+    a sampler x NFE without one is skipped with a note). ``ref_stats``: an ``.npz`` of ``mu``/
+    ``sigma`` (EDM's ``fid.py ref``, pytorch-fid, clean-fid): FID against it, reported with the
+    sample count and the file's SHA-256, instead of FD/KID/precision/recall against the test
+    split."""
     exp = read_experiment(workdir)
+    stats = read_stats(ref_stats) if ref_stats else None
+    if stats is None and not exp.data.dataset:
+        raise ValueError(f"{workdir} is a pretrained model with no test split to compare with: "
+                         "pass --ref-stats FILE (an .npz of mu/sigma, e.g. from EDM's fid.py ref "
+                         "or `python -m diffusion_jax ref-stats`)")
     method = exp.method
     if not method.generates:
         raise ValueError(f"{workdir} holds a {exp.method_name!r} run, which makes no samples")
     settings = method.eval_requests(samplers, nfes, grids, guidance)  # checked before any work
-    check_fits(num, method.sample_shape, f"--num {num}", copies=2)  # the samples and clipped
+    check_fits(min(num, batch), method.sample_shape, f"--num {num}", copies=2)  # one chunk: streamed
     k = method.num_classes
     if k and not classifier_dir:
         raise ValueError("a class-conditional model is judged by a classifier: pass --classifier")
@@ -118,51 +128,81 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
                          "written)")
     exp, params, step = load(workdir)
     extractor = make_extractor(classifier_dir, inception)
+    extractor.check(method.sample_shape)
     judge = classifier_extractor(classifier_dir) if k else None
     out = Path(out or Path(workdir) / "eval")
-    real_feats = reference_features(extractor, exp, out / "reference_features.npz")
+    real_feats = None if stats else reference_features(extractor, exp, out / "reference_features.npz")
     rows = []
     for row, plan in plans:
-        row = {**_eval_row(plan, params, extractor, judge, real_feats), **row,
+        row = {**_eval_row(plan, params, extractor, judge, real_feats, stats), **row,
                "extractor": extractor.name, "checkpoint_step": step}
         rows.append(row)
         print(json.dumps({k_: round(v, 4) if isinstance(v, float) else v
                           for k_, v in row.items()}))
-    _write(rows, out, extractor, num, len(real_feats), step, guidance if k else None)
+    _write(rows, out, extractor, num, stats or len(real_feats), step, guidance if k else None)
     return rows
 
 
-def _eval_row(plan, params, extractor, judge, real_feats) -> dict:
-    """FD, KID, precision/recall and class score of the plan's samples (seed 0)."""
+def _eval_row(plan, params, extractor, judge, real_feats, stats=None) -> dict:
+    """FD (or, against reference statistics, FID), KID, precision/recall and class score of the
+    plan's samples (seed 0). Samples stream through the extractor chunk by chunk: only their
+    features are kept. ``seconds`` is the sampling time alone."""
+    feats, probs, preds, spent = [], [], [], [0.0]
+
+    def take(start, chunk):
+        t = time.perf_counter()
+        x = np.clip(chunk, -1, 1)  # after run_chunks' NaN check
+        f, pr = extractor(x)
+        if stats is not None and f.shape[1] != len(stats.mu):
+            raise ValueError(f"{stats.path} holds {len(stats.mu)}-d statistics but the extractor "
+                             f"({extractor.name}) gives {f.shape[1]}-d features: use the "
+                             "extractor the statistics were made with")
+        feats.append(f)
+        probs.append(pr)
+        if judge is not None and plan.labels is not None:
+            preds.append(np.argmax(judge(x)[1], axis=1))
+        spent[0] += time.perf_counter() - t
+
     t0 = time.perf_counter()
-    images = np.clip(run_chunks(plan, params, 0), -1, 1)  # after the NaN check
-    secs = time.perf_counter() - t0
-    num = len(images)
-    feats, probs = extractor(images)
-    kid_m, kid_s = M.kid(feats, real_feats, 20, min(1000, num))
-    p, r = M.precision_recall(real_feats[:num], feats)
-    row = {"num": num, "fd": M.fd_from_features(feats, real_feats), "kid": kid_m,
-           "kid_std": kid_s, "precision": p, "recall": r,
-           "class_score": M.inception_score(probs)[0], "seconds": secs}
-    if judge is not None and plan.labels is not None:
-        pred = np.argmax(judge(images)[1], axis=1)
-        row["agreement"] = float(np.mean(pred == plan.labels))
+    run_chunks(plan, params, 0, on_chunk=take)
+    secs = time.perf_counter() - t0 - spent[0]
+    feats, probs = np.concatenate(feats), np.concatenate(probs)
+    row = {"num": len(feats), "class_score": M.inception_score(probs)[0], "seconds": secs}
+    if stats is not None:
+        row.update(fid=M.frechet_distance(*M.feature_stats(feats), stats.mu, stats.sigma),
+                   ref_stats=stats.path, ref_sha256=stats.sha256)
+    else:
+        kid_m, kid_s = M.kid(feats, real_feats, 20, min(1000, len(feats)))
+        p, r = M.precision_recall(real_feats[:len(feats)], feats)
+        row.update(fd=M.fd_from_features(feats, real_feats), kid=kid_m, kid_std=kid_s,
+                   precision=p, recall=r)
+    if preds:
+        row["agreement"] = float(np.mean(np.concatenate(preds) == plan.labels))
     return row
 
 
-def _write(rows, out: Path, extractor, num, n_real, step, guidance) -> None:
+def _write(rows, out: Path, extractor, num, real, step, guidance) -> None:
+    """``eval.json``, ``eval.md`` and the FD-vs-NFE plot; ``real``: the test split's size, or the
+    reference statistics (``Stats``) that FID was measured against."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "eval.json", rows)
     agree = guidance is not None or any("agreement" in r for r in rows)
-    lines = [f"FD/KID with the {extractor.name}, {num} samples vs the {n_real}-image "
-             f"test split; checkpoint step {step}"
-             + (f"; guidance {guidance}" if agree else "") + "\n",
-             "| sampler | grid | NFE | FD | KID | precision | recall |"
-             + (" class agreement |" if agree else "") + " s |",
-             "|---|---|---|---|---|---|---|---|" + ("---|" if agree else "")]
-    lines += [f"| {r['sampler']} | {r['grid']} | {r['nfe']} | {r['fd']:.3f} | {r['kid']:.4f} | {r['precision']:.3f} "
-              f"| {r['recall']:.3f} |" + (f" {r['agreement']:.3f} |" if agree else "")
-              + f" {r['seconds']:.1f} |" for r in rows]
+    if isinstance(real, int):
+        head = (f"FD/KID with the {extractor.name}, {num} samples vs the {real}-image test "
+                f"split; checkpoint step {step}")
+        cols = ["FD", "KID", "precision", "recall"]
+        vals = lambda r: [f"{r['fd']:.3f}", f"{r['kid']:.4f}", f"{r['precision']:.3f}",
+                          f"{r['recall']:.3f}"]
+    else:
+        head = (f"FID with the {extractor.name}, {num} samples vs the reference statistics "
+                f"{real.path} (sha256 {real.sha256}); checkpoint step {step}")
+        cols, vals = ["FID"], lambda r: [f"{r['fid']:.3f}"]
+    cols = ["sampler", "grid", "NFE"] + cols + (["class agreement"] if agree else []) + ["s"]
+    lines = [head + (f"; guidance {guidance}" if agree else "") + "\n",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join([str(r["sampler"]), str(r["grid"]), str(r["nfe"]), *vals(r)]
+                                + ([f"{r['agreement']:.3f}"] if agree else [])
+                                + [f"{r['seconds']:.1f}"]) + " |" for r in rows]
     write_text(out / "eval.md", "\n".join(lines) + "\n")
     _plot(rows, out / "fd_vs_nfe.png")
 
@@ -172,12 +212,12 @@ def _plot(rows, path):
     fig = Figure(figsize=(5.5, 4))
     ax = fig.subplots()
     for s, g in dict.fromkeys((r["sampler"], r["grid"]) for r in rows):
-        pts = [(r["nfe"], r["fd"]) for r in rows if (r["sampler"], r["grid"]) == (s, g)]
+        pts = [(r["nfe"], r.get("fd", r.get("fid"))) for r in rows if (r["sampler"], r["grid"]) == (s, g)]
         ax.plot(*zip(*pts), marker="o", ls="--" if g == "learned" else "-",
                 label=s if g == "default" else f"{s} ({g})")
     ax.set_xscale("log")
     ax.set_xlabel("NFE")
-    ax.set_ylabel("FD (classifier features)")
+    ax.set_ylabel("FID" if "fid" in rows[0] else "FD")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
