@@ -8,6 +8,7 @@ Verbs:
                   (diffusion); latent slerp rows and temperature (GAN / VAE / flow)
   eval            FD / KID / precision / recall of samplers x NFE budgets (one row for a GAN,
                   VAE or flow); FID against ``--ref-stats`` (mu/sigma .npz)
+  export          a run started from ``--config.init_from=DIR`` written back as DIR's format
   ref-stats       FID reference statistics of a test split or images (the .npz eval reads)
   likelihood      bits/dim on the test split (diffusion: PF-ODE; flow: exact; VAE: ELBO, IWAE)
   compare         the families side by side: FD, KID, precision/recall, class coverage,
@@ -57,6 +58,7 @@ from diffusion_jax.utils.flags import (choice, int_list, integer, name_list, num
                                        usage_message)
 from diffusion_jax.utils.images import save_output
 from diffusion_jax.utils.interrupts import Interrupted, honoured_signals
+from diffusion_jax.workdir import export_workdir
 from diffusion_jax.workdir_grids import optimize_workdir_grid
 
 GRID_NAMES = ("default", "learned", *GRIDS)
@@ -90,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     _sample_parser(sub.add_parser("sample", help="sample from a trained workdir"))
     _eval_parser(sub.add_parser("eval", help="FD/KID/precision/recall (or FID against "
                                             "--ref-stats) of samplers x NFE"))
+    _export_parser(sub.add_parser("export", help="a run fine-tuned from a pretrained folder, "
+                                                 "written back in that folder's format"))
     _ref_stats_parser(sub.add_parser("ref-stats", help="FID reference statistics (mu, sigma) of "
                                                        "a dataset's test split or images"))
     _likelihood_parser(sub.add_parser("likelihood", help="bits/dim on the test split"))
@@ -301,6 +305,18 @@ def _ref_stats(args, overrides) -> int:
     return 0
 
 
+def _export(args, overrides) -> int:
+    _no_overrides(overrides, "export")
+    print(json.dumps(export_workdir(args.workdir, args.out)))
+    return 0
+
+
+def _export_parser(e) -> None:
+    e.add_argument("--workdir", required=True,
+                   help="a run started with --config.init_from=DIR (a pretrained folder)")
+    e.add_argument("--out", required=True, help="the new folder (DIR's format; must not exist)")
+
+
 def _ref_stats_parser(r) -> None:
     r.add_argument("--images", required=True,
                    help="a dataset name (its test split, e.g. fashion_mnist), a folder of PNGs, "
@@ -375,7 +391,7 @@ def _no_overrides(overrides, verb: str) -> None:
 VERBS = {"train": _train, "train-classifier": _train, "sample": _sample, "eval": _eval,
          "likelihood": _likelihood, "compare": _compare, "optimize-grid": _optimize_grid,
          "bench-train": _bench_train, "bench-samplers": _bench_samplers,
-         "ref-stats": _ref_stats}
+         "ref-stats": _ref_stats, "export": _export}
 
 
 def main(argv=None) -> int:

@@ -12,6 +12,11 @@ from pathlib import Path
 from ml_collections import ConfigDict
 
 
+# Top-level keys any experiment accepts from the command line without declaring them:
+# ``init_from`` (start the model from a pretrained folder or a trained workdir).
+OPTIONAL_KEYS = {"init_from": ""}
+
+
 def load_config(path: str, overrides: list[str] = ()) -> ConfigDict:
     """The ``ConfigDict`` of an experiment file's ``get_config()``, with ``overrides`` applied;
     every way the file can be wrong is one line naming the file (and the line)."""
@@ -81,6 +86,8 @@ def apply_override(config: ConfigDict, item: str) -> None:
     if "=" not in item:
         raise ValueError(f"override {item!r} must look like --config.train.steps=100")
     key, raw = item.split("=", 1)
+    if key in OPTIONAL_KEYS and key not in config:  # keys an experiment may leave out
+        config[key] = OPTIONAL_KEYS[key]
     node, parts = config, key.split(".")
     for i, part in enumerate(parts):
         if not isinstance(node, ConfigDict) or part not in node:

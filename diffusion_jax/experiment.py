@@ -26,7 +26,8 @@ from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.methods import (autoregressive, classifier, consistency, diffusion, flow, gan,
                                    vae)
 from diffusion_jax.methods.base import Method
-from diffusion_jax.parallel import make_mesh
+from diffusion_jax.parallel import DEFAULT_RULES, make_mesh
+from diffusion_jax.pretrained import is_pretrained, load_pretrained, read_method
 from diffusion_jax.samplers import resolve_sampler
 from diffusion_jax.settings import (BuildContext, ConfigError, DataSpec, OptimizerSpec, SampleSpec,
                                     StoredRun, TrainSpec, plain, typed)
@@ -35,11 +36,6 @@ from diffusion_jax.utils.memory import check_fits
 __all__ = ["ConfigError", "DataSpec", "OptimizerSpec", "TrainSpec", "SampleSpec", "MeshSpec",
            "Experiment", "METHODS", "register_method", "from_config", "stored", "DEFAULT_RULES"]
 
-# Logical axis names used by the models -> mesh axes. An experiment may replace them
-# (``config.sharding_rules``); mesh axes absent from a mesh are dropped for that mesh.
-DEFAULT_RULES = (("batch", ("data", "fsdp")), ("conv_out", "fsdp"), ("mlp", "fsdp"),
-                 ("kv", "fsdp"), ("conv_in", None), ("embed", None), ("heads", None),
-                 ("patch", None))
 
 # The one name -> family table: a family is a module (or any object) with ``build(ctx) ->
 # Method`` and ``SECTIONS``, the config sections only it reads (another method's are refused).
@@ -104,9 +100,25 @@ def _mesh(config: ConfigDict) -> MeshSpec:
     return MeshSpec(axes or MeshSpec.axes, tuple(rules))
 
 
+def pretrained_experiment(path) -> Experiment:
+    """A pretrained folder (``dj.load_pretrained``) as the ``Experiment`` that ``sample``,
+    ``eval``, ``likelihood``, ``optimize-grid`` and ``bench-samplers`` read (configs only: no
+    tensor is read). It has no dataset: image inputs come from files."""
+    method, _, _, fmt = read_method(path)
+    h, w, c = method.shape
+    data = DataSpec(dataset="", image_size=h, channels=c, num_classes=method.num_classes)
+    return Experiment("pretrained", 0, data, MeshSpec(), OptimizerSpec(lr=0.0),
+                      TrainSpec(steps=0, batch_size=1), SampleSpec(), method,
+                      {"pretrained": str(path), "format": fmt})
+
+
 def stored_run(path: str, field: str) -> StoredRun:
-    """A trained workdir a builder depends on: its stored experiment and a reader of its EMA
-    parameters (host arrays, restored without the optimizer state)."""
+    """A trained workdir (or a pretrained folder) a builder depends on: its experiment and a
+    reader of its EMA parameters (host arrays, restored without the optimizer state)."""
+    if path and is_pretrained(path):
+        one = lambda: make_mesh((("data", 1),), devices=jax.devices()[:1])
+        return StoredRun(path, pretrained_experiment(path),
+                         lambda: jax.device_get(load_pretrained(path, mesh=one()).params))
     if not path or not (Path(path) / "checkpoints").is_dir() or \
             Checkpointer(path).latest_step() is None:
         raise ConfigError(f"{field}={path!r} holds no checkpoint: train it first")

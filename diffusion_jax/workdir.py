@@ -15,10 +15,12 @@ from pathlib import Path
 import jax
 
 from diffusion_jax.checkpoint import Checkpointer
-from diffusion_jax.experiment import ConfigError, Experiment, from_config, stored
+from diffusion_jax.experiment import (ConfigError, Experiment, from_config,
+                                      pretrained_experiment, stored)
 from diffusion_jax.methods.classifier import ClassifierMethod
 from diffusion_jax.parallel import make_mesh
-from diffusion_jax.pretrained import as_experiment, is_pretrained, load_pretrained
+from diffusion_jax.pretrained import is_pretrained, load_pretrained
+from diffusion_jax.pretrained.export import export_folder
 
 
 class WorkdirError(ValueError):
@@ -41,7 +43,7 @@ def read_experiment(workdir: str | Path) -> Experiment:
     """The experiment stored with the newest readable checkpoint (cheap: no array is read); a
     pretrained folder's (``dj.load_pretrained``) from its configs."""
     if is_pretrained(workdir):
-        return as_experiment(workdir)
+        return pretrained_experiment(workdir)
     return _newest_readable(workdir, lambda ckpt, step, exp: exp)[0]
 
 
@@ -51,7 +53,7 @@ def load(workdir: str | Path, ema: bool = True) -> tuple[Experiment, object, int
     that is empty or damaged (a save cut short) is skipped with a warning, as ``train`` does;
     nothing in the workdir is moved (another process may be writing it)."""
     if is_pretrained(workdir):  # step 0: the folder's weights, laid out on the default mesh
-        return as_experiment(workdir), load_pretrained(workdir).params, 0
+        return pretrained_experiment(workdir), load_pretrained(workdir).params, 0
     field = "ema_params" if ema else "params"
 
     def restore(ckpt, step, exp):
@@ -102,3 +104,18 @@ def load_classifier(workdir: str | Path):
             "process": None if m.process is None else m.process.name, "feature_dim": m.model.feature_dim,
             "test_accuracy": summary(workdir).get("test_accuracy")}
     return m.model, jax.device_get(params), info
+
+
+def export_workdir(workdir: str | Path, out: str | Path) -> dict:
+    """A run started with ``init_from=DIR`` (a pretrained folder) written back in DIR's format
+    with its EMA parameters: a new diffusers folder / EDM export at ``out``."""
+    exp = read_experiment(workdir)
+    src = exp.config.get("init_from") or ""
+    if not src or not is_pretrained(src):
+        raise WorkdirError(f"{workdir} was not started from a pretrained folder: export writes "
+                           "the format of its --config.init_from=DIR (a diffusers folder or an "
+                           "EDM export)")
+    _, params, step = load(workdir)
+    fmt = "diffusers" if (Path(src) / "model_index.json").is_file() else "edm"
+    export_folder(src, params, out, fmt)
+    return {"out": str(out), "format": fmt, "from": str(src), "checkpoint_step": step}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 from typing import Callable
 
 import jax
@@ -58,6 +59,7 @@ class Diffusion(SingleNetwork, MethodBase):
     grid: str = "default"  # the sampler's own (samplers.DEFAULT_GRIDS)
     guidance: float | None = None
     null_class: bool = True   # label num_classes is the unconditional one (CFG needs it)
+    params_loader: Callable | None = None  # () -> starting parameters (init_from), host arrays
     name: str = "diffusion"
     sample_options = SAMPLE_OPTIONS
     likelihood = "pf_ode"
@@ -79,6 +81,19 @@ class Diffusion(SingleNetwork, MethodBase):
         low = (jnp.zeros((1, c.low_res_size, c.low_res_size, self.shape[-1]))
                if c.low_res_size else None)
         return x, t, y, False, ctx, low
+
+    def init(self, key) -> TrainState:
+        """A fresh state; with ``params_loader`` (``init_from``) its parameters and EMA start as
+        the loaded ones (read on the host, also when the loop traces ``init`` under jit)."""
+        state = SingleNetwork.init(self, key)
+        if self.params_loader is None:
+            return state
+        shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                        state.params)
+        params = jax.pure_callback(
+            lambda: jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), self.params_loader()),
+            shapes)
+        return TrainState(state.step, params, params, self.tx.init(params))
 
     # -- training ----------------------------------------------------------------------------
     def train_step(self, state: TrainState, batch: dict, key: jax.Array):
@@ -277,9 +292,38 @@ def build(ctx: BuildContext, data: DataSpec | None = None, cls=None, **extra) ->
         from diffusion_jax.methods import latent
         return latent.build(ctx)
     data = data or ctx.data
-    model, cond = denoiser_network(ctx.section("model"), data)
-    process, par = process_and_parameterization(ctx)
+    init_from = ctx.config.get("init_from", "")
+    if init_from and data is ctx.data:
+        model, process, par, cond, extra = _init_from(ctx, init_from, extra)
+    else:
+        model, cond = denoiser_network(ctx.section("model"), data)
+        process, par = process_and_parameterization(ctx)
     loss = ctx.typed(LossConfig, "loss")
     t, s = ctx.train, ctx.sample
     return (cls or Diffusion)(model, process, par, loss, ctx.tx, data.shape, cond, t.ema_decay,
                               t.ema_start, s.sampler, s.num_steps, s.grid, s.guidance, **extra)
+
+
+def _init_from(ctx: BuildContext, path: str, extra: dict):
+    """``init_from=DIR``: the network, process and parameterization of a pretrained folder (or a
+    trained workdir), its parameters as the starting point; the experiment's ``model``,
+    ``process`` and ``parameterization`` sections are replaced (said on stderr)."""
+    if not isinstance(path, str):
+        raise ConfigError(f"init_from={path!r} is not a folder path")
+    run = ctx.stored(path, "init_from")
+    src = run.experiment.method
+    if not isinstance(src, Diffusion):
+        raise ConfigError(f"init_from={path!r} holds a {run.experiment.method_name!r} model; "
+                          "fine-tuning starts from a pixel-space diffusion model")
+    if tuple(src.shape) != tuple(ctx.data.shape):
+        raise ConfigError(f"init_from={path!r} makes {tuple(src.shape)} images but the data is "
+                          f"{tuple(ctx.data.shape)}: use data of the model's size and channels")
+    if src.num_classes and ctx.data.num_classes != src.num_classes:
+        raise ConfigError(f"init_from={path!r} has {src.num_classes} classes, the data "
+                          f"{ctx.data.num_classes}")
+    replaced = [n for n in ("model", "process", "parameterization") if n in ctx.config]
+    if replaced:
+        print(f"note: init_from={path}: its network, process and parameterization replace the "
+              f"experiment's {', '.join(replaced)} section(s)", file=sys.stderr)
+    extra = {**extra, "params_loader": run.load_params, "null_class": src.null_class}
+    return src.model, src.process, src.parameterization, src.conditioning, extra

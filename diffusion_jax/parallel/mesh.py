@@ -57,3 +57,10 @@ def batch_size_per_shard(mesh: Mesh, global_batch: int) -> int:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+# Logical axis names used by the models -> mesh axes. An experiment may replace them
+# (``config.sharding_rules``); mesh axes absent from a mesh are dropped for that mesh.
+DEFAULT_RULES = (("batch", ("data", "fsdp")), ("conv_out", "fsdp"), ("mlp", "fsdp"),
+                 ("kv", "fsdp"), ("conv_in", None), ("embed", None), ("heads", None),
+                 ("patch", None))

@@ -27,12 +27,10 @@ import jax.numpy as jnp
 import optax
 
 from diffusion_jax.conditioning import Conditioning
-from diffusion_jax.experiment import DEFAULT_RULES, Experiment, MeshSpec
-from diffusion_jax.settings import DataSpec, OptimizerSpec, SampleSpec, TrainSpec
 from diffusion_jax.losses import LossConfig
 from diffusion_jax.methods.diffusion import Diffusion
 from diffusion_jax.methods.state import param_shardings
-from diffusion_jax.parallel import make_mesh
+from diffusion_jax.parallel import DEFAULT_RULES, make_mesh
 from diffusion_jax.parameterization import X0Prediction
 from diffusion_jax.pretrained import diffusers_folder, edm_export
 from diffusion_jax.pretrained.convert import PretrainedError, load_tree, rename_deprecated
@@ -40,8 +38,7 @@ from diffusion_jax.pretrained.precond import PretrainedDenoiser
 from diffusion_jax.processes import Process
 from diffusion_jax.utils import safetensors_io
 
-__all__ = ["load_pretrained", "Pretrained", "PretrainedError", "is_pretrained", "read_method",
-           "as_experiment"]
+__all__ = ["load_pretrained", "Pretrained", "PretrainedError", "is_pretrained", "read_method"]
 
 PICKLE_SUFFIXES = (".pkl", ".pt", ".pth", ".bin", ".ckpt")
 
@@ -131,14 +128,3 @@ def load_pretrained(path, mesh=None, rules=None) -> Pretrained:
     params = jax.device_put(tree, shardings)
     return Pretrained(str(path), fmt, method, params)
 
-
-def as_experiment(path) -> Experiment:
-    """A pretrained folder as the ``Experiment`` the workdir layer hands to ``sample``, ``eval``,
-    ``likelihood``, ``optimize-grid`` and ``bench-samplers`` (configs only: no tensor is read).
-    It has no dataset: image inputs come from files."""
-    method, _, _, fmt = read_method(path)
-    h, w, c = method.shape
-    data = DataSpec(dataset="", image_size=h, channels=c, num_classes=method.num_classes)
-    return Experiment("pretrained", 0, data, MeshSpec(), OptimizerSpec(lr=0.0),
-                      TrainSpec(steps=0, batch_size=1), SampleSpec(), method,
-                      {"pretrained": str(path), "format": fmt})
