@@ -50,6 +50,7 @@ from diffusion_jax.eval.reference_stats import reference_stats, sha256
 from diffusion_jax.eval.sample_eval import evaluate, training_fd
 from diffusion_jax.experiment import from_config
 from diffusion_jax.generate import SampleRequest, generate
+from diffusion_jax.pretrained import check_pretrained
 from diffusion_jax.samplers import GRIDS, SAMPLERS
 from diffusion_jax.samplers.learned_grid import MIN_CALIBRATION
 from diffusion_jax.train.loop import EXIT_CODES, train
@@ -113,7 +114,7 @@ def _source(p, required: bool = True, help: str | None = None) -> None:  # noqa:
     export, ``dj.load_pretrained``): both land in ``args.workdir``."""
     g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("--workdir", default=None, help=help)
-    g.add_argument("--pretrained", dest="workdir", metavar="DIR", default=None,
+    g.add_argument("--pretrained", metavar="DIR", default=None,
                    help="a pretrained folder instead of a workdir: diffusers (model_index.json, "
                         "unet/, scheduler/) or an EDM export (scripts/export_edm.py)")
 
@@ -410,6 +411,9 @@ def main(argv=None) -> int:
 
 def _guarded(run, args, overrides) -> int:
     try:
+        if getattr(args, "pretrained", None):  # checked as a folder, then read like a workdir
+            check_pretrained(args.pretrained)
+            args.workdir = args.pretrained
         return run(args, overrides)
     except Interrupted as e:
         return _error(e, e.code)

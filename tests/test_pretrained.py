@@ -215,3 +215,58 @@ def test_deprecated_attention_names_are_read():
     assert not any(k.endswith(".query.weight") for k in rename_deprecated(tensors))
     assert is_pretrained(FIXTURES / "ddpm_tiny") and is_pretrained(FIXTURES / "edm_adm")
     assert not is_pretrained(FIXTURES)
+
+
+# -- fine-tuning, export, the CLI ---------------------------------------------------------
+
+def test_init_from_starts_at_the_folders_parameters_and_exports_back(tmp_path, configs):
+    """``--config.init_from=DIR``: the experiment's model is the folder's network with its
+    parameters (the state's params and EMA), and ``export`` writes the same tensors back."""
+    from diffusion_jax.config import apply_override
+    from diffusion_jax.pretrained.export import state_dict
+    cfg = configs.tiny_image(tmp_path)
+    apply_override(cfg, f"init_from={FIXTURES / 'vpred_tiny'}")
+    exp = configs.experiment(cfg)
+    state = jax.jit(exp.method.init)(jax.random.key(0))
+    pre = dj.load_pretrained(FIXTURES / "vpred_tiny")
+    for a, b, c in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(pre.params),
+                       jax.tree_util.tree_leaves(state.ema_params)):
+        assert np.array_equal(a, b) and np.array_equal(c, b)
+    back = state_dict(state.params["net"], "diffusers")
+    orig = safetensors_io.read(FIXTURES / "vpred_tiny" / "unet" / diffusers_folder.WEIGHTS)
+    assert set(back) == set(orig)
+    assert all(np.array_equal(back[k], np.asarray(orig[k], np.float32)) for k in orig)
+
+
+def test_init_from_refuses_data_of_another_shape(tmp_path, configs):
+    from diffusion_jax.config import apply_override
+    from diffusion_jax.settings import ConfigError
+    cfg = configs.tiny_image(tmp_path)
+    apply_override(cfg, f"init_from={FIXTURES / 'ddpm_tiny'}")  # 16x16x3, the data is 8x8x1
+    with pytest.raises(ConfigError, match=r"makes \(16, 16, 3\) images but the data is \(8, 8, 1\)"):
+        configs.experiment(cfg)
+
+
+def test_cli_samples_a_pretrained_folder_and_refuses_bad_labels(tmp_path, capsys, configs):
+    from diffusion_jax.cli import main
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--pretrained", str(FIXTURES / "edm_ddpmpp"), "--sampler", "heun",
+                 "--steps", "2", "--num", "4", "--labels", "1,3,0,2", "--guidance", "1.5",
+                 "--out", str(out)]) == 0
+    with np.load(out) as f:
+        assert f["images"].shape == (4, 16, 16, 3) and np.all(np.isfinite(f["images"]))
+        assert list(f["labels"]) == [1, 3, 0, 2]
+    err = configs.cli_error(capsys, ["sample", "--pretrained", str(FIXTURES / "ddpm_tiny"),
+                                     "--labels", "2", "--out", str(tmp_path / "x.png")])
+    assert "--labels needs a class-conditional model" in err
+    err = configs.cli_error(capsys, ["sample", "--pretrained", str(FIXTURES / "edm_adm"),
+                                     "--labels", "4", "--out", str(tmp_path / "x.png")])
+    assert "4" in err and "[0, 4)" in err
+    err = configs.cli_error(capsys, ["sample", "--pretrained", str(FIXTURES / "cd_tiny"),
+                                     "--labels", "1", "--guidance", "2",
+                                     "--out", str(tmp_path / "x.png")])
+    assert "null" in err
+    err = configs.cli_error(capsys, ["sample", "--pretrained", str(tmp_path), "--out",
+                                     str(tmp_path / "x.png")])
+    assert "neither model_index.json" in err
+    assert not (tmp_path / "x.png").exists()

@@ -38,7 +38,8 @@ from diffusion_jax.pretrained.precond import PretrainedDenoiser
 from diffusion_jax.processes import Process
 from diffusion_jax.utils import safetensors_io
 
-__all__ = ["load_pretrained", "Pretrained", "PretrainedError", "is_pretrained", "read_method"]
+__all__ = ["load_pretrained", "Pretrained", "PretrainedError", "is_pretrained", "read_method",
+           "check_pretrained"]
 
 PICKLE_SUFFIXES = (".pkl", ".pt", ".pth", ".bin", ".ckpt")
 
@@ -79,6 +80,11 @@ def is_pretrained(path) -> bool:
     """A folder in one of the two formats (checked by its marker files only)."""
     p = Path(path)
     return (p / "model_index.json").is_file() or edm_export.is_export(p)
+
+
+def check_pretrained(path) -> None:
+    """Refuse, in one line, a path that is not a pretrained folder (configs only)."""
+    _read(Path(path))
 
 
 def _read(path: Path):
