@@ -149,6 +149,10 @@ def _bench_samplers_parser(b) -> None:
             help="instead of the exact-score cases: FD of a trained model at each --nfe, "
                  "default and learned grids (calibrating the missing ones), and NFE 20")
     b.add_argument("--classifier", default=None, help="feature extractor for --workdir's FD")
+    b.add_argument("--inception", default=None, help="Inception-v3 weights .npz (FID)")
+    b.add_argument("--ref-stats", default=None,
+                   help="FID against these reference statistics (needed for --pretrained: a "
+                        "pretrained folder has no test split)")
     b.add_argument("--num", type=integer(MIN_SAMPLES), default=1000,
                    help="samples per FD (--workdir)")
     b.add_argument("--calib-num", type=integer(MIN_CALIBRATION), default=64,
@@ -371,12 +375,12 @@ def _bench_samplers(args, overrides) -> int:
     _no_overrides(overrides, "bench-samplers")
     check_writable(args.out, "--out", folder=True)
     if args.workdir:
-        if args.classifier is None:
+        if args.classifier is None and args.inception is None:
             raise ValueError("bench-samplers --workdir measures FD: pass --classifier (a "
-                             "workdir of experiments/fashion_mnist_classifier.py)")
+                             "workdir of experiments/fashion_mnist_classifier.py) or --inception")
         model_pass(args.workdir, args.classifier, Path(args.out), args.samplers or MODEL_SAMPLERS,
                    args.nfe or MODEL_NFES, num=args.num, calib=args.calib_num,
-                   iters=args.calib_iters)
+                   iters=args.calib_iters, ref_stats=args.ref_stats, inception=args.inception)
         return 0
     run_benchmark(Path(args.out), args.nfe or [5, 8, 10, 15, 20, 50, 100], args.samplers or [],
                   args.cases, args.batch, goal_nfes=args.goal_nfe, learned=args.learned)

@@ -28,6 +28,7 @@ import numpy as np
 from matplotlib.figure import Figure  # the object API: no pyplot, no backend switch
 
 from diffusion_jax import gmm
+from diffusion_jax.eval.reference_stats import read_stats
 from diffusion_jax.eval.sample_eval import evaluate
 from diffusion_jax.models import UNet, UNetConfig
 from diffusion_jax.parameterization import VPrediction, make_denoiser
@@ -37,6 +38,7 @@ from diffusion_jax.samplers import (SAMPLERS, default_grid, resolve_sampler, sam
 from diffusion_jax.samplers.learned_grid import calibrate
 from diffusion_jax.utils.atomic import write_json, write_text
 from diffusion_jax.utils.images import save_figure
+from diffusion_jax.workdir import read_experiment
 from diffusion_jax.workdir_grids import grid_path, optimize_workdir_grid
 
 CASES = {
@@ -356,7 +358,8 @@ MODEL_NFES = (4, 5, 6, 8, 10)
 
 def model_pass(workdir, classifier, out: Path, samplers=MODEL_SAMPLERS, nfes=MODEL_NFES,
                reference_nfe: int | None = 20, num: int = 1000, calib: int = 64,
-               iters: int = 60, log=print) -> list[dict]:
+               iters: int = 60, log=print, ref_stats: str | None = None,
+               inception: str | None = None) -> list[dict]:
     """The samplers on a trained model: FD (``classifier``'s features) at each NFE with the
     default grid and with a learned one (``optimize-grid``, calibrated here on ``calib`` draws
     where the workdir has none yet), plus every sampler at ``reference_nfe`` on its default grid
@@ -364,6 +367,11 @@ def model_pass(workdir, classifier, out: Path, samplers=MODEL_SAMPLERS, nfes=MOD
 
     for s_name in samplers:
         resolve_sampler(s_name)
+    if ref_stats:
+        read_stats(ref_stats)  # checked before any calibration
+    elif not read_experiment(workdir).data.dataset:
+        raise ValueError(f"{workdir} is a pretrained model with no test split: pass --ref-stats "
+                         "FILE (FID against reference statistics)")
     calib_s = {}
     for s_name in samplers:
         for nfe in nfes:
@@ -376,4 +384,5 @@ def model_pass(workdir, classifier, out: Path, samplers=MODEL_SAMPLERS, nfes=MOD
         log(f"calibrated {s_name} at NFE {nfe} in {secs:.1f} s")
     extra = [reference_nfe] if reference_nfe and reference_nfe not in nfes else []
     return evaluate(str(workdir), classifier, list(samplers), list(nfes) + extra, num,
-                    out=str(Path(out) / "model"), grids=("default", "learned"))
+                    out=str(Path(out) / "model"), grids=("default", "learned"),
+                    ref_stats=ref_stats, inception=inception)
