@@ -6,6 +6,8 @@ the parameterization's regression target. Weightings, in ``x0``-space terms:
 * ``"simple"``: unit weight in the network's output space (DDPM's L_simple for eps-prediction);
 * ``"edm"``: EDM's ``lambda(sigma) = 1/c_out^2`` in x0-space (= unit weight on ``F`` with EDM
   preconditioning; Karras et al. 2022, eq. 8);
+* ``"eps"``: the squared error of the implied noise, ``(alpha/sigma)^2`` in x0-space (DDPM's
+  L_simple whatever the network predicts: fine-tuning an epsilon model through its x0 output);
 * ``"likelihood"``: ``g(t)^2 / sigma^2`` weighting of the score error (Song et al. 2021c; the
   score-matching bound on the negative log-likelihood).
 
@@ -30,15 +32,16 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    weighting: Literal["simple", "edm", "likelihood"] = "simple"
+    weighting: Literal["simple", "edm", "eps", "likelihood"] = "simple"
     t_sampler: Literal["uniform", "antithetic", "lognormal"] = "uniform"
     p_mean: float = -1.2
     p_std: float = 1.2
     sigma_data: float = 0.5  # EDM weighting for non-EDM parameterizations
 
     def __post_init__(self):
-        if self.weighting not in ("simple", "edm", "likelihood"):
-            raise ValueError(f"unknown weighting {self.weighting!r}; valid: simple, edm, likelihood")
+        if self.weighting not in ("simple", "edm", "eps", "likelihood"):
+            raise ValueError(f"unknown weighting {self.weighting!r}; valid: simple, edm, eps, "
+                             "likelihood")
         if self.t_sampler not in ("uniform", "antithetic", "lognormal"):
             raise ValueError(f"unknown t_sampler {self.t_sampler!r}; valid: uniform, antithetic, "
                              "lognormal")
@@ -68,6 +71,8 @@ def weight(cfg: LossConfig, process: Process, parameterization: Parameterization
             return jnp.ones_like(t)  # lambda(sigma) c_out^2 = 1
         sd2, s2 = cfg.sigma_data**2, (s / a) ** 2
         return x0_scale * (s2 + sd2) / (s2 * sd2)
+    if cfg.weighting == "eps":
+        return x0_scale * (a / s) ** 2
     # likelihood: g^2 |score - score_hat|^2 = g^2 alpha^2 / sigma^4 |x0 - x0_hat|^2
     return x0_scale * process.g2(t) * a**2 / s**4
 

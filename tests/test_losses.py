@@ -59,3 +59,17 @@ def test_weightings():
     np.testing.assert_allclose(w, vp.g2(tt) / vp.sigma(tt) ** 2, rtol=1e-4)  # g^2 |eps err|^2/sigma^2
     with pytest.raises(ValueError, match="unknown weighting"):
         losses.LossConfig(weighting="snr")
+
+
+def test_eps_weighting_of_an_x0_output_is_the_noise_error():
+    """``weighting="eps"`` on an x0-predicting network = the squared error of its implied noise
+    (what a pretrained epsilon model was trained on), at every t."""
+    proc = dj.processes.DiscreteVP()
+    t = jnp.array([0.05, 0.5, 0.95])
+    a, s = proc.alpha(t), proc.sigma(t)
+    w = losses.weight(losses.LossConfig(weighting="eps"), proc, Z.X0Prediction(), t)
+    x0, x0_hat, eps = 0.3, -0.2, 1.1
+    x_t = a * x0 + s * eps
+    eps_hat = (x_t - a * x0_hat) / s
+    # float32: eps_hat - eps comes from a cancellation in x_t (~1e-7 absolute on 0.01)
+    np.testing.assert_allclose(w * (x0_hat - x0) ** 2, (eps_hat - eps) ** 2, rtol=1e-4)
