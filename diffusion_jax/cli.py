@@ -201,6 +201,9 @@ def _likelihood_parser(lk) -> None:
     lk.add_argument("--rtol", type=number(0.0, lo_open=True), default=1e-4)
     lk.add_argument("--atol", type=number(0.0, lo_open=True), default=1e-4)
     lk.add_argument("--seed", type=integer(0), default=0)
+    lk.add_argument("--images", default=None,
+                    help="a dataset whose test split is used instead of the experiment's "
+                         "(needed with --pretrained), e.g. npz:test.npz or tfds:cifar10")
     lk.add_argument("--out", default=None)
 
 
@@ -338,7 +341,7 @@ def _likelihood(args, overrides) -> int:
     if args.out is not None:
         check_writable(args.out, "--out", suffixes=(".json",))
     workdir_bits_per_dim(args.workdir, args.num, args.batch, args.trace, rtol=args.rtol,
-                         atol=args.atol, seed=args.seed, out=args.out)
+                         atol=args.atol, seed=args.seed, out=args.out, images=args.images)
     return 0
 
 

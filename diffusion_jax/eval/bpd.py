@@ -31,9 +31,10 @@ MEANING = {"exact": "exact (dequantised data)", "iwae": "upper bound (IWAE)",
 
 def workdir_bits_per_dim(workdir: str, num: int = 512, batch: int = 128, trace: str = "rademacher",
                          rtol: float = 1e-4, atol: float = 1e-4, seed: int = 0,
-                         out: str | None = None) -> dict:
+                         out: str | None = None, images: str | None = None) -> dict:
     """The method's bits/dim on the first ``num`` test images, ``batch`` at a time (one key per
-    batch: ``fold_in(key(seed), i)``); the tightest of its figures is the headline."""
+    batch: ``fold_in(key(seed), i)``); the tightest of its figures is the headline. ``images``:
+    a dataset name whose test split replaces the experiment's (a pretrained folder has none)."""
     exp = read_experiment(workdir)
     method = exp.method
     if method.likelihood is None:
@@ -41,8 +42,12 @@ def workdir_bits_per_dim(workdir: str, num: int = 512, batch: int = 128, trace: 
                          f"{FAMILIES_WITH_ONE}")
     given = {"trace": trace, "rtol": rtol, "atol": atol}
     options = {k: v for k, v in given.items() if k in method.likelihood_options}
+    dataset = images or exp.data.dataset
+    if not dataset:
+        raise ValueError(f"{workdir} is a pretrained model with no test split: pass --images "
+                         "DATASET (e.g. npz:test.npz with uint8 images, or tfds:cifar10)")
+    test, num = _test_images(dataset, exp, num)
     exp, params, step = load(workdir)
-    test, num = _test_images(exp, num)
     parts, stats, t0 = {}, {}, time.perf_counter()
     for i in tqdm(range(0, num, batch), desc="bits/dim", dynamic_ncols=True):
         idx = range(i, min(i + batch, num))
@@ -73,10 +78,14 @@ def _mean_se(b: np.ndarray) -> dict:
             "standard_error": float(b.std(ddof=1) / math.sqrt(len(b))) if len(b) > 1 else 0.0}
 
 
-def _test_images(exp, num: int):
-    test = get_source(exp.data.dataset, "test", exp.data.data_dir or None)
+def _test_images(dataset: str, exp, num: int):
+    test = get_source(dataset, "test", exp.data.data_dir or None)
     if test[0]["image"].dtype != np.uint8:
         raise ValueError("bits/dim needs 8-bit image data; this dataset is continuous")
+    shape = np.asarray(test[0]["image"]).shape
+    if int(np.prod(shape)) != int(np.prod(exp.method.sample_shape)):
+        raise ValueError(f"{dataset} holds {shape} images; the model makes "
+                         f"{tuple(exp.method.sample_shape)}")
     return test, min(num, len(test))
 
 
