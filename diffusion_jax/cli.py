@@ -221,7 +221,10 @@ def _compare_parser(cp) -> None:
 
 def _optimize_grid_parser(og) -> None:
     _source(og)
-    og.add_argument("--sampler", type=choice(SAMPLERS, "sampler"), required=True)
+    og.add_argument("--sampler", type=choice(("auto",) + tuple(SAMPLERS), "sampler"),
+                    required=True,
+                    help="a sampler, or 'auto': the learned solver and the learned grids of "
+                         "unipc, dpmpp_3m, ipndm_v and deis, keeping the lowest held-out error")
     og.add_argument("--nfe", type=integer(2), required=True,
                     help="total NFE, the final call included")
     og.add_argument("--num", type=integer(MIN_CALIBRATION), default=64,

@@ -55,13 +55,14 @@ def load_learned(workdir, sampler: str, steps: int, process_name: str):
     return ts, LearnedPC.from_json(row["coeffs"])
 
 
-def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters: int = 60,
-                          seed: int = 0, log=print) -> dict:
-    """Calibrate on ``num`` noise draws (seed ``seed``), report the error on as many other draws
-    (seed ``seed + 1``) for the learned and the experiment's grid, store the grid."""
-    exp = read_experiment(workdir)
-    method = exp.method
-    if "grid" not in method.sample_options:
+# ``optimize-grid --sampler auto``: the learned solver and the learned grids of the samplers
+# that led the exact-score goal table at NFE 5-10 (README, "Learned grids and a learned solver")
+AUTO_CANDIDATES = ("learned_pc", "unipc", "dpmpp_3m", "ipndm_v", "deis")
+
+
+def _check_grid_request(workdir, exp, sampler: str, nfe: int, num: int) -> int:
+    """The steps ``sampler`` takes at ``nfe``; every refusal before anything is loaded."""
+    if "grid" not in exp.method.sample_options:
         raise ValueError(f"{workdir} holds a {exp.method_name!r} run: learned grids are for "
                          "diffusion models")
     obj = resolve_sampler(sampler)
@@ -79,19 +80,30 @@ def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters:
     if num < MIN_CALIBRATION:
         raise ValueError(f"--num {num}: optimize-grid needs at least {MIN_CALIBRATION} "
                          "calibration samples")
+    return steps
+
+
+def _setup(workdir, exp, num: int, seed: int):
+    """The denoiser, the calibration and held-out draws and the held-out PF-ODE endpoints."""
+    method = exp.method
     _, params, step = load(workdir)
     denoise = method.denoiser(params)
     shape = (num,) + exp.shape
     x_cal = method.process.prior_sample(jax.random.key(seed), shape)
     x_new = method.process.prior_sample(jax.random.key(seed + 1), shape)
-    ts, solver, info = calibrate(denoise, method.process, sampler, steps, x_cal, iters=iters,
-                                 log=log)
+    return dict(denoise=denoise, x_cal=x_cal, x_new=x_new, step=step,
+                ref=reference_endpoints(denoise, method.process, x_new))
+
+
+def _optimize_one(workdir, exp, setup, sampler: str, nfe: int, steps: int, iters: int, log) -> dict:
+    method, denoise, x_new = exp.method, setup["denoise"], setup["x_new"]
+    ts, solver, info = calibrate(denoise, method.process, sampler, steps, setup["x_cal"],
+                                 iters=iters, log=log)
     if isinstance(solver, LearnedPC):
         info["coeffs"] = solver.to_json()
-    ref = reference_endpoints(denoise, method.process, x_new)
     err = lambda s, **kw: float(jnp.sqrt(jnp.mean((sample(denoise, method.process, x_new,
-                                                          sampler=s, **kw) - ref) ** 2)))
-    info.update(process=method.process.name, nfe=nfe, checkpoint_step=step,
+                                                          sampler=s, **kw) - setup["ref"]) ** 2)))
+    info.update(process=method.process.name, nfe=nfe, checkpoint_step=setup["step"],
                 heldout_rmse=err(solver, ts=ts), heldout_rmse_default=err(
                     sampler, num_steps=steps, grid=method.grid),
                 default_grid=default_grid(sampler) if method.grid == "default" else method.grid,
@@ -99,6 +111,35 @@ def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters:
     path = grid_path(workdir, sampler, steps)
     path.parent.mkdir(exist_ok=True)
     write_json(path, info)
-    log(f"held-out RMSE to the PF-ODE endpoint: learned {info['heldout_rmse']:.4g}, "
+    log(f"{sampler}: held-out RMSE to the PF-ODE endpoint: learned {info['heldout_rmse']:.4g}, "
         f"{info['default_grid']} {info['heldout_rmse_default']:.4g}; wrote {path}")
     return info
+
+
+def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters: int = 60,
+                          seed: int = 0, log=print) -> dict:
+    """Calibrate on ``num`` noise draws (seed ``seed``), report the error on as many other draws
+    (seed ``seed + 1``) for the learned and the experiment's grid, store the grid. ``sampler=
+    "auto"``: every one of ``AUTO_CANDIDATES`` that reaches ``nfe`` exactly, each stored, and
+    the one with the lowest held-out error named (``grids/auto_nfe{N}.json``)."""
+    exp = read_experiment(workdir)
+    names = [sampler] if sampler != "auto" else [
+        s for s in AUTO_CANDIDATES if (steps_for_budget(s, nfe) is not None
+                                       and total_nfe(s, steps_for_budget(s, nfe)) == nfe)]
+    if not names:
+        raise ValueError(f"--nfe {nfe}: none of {', '.join(AUTO_CANDIDATES)} reaches it")
+    plan = [(s, _check_grid_request(workdir, exp, s, nfe, num)) for s in names]
+    setup = _setup(workdir, exp, num, seed)
+    rows = [_optimize_one(workdir, exp, setup, s, nfe, steps, iters, log) for s, steps in plan]
+    if sampler != "auto":
+        return rows[0]
+    best = min(range(len(rows)), key=lambda i: rows[i]["heldout_rmse"])
+    summary = {"nfe": nfe, "winner": names[best], "steps": plan[best][1],
+               "candidates": [{"sampler": s, "steps": st, "heldout_rmse": r["heldout_rmse"],
+                               "heldout_rmse_default": r["heldout_rmse_default"]}
+                              for (s, st), r in zip(plan, rows)]}
+    path = grid_path(workdir, "auto", nfe).with_name(f"auto_nfe{nfe}.json")
+    write_json(path, summary)
+    log(f"auto at NFE {nfe}: {names[best]} wins (held-out RMSE {rows[best]['heldout_rmse']:.4g});"
+        f" sample with --sampler {names[best]} --steps {plan[best][1]} --grid learned")
+    return {**rows[best], "auto": summary}

@@ -270,3 +270,20 @@ def test_cli_samples_a_pretrained_folder_and_refuses_bad_labels(tmp_path, capsys
                                      str(tmp_path / "x.png")])
     assert "neither model_index.json" in err
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.slow  # five calibrations: minutes on 2 cores
+def test_optimize_grid_auto_on_a_pretrained_folder_keeps_the_lowest_heldout_error(tmp_path):
+    """``--sampler auto``: each candidate that reaches the NFE is calibrated and stored in
+    DIR/grids; the winner is the minimum of the held-out errors the run measured."""
+    from diffusion_jax.workdir_grids import AUTO_CANDIDATES, optimize_workdir_grid
+    d = copy_fixture(tmp_path, "vpred_tiny")
+    info = optimize_workdir_grid(str(d), "auto", 5, num=16, iters=2, log=lambda *_: None)
+    rows = info["auto"]["candidates"]
+    assert [r["sampler"] for r in rows] == [s for s in AUTO_CANDIDATES
+                                            if dj.total_nfe(s, dj.samplers.steps_for_budget(s, 5)) == 5]
+    best = min(rows, key=lambda r: r["heldout_rmse"])
+    assert info["auto"]["winner"] == best["sampler"] == info["sampler"]
+    assert (d / "grids" / "auto_nfe5.json").is_file()
+    for r in rows:
+        assert (d / "grids" / f"{r['sampler']}_{r['steps']}steps.json").is_file()
