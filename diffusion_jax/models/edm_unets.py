@@ -187,6 +187,36 @@ class SongUNet(nn.Module):
     @nn.compact
     def __call__(self, x, noise_labels, class_labels=None, train: bool = False):
         cfg = self.config
+        emb = self._embedding(x, noise_labels, class_labels)
+        blk = dict(heads=0, skip_scale=math.sqrt(0.5), eps=1e-6, taps=cfg.resample_filter,
+                   resample_proj=True, adaptive_scale=False, dropout=cfg.dropout)
+        x, skips, cout = self._encoder(x, emb, blk, train)
+        aux, n = None, len(cfg.channel_mult)
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            res = cfg.img_resolution >> level
+            r = f"{res}x{res}"
+            if level == n - 1:
+                x = UNetBlock(cout, **{**blk, "heads": 1}, name=f"dec_{r}_in0")(x, emb, train)
+                x = UNetBlock(cout, **blk, name=f"dec_{r}_in1")(x, emb, train)
+            else:
+                x = UNetBlock(cout, up=True, **blk, name=f"dec_{r}_up")(x, emb, train)
+            for idx in range(cfg.num_blocks + 1):
+                cout = cfg.model_channels * mult
+                attn = idx == cfg.num_blocks and res in cfg.attn_resolutions
+                x = jnp.concatenate([x, skips.pop()], axis=-1)
+                x = UNetBlock(cout, **{**blk, "heads": int(attn)}, name=f"dec_{r}_block{idx}")(
+                    x, emb, train)
+            if cfg.decoder_type == "skip" or level == 0:
+                if cfg.decoder_type == "skip" and level < n - 1:
+                    aux = EDMConv(cfg.out_channels, 0, up=True, taps=cfg.resample_filter,
+                                  name=f"dec_{r}_aux_up")(aux)
+                tmp = group_norm(cout, 1e-6, f"dec_{r}_aux_norm")(x)
+                tmp = EDMConv(cfg.out_channels, 3, name=f"dec_{r}_aux_conv")(nn.silu(tmp))
+                aux = tmp if aux is None else tmp + aux
+        return aux
+
+    def _embedding(self, x, noise_labels, class_labels):
+        cfg = self.config
         noise_ch = cfg.model_channels * cfg.channel_mult_noise
         emb_ch = cfg.model_channels * cfg.channel_mult_emb
         noise_labels = jnp.broadcast_to(noise_labels.reshape(-1), x.shape[:1])
@@ -199,9 +229,10 @@ class SongUNet(nn.Module):
             emb = emb + dense(noise_ch, name="map_label")(
                 _labels(cfg, class_labels, x.shape[0]) * math.sqrt(cfg.label_dim))
         emb = nn.silu(dense(emb_ch, name="map_layer0")(emb))
-        emb = nn.silu(dense(emb_ch, name="map_layer1")(emb))
-        blk = dict(heads=0, skip_scale=math.sqrt(0.5), eps=1e-6, taps=cfg.resample_filter,
-                   resample_proj=True, adaptive_scale=False, dropout=cfg.dropout)
+        return nn.silu(dense(emb_ch, name="map_layer1")(emb))
+
+    def _encoder(self, x, emb, blk, train):
+        cfg = self.config
         skips, aux, cout = [], x, cfg.in_channels
         for level, mult in enumerate(cfg.channel_mult):
             r = f"{cfg.img_resolution >> level}x{cfg.img_resolution >> level}"
@@ -226,29 +257,7 @@ class SongUNet(nn.Module):
                 x = UNetBlock(cout, **{**blk, "heads": int(attn)}, name=f"enc_{r}_block{idx}")(
                     x, emb, train)
                 skips.append(x)
-        aux, n = None, len(cfg.channel_mult)
-        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            res = cfg.img_resolution >> level
-            r = f"{res}x{res}"
-            if level == n - 1:
-                x = UNetBlock(cout, **{**blk, "heads": 1}, name=f"dec_{r}_in0")(x, emb, train)
-                x = UNetBlock(cout, **blk, name=f"dec_{r}_in1")(x, emb, train)
-            else:
-                x = UNetBlock(cout, up=True, **blk, name=f"dec_{r}_up")(x, emb, train)
-            for idx in range(cfg.num_blocks + 1):
-                cout = cfg.model_channels * mult
-                attn = idx == cfg.num_blocks and res in cfg.attn_resolutions
-                x = jnp.concatenate([x, skips.pop()], axis=-1)
-                x = UNetBlock(cout, **{**blk, "heads": int(attn)}, name=f"dec_{r}_block{idx}")(
-                    x, emb, train)
-            if cfg.decoder_type == "skip" or level == 0:
-                if cfg.decoder_type == "skip" and level < n - 1:
-                    aux = EDMConv(cfg.out_channels, 0, up=True, taps=cfg.resample_filter,
-                                  name=f"dec_{r}_aux_up")(aux)
-                tmp = group_norm(cout, 1e-6, f"dec_{r}_aux_norm")(x)
-                tmp = EDMConv(cfg.out_channels, 3, name=f"dec_{r}_aux_conv")(nn.silu(tmp))
-                aux = tmp if aux is None else tmp + aux
-        return aux
+        return x, skips, cout
 
 
 class DhariwalUNet(nn.Module):
