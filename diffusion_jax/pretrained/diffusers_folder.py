@@ -94,6 +94,9 @@ def scheduler(path: Path, cfg: UNet2DConfig):
     if pred not in PREDICTION_TYPES:
         raise PretrainedError(f"{path}: prediction_type {pred!r} is not supported; supported: "
                               f"{', '.join(PREDICTION_TYPES)}")
+    if raw.get("thresholding"):
+        raise PretrainedError(f"{path}: thresholding=true (dynamic thresholding) is not "
+                              "supported; set it to false to sample without it")
     schedule = raw.get("beta_schedule", "linear")
     if raw.get("trained_betas") is not None or schedule not in BETA_SCHEDULES:
         raise PretrainedError(f"{path}: beta_schedule {schedule!r}"
@@ -113,6 +116,12 @@ def read(path: Path):
     if "unet" not in index:
         raise PretrainedError(f"{path / 'model_index.json'} names no 'unet' component (it has "
                               f"{', '.join(k for k in index if not k.startswith('_')) or 'none'})")
+    latent = [k for k in ("vqvae", "vae", "text_encoder") if k in index]
+    if latent:
+        raise PretrainedError(f"{path / 'model_index.json'} is a latent pipeline (it has "
+                              f"{', '.join(latent)}): its U-Net samples latents, and decoding them "
+                              "is not supported yet; pixel-space pipelines (DDPM, DDIM, "
+                              "consistency models) load")
     cfg = unet_config(path / "unet")
     process, precond = scheduler(path / "scheduler" / "scheduler_config.json", cfg)
     info = NetInfo(num_classes=cfg.num_classes, null_class=False)
