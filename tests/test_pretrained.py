@@ -300,3 +300,18 @@ def test_latent_pipelines_and_thresholding_are_refused(tmp_path):
     (d / "scheduler" / "scheduler_config.json").write_text(json.dumps({**s, "thresholding": True}))
     with pytest.raises(PretrainedError, match="thresholding"):
         dj.load_pretrained(d)
+
+
+def test_sampling_runs_on_every_device_and_equals_one_device(loaded):
+    """A batch the device count divides is sampled along a ``data`` mesh (8 CPU devices here);
+    the samples equal the same sampler run through ``dj.sample`` on one device."""
+    pre = loaded("vpred_tiny")
+    fn = pre.method.sample_fn("unipc", 4)
+    x_T = pre.process.prior_sample(jax.random.key(0), (16,) + pre.shape)
+    y = fn(pre.params, x_T, jax.random.key(1))
+    assert len(y.sharding.device_set) == jax.device_count() == 8
+    one = jax.device_put(x_T, jax.devices()[0])
+    params = jax.device_put(pre.params, jax.devices()[0])
+    ref = dj.sample(lambda x, t: pre.method.model.apply({"params": params}, x, t), pre.process, one,
+                    sampler="unipc", num_steps=4, grid=pre.method.grid)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(ref), atol=1e-5)

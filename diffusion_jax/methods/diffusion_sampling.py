@@ -23,6 +23,7 @@ import numpy as np
 from diffusion_jax import guidance
 from diffusion_jax.conditioning import downsample
 from diffusion_jax.methods.base import Sampling, SampleRequest, SamplingEnv, parse_labels, take
+from diffusion_jax.parallel import batch_sharding, make_mesh
 from diffusion_jax.parameterization import make_denoiser
 from diffusion_jax.samplers import default_grid
 from diffusion_jax.samplers import sample as run_sampler
@@ -99,9 +100,22 @@ def _jit_checked(fn: Callable, model, guidance_scale, classifier, shape_of: Call
                             shape_of(args))
         if not jitted:
             jitted.append(jax.jit(fn))
-        return jitted[0](*prepare(*args))
+        return jitted[0](*shard_batch(prepare(*args), shape_of(args)[0]))
 
     return checked
+
+
+def shard_batch(args: tuple, batch: int) -> tuple:
+    """Every array argument whose leading dimension is the batch, laid out over all devices
+    along it (a ``data`` mesh), so one sampling call runs on every chip; the parameters keep
+    their own layout. Batches the device count does not divide stay where they are."""
+    n = jax.device_count()
+    if n == 1 or batch % n:
+        return args
+    sharding = batch_sharding(make_mesh((("data", n),)))
+    put = lambda a: (jax.device_put(a, sharding) if isinstance(a, (jax.Array, np.ndarray))
+                     and a.ndim and a.shape[0] == batch else a)
+    return tuple(a if i == 0 else jax.tree_util.tree_map(put, a) for i, a in enumerate(args))
 
 
 @functools.lru_cache(maxsize=64)
