@@ -252,10 +252,24 @@ class Flow(Process):
         return jax.nn.sigmoid(-0.5 * logsnr)
 
 
+def iddpm_sigmas(m: int = 1000, c1: float = 0.001, c2: float = 0.008) -> np.ndarray:
+    """EDM's iDDPMPrecond noise levels ``u[0] > ... > u[M] = 0`` (Karras et al. 2022, App. C.3.4:
+    the improved-DDPM cosine schedule with its steps' ratios clipped at ``c1``)."""
+    alpha_bar = lambda j: np.sin(0.5 * np.pi * j / m / (c2 + 1)) ** 2
+    u = np.zeros(m + 1)
+    for j in range(m, 0, -1):
+        u[j - 1] = np.sqrt((u[j] ** 2 + 1) / max(alpha_bar(j - 1) / alpha_bar(j), c1) - 1)
+    return u
+
+
 def discrete_betas(kind: str, num_timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
     """DDPM beta schedules: ``linear`` (Ho et al.), ``scaled_linear`` (quadratic in sqrt beta,
-    Stable Diffusion), ``cosine`` (Nichol & Dhariwal, betas clipped at 0.999)."""
+    Stable Diffusion), ``cosine`` (Nichol & Dhariwal, betas clipped at 0.999), ``iddpm`` (EDM's
+    iDDPMPrecond levels: timestep ``n`` at ``sigma = u[N-1-n]``; the beta range is unused)."""
     n = num_timesteps
+    if kind == "iddpm":
+        abar = 1.0 / (1.0 + iddpm_sigmas(n)[:n][::-1] ** 2)
+        return 1.0 - abar / np.concatenate([[1.0], abar[:-1]])
     if kind == "linear":
         return np.linspace(beta_start, beta_end, n, dtype=np.float64)
     if kind == "scaled_linear":
@@ -265,7 +279,8 @@ def discrete_betas(kind: str, num_timesteps: int, beta_start: float, beta_end: f
         steps = np.arange(n + 1, dtype=np.float64) / n
         abar = np.cos((steps + s) / (1 + s) * np.pi / 2) ** 2
         return np.clip(1 - abar[1:] / abar[:-1], 0, 0.999)
-    raise ValueError(f"unknown beta schedule {kind!r}; valid: 'linear', 'scaled_linear', 'cosine'")
+    raise ValueError(f"unknown beta schedule {kind!r}; valid: 'linear', 'scaled_linear', 'cosine', "
+                     "'iddpm'")
 
 
 @dataclasses.dataclass(frozen=True)

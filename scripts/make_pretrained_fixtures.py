@@ -211,6 +211,11 @@ EDM_FIXTURES = {
                                    model_type="DhariwalUNet", model_channels=64,
                                    channel_mult=[1, 1], channel_mult_emb=1, num_blocks=1,
                                    attn_resolutions=[4], dropout=0.0)),
+    # iDDPM (ADM with learned variances) under iDDPMPrecond: the nearest of 1000 noise levels
+    "edm_iddpm": ("iDDPMPrecond", dict(img_resolution=8, img_channels=1, label_dim=3,
+                                       model_type="DhariwalUNet", model_channels=64,
+                                       channel_mult=[1, 1], channel_mult_emb=1, num_blocks=1,
+                                       attn_resolutions=[4], dropout=0.0)),
 }
 
 
@@ -229,7 +234,7 @@ def edm_fixture(name: str, precond: str, kwargs: dict, out: Path, edm: Path) -> 
     r = kwargs["img_resolution"]
     x0 = torch.randn(2, c, r, r, generator=torch.Generator().manual_seed(8))
     eps = torch.randn(2, c, r, r, generator=torch.Generator().manual_seed(9))
-    labels = torch.tensor([0, 3])
+    labels = torch.tensor([0, kwargs["label_dim"] - 1 if kwargs["label_dim"] else 0])
     sigmas = [0.05, 1.0, 20.0]
     ref = {"x0": nchw_to_nhwc(x0), "eps": nchw_to_nhwc(eps), "sigmas": np.array(sigmas),
            "labels": labels.numpy()}

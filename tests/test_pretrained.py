@@ -26,7 +26,7 @@ from diffusion_jax.utils import safetensors_io
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pretrained"
 DIFFUSERS = ("ddpm_tiny", "vpred_tiny")
-EDM = ("edm_ddpmpp", "edm_ncsnpp", "edm_skip", "edm_adm")
+EDM = ("edm_ddpmpp", "edm_ncsnpp", "edm_skip", "edm_adm", "edm_iddpm")
 
 
 def rel_err(a, b) -> float:
@@ -315,3 +315,12 @@ def test_sampling_runs_on_every_device_and_equals_one_device(loaded):
     ref = dj.sample(lambda x, t: pre.method.model.apply({"params": params}, x, t), pre.process, one,
                     sampler="unipc", num_steps=4, grid=pre.method.grid)
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), atol=1e-5)
+
+
+def test_iddpm_schedule_puts_timestep_n_at_edms_level():
+    """DiscreteVP(betas="iddpm"): sigma/alpha at t = (n+1)/N is iDDPMPrecond's u[N-1-n]."""
+    from diffusion_jax.processes import DiscreteVP, iddpm_sigmas
+    p, u = DiscreteVP(betas="iddpm"), iddpm_sigmas(1000)
+    n = np.array([0, 1, 500, 998, 999])
+    t = jnp.asarray((n + 1) / 1000)
+    np.testing.assert_allclose(np.asarray(p.sigma(t) / p.alpha(t)), u[999 - n], rtol=2e-5)

@@ -15,9 +15,9 @@ from diffusion_jax.models.edm_unets import EDM_NETWORKS, EDMNetConfig, edm_confi
 from diffusion_jax.pretrained.convert import PretrainedError
 from diffusion_jax.pretrained.diffusers_folder import read_json
 from diffusion_jax.pretrained.precond import EDMPreconds, NetInfo, ve_for_edm, vp_for_edm
-from diffusion_jax.processes import EDM
+from diffusion_jax.processes import EDM, DiscreteVP
 
-PRECONDS = ("EDMPrecond", "VPPrecond", "VEPrecond")
+PRECONDS = ("EDMPrecond", "VPPrecond", "VEPrecond", "iDDPMPrecond")
 WEIGHTS = "model.safetensors"
 # precond arguments that are not the network's
 PRECOND_ARGS = ("img_resolution", "img_channels", "label_dim", "use_fp16", "sigma_min",
@@ -50,6 +50,13 @@ def _precond(name: str, kw: dict, cfg: EDMNetConfig):
         process = vp_for_edm(float(kw.get("beta_min", 0.1)), float(kw.get("beta_d", 19.9)))
         return process, EDMPreconds("vp", process, m=int(kw.get("M", 1000)),
                                     img_channels=kw["img_channels"])
+    if name == "iDDPMPrecond":
+        c1, c2, m = float(kw.get("C_1", 0.001)), float(kw.get("C_2", 0.008)), int(kw.get("M", 1000))
+        process = DiscreteVP(betas="iddpm", num_timesteps=m)
+        if (c1, c2) != (0.001, 0.008):
+            raise PretrainedError(f"iDDPMPrecond with C_1={c1}, C_2={c2}: only EDM's defaults "
+                                  "(0.001, 0.008) are supported")
+        return process, EDMPreconds("iddpm", process, m=m, img_channels=kw["img_channels"])
     process = ve_for_edm(float(kw.get("sigma_min", 0.02)), float(kw.get("sigma_max", 100.0)))
     return process, EDMPreconds("ve", process, img_channels=kw["img_channels"])
 
@@ -76,8 +83,10 @@ def read(path: Path):
     if unknown:
         raise PretrainedError(f"{cfg_path}: unknown {model_type} arguments {', '.join(unknown)}")
     out_ch = kw["img_channels"]
+    learned_var = 2 if name == "iDDPMPrecond" else 1  # iDDPM's network also outputs variances
     cfg = edm_config(model_type, img_resolution=kw["img_resolution"], in_channels=out_ch,
-                     out_channels=out_ch, label_dim=int(kw.get("label_dim", 0)), **net_kw)
+                     out_channels=learned_var * out_ch, label_dim=int(kw.get("label_dim", 0)),
+                     **net_kw)
     process, precond = _precond(name, kw, cfg)
     weights = path / WEIGHTS
     if not weights.is_file():

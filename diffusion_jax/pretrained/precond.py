@@ -20,9 +20,8 @@ import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
-from diffusion_jax.processes import EDM, VE, VP, DiscreteVP, Process, _bcast
+from diffusion_jax.processes import EDM, VE, VP, DiscreteVP, Process, _bcast, iddpm_sigmas
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,15 +66,6 @@ class Consistency:
         return c_skip * x + c_out * out
 
 
-def iddpm_sigmas(c1: float = 0.001, c2: float = 0.008, m: int = 1000) -> np.ndarray:
-    """iDDPMPrecond's noise levels ``u[0] > ... > u[M] = 0`` (EDM, Appendix C.3.4)."""
-    alpha_bar = lambda j: np.sin(0.5 * np.pi * j / m / (c2 + 1)) ** 2
-    u = np.zeros(m + 1)
-    for j in range(m, 0, -1):
-        u[j - 1] = np.sqrt((u[j] ** 2 + 1) / max(alpha_bar(j - 1) / alpha_bar(j), c1) - 1)
-    return u
-
-
 @dataclasses.dataclass(frozen=True)
 class EDMPreconds:
     """NVlabs/edm's preconditioners. ``kind``: edm (t = sigma), vp (VP time), ve (VE time),
@@ -102,7 +92,7 @@ class EDMPreconds:
             return x_edm + s * net(x_edm, jnp.log(0.5 * s.reshape(-1)), y)
         if self.kind == "vp":
             return x_edm - s * net(x_edm / jnp.sqrt(s ** 2 + 1), (self.m - 1) * tt, y)
-        u = jnp.asarray(iddpm_sigmas(self.c1, self.c2, self.m), jnp.float32)
+        u = jnp.asarray(iddpm_sigmas(self.m, self.c1, self.c2), jnp.float32)
         index = jnp.argmin(jnp.abs(s.reshape(-1)[:, None] - u[None]), axis=1)
         f = net(x_edm / jnp.sqrt(s ** 2 + 1), (self.m - 1 - index).astype(jnp.float32), y)
         return x_edm - s * f[..., :self.img_channels]
