@@ -42,6 +42,7 @@ import jax
 
 from diffusion_jax.bench.sampler_bench import (CASES, MODEL_NFES, MODEL_SAMPLERS, model_pass,
                                                run_benchmark)
+from diffusion_jax.bench.network_speed import network_speed
 from diffusion_jax.bench.train import PEERS, bench_train
 from diffusion_jax.config import load_config
 from diffusion_jax.eval.bpd import workdir_bits_per_dim
@@ -158,6 +159,12 @@ def _bench_samplers_parser(b) -> None:
     b.add_argument("--calib-num", type=integer(MIN_CALIBRATION), default=64,
                    help="calibration draws per learned grid (--workdir)")
     b.add_argument("--calib-iters", type=integer(1), default=60, help="optimize-grid iterations")
+    b.add_argument("--speed", action="store_true",
+                   help="with --workdir/--pretrained: time one network call and one sampler run "
+                        "(its overhead over NFE x one call) instead of measuring FD")
+    b.add_argument("--peer", type=choice(PEERS, "peer"), default=None,
+                   help="with --speed on a diffusers folder: diffusers' U-Net in torch on the "
+                        "same weights, alternated")
 
 
 def _bench_train_parser(bt) -> None:
@@ -380,6 +387,11 @@ def _bench_train(args, overrides) -> int:
 def _bench_samplers(args, overrides) -> int:
     _no_overrides(overrides, "bench-samplers")
     check_writable(args.out, "--out", folder=True)
+    if args.workdir and args.speed:
+        network_speed(args.workdir, Path(args.out), batch=min(args.batch, 64),
+                      sampler=(args.samplers or ["unipc"])[0], nfe=(args.nfe or [10])[0],
+                      peer=args.peer)
+        return 0
     if args.workdir:
         if args.classifier is None and args.inception is None:
             raise ValueError("bench-samplers --workdir measures FD: pass --classifier (a "

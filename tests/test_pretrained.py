@@ -324,3 +324,12 @@ def test_iddpm_schedule_puts_timestep_n_at_edms_level():
     n = np.array([0, 1, 500, 998, 999])
     t = jnp.asarray((n + 1) / 1000)
     np.testing.assert_allclose(np.asarray(p.sigma(t) / p.alpha(t)), u[999 - n], rtol=2e-5)
+
+
+def test_bench_samplers_speed_on_a_pretrained_folder(tmp_path):
+    from diffusion_jax.cli import main
+    assert main(["bench-samplers", "--pretrained", str(FIXTURES / "vpred_tiny"), "--speed",
+                 "--batch", "8", "--samplers", "ddim", "--nfe", "4", "--out", str(tmp_path)]) == 0
+    row = json.loads((tmp_path / "speed.json").read_text())
+    assert row["nfe"] == 4 and row["batch"] == 8 and row["one_call_s"] > 0
+    assert row["sampler_overhead"] == pytest.approx(row["sampler_s"] / (4 * row["one_call_s"]))
