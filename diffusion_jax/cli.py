@@ -8,6 +8,7 @@ Verbs:
                   (diffusion); latent slerp rows and temperature (GAN / VAE / flow)
   eval            FD / KID / precision / recall of samplers x NFE budgets (one row for a GAN,
                   VAE or flow); FID against ``--ref-stats`` (mu/sigma .npz)
+  experiments     the packaged experiments, by name (``--config NAME``), with one line each
   export          a run started from ``--config.init_from=DIR`` written back as DIR's format
   ref-stats       FID reference statistics of a test split or images (the .npz eval reads)
   likelihood      bits/dim on the test split (diffusion: PF-ODE; flow: exact; VAE: ELBO, IWAE)
@@ -44,7 +45,7 @@ from diffusion_jax.bench.sampler_bench import (CASES, MODEL_NFES, MODEL_SAMPLERS
                                                run_benchmark)
 from diffusion_jax.bench.network_speed import network_speed
 from diffusion_jax.bench.train import PEERS, bench_train
-from diffusion_jax.config import load_config
+from diffusion_jax.config import describe_experiments, load_config
 from diffusion_jax.eval.bpd import workdir_bits_per_dim
 from diffusion_jax.eval.compare import compare
 from diffusion_jax.eval.reference_stats import reference_stats, sha256
@@ -94,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     _sample_parser(sub.add_parser("sample", help="sample from a trained workdir"))
     _eval_parser(sub.add_parser("eval", help="FD/KID/precision/recall (or FID against "
                                             "--ref-stats) of samplers x NFE"))
+    sub.add_parser("experiments", help="the packaged experiments (--config NAME) and what each is")
     _export_parser(sub.add_parser("export", help="a run fine-tuned from a pretrained folder, "
                                                  "written back in that folder's format"))
     _ref_stats_parser(sub.add_parser("ref-stats", help="FID reference statistics (mu, sigma) of "
@@ -323,6 +325,15 @@ def _ref_stats(args, overrides) -> int:
     return 0
 
 
+def _experiments(args, overrides) -> int:
+    _no_overrides(overrides, "experiments")
+    rows = describe_experiments()
+    width = max(len(n) for n, _ in rows)
+    for name, doc in rows:
+        print(f"{name:<{width}}  {doc}")
+    return 0
+
+
 def _export(args, overrides) -> int:
     _no_overrides(overrides, "export")
     print(json.dumps(export_workdir(args.workdir, args.out)))
@@ -414,7 +425,7 @@ def _no_overrides(overrides, verb: str) -> None:
 VERBS = {"train": _train, "train-classifier": _train, "sample": _sample, "eval": _eval,
          "likelihood": _likelihood, "compare": _compare, "optimize-grid": _optimize_grid,
          "bench-train": _bench_train, "bench-samplers": _bench_samplers,
-         "ref-stats": _ref_stats, "export": _export}
+         "ref-stats": _ref_stats, "export": _export, "experiments": _experiments}
 
 
 def main(argv=None) -> int:

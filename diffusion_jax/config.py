@@ -17,10 +17,44 @@ from ml_collections import ConfigDict
 OPTIONAL_KEYS = {"init_from": ""}
 
 
+def packaged_experiments() -> dict[str, Path]:
+    """``{name: file}`` of the experiments that ship with the package."""
+    folder = Path(__file__).resolve().parent / "experiments"
+    return {p.stem: p for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")}
+
+
+def describe_experiments() -> list[tuple[str, str]]:
+    """``(name, the first line of its docstring)`` of every packaged experiment (read from the
+    source: nothing is imported)."""
+    out = []
+    for name, path in packaged_experiments().items():
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        first = " ".join(doc.strip().split("\n\n")[0].split()).split(". ")[0].rstrip(".")
+        out.append((name, first if len(first) <= 100 else first[:99] + "…"))
+    return out
+
+
+def resolve_experiment(path: str) -> Path:
+    """An experiment file: ``path`` itself when it names a file, else the packaged experiment
+    called ``path`` (``fashion_mnist_ddpm`` or ``fashion_mnist_ddpm.py``)."""
+    p = Path(path)
+    if p.exists() or "/" in str(path) or "\\" in str(path):
+        return p
+    known = packaged_experiments()
+    name = p.stem if p.suffix == ".py" else str(path)
+    if name in known:
+        return known[name]
+    near = difflib.get_close_matches(name, list(known), n=5, cutoff=0.0)
+    raise FileNotFoundError(f"--config {path} is neither a file nor a packaged experiment; "
+                            f"closest: {', '.join(near)} (python -m diffusion_jax experiments "
+                            "lists them)")
+
+
 def load_config(path: str, overrides: list[str] = ()) -> ConfigDict:
-    """The ``ConfigDict`` of an experiment file's ``get_config()``, with ``overrides`` applied;
-    every way the file can be wrong is one line naming the file (and the line)."""
-    config = _get_config(Path(path))
+    """The ``ConfigDict`` of an experiment file's ``get_config()`` (a path, or the name of a
+    packaged experiment), with ``overrides`` applied; every way the file can be wrong is one line
+    naming the file (and the line)."""
+    config = _get_config(resolve_experiment(path))
     for item in overrides:
         apply_override(config, item)
     return config

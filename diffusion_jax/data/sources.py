@@ -55,10 +55,11 @@ def find_fashion_mnist(data_dir: str | None = None) -> Path:
             return Path(c)
     raise FileNotFoundError(
         "Fashion-MNIST not found (looked in: " + ", ".join(filter(None, candidates)) + "). "
-        "Install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu, as root), or put the "
-        "four IDX .gz files from github.com/zalandoresearch/fashion-mnist in a folder and pass "
-        "--config.data.data_dir=FOLDER (or set FASHION_MNIST_DIR), or use "
-        "--config.data.dataset=tfds:fashion_mnist where TFDS can download.")
+        "Either install the Debian package (`apt-get install dataset-fashion-mnist`, as root), or "
+        "fetch the four IDX .gz files TFDS also uses (the README's 'Fashion-MNIST without the "
+        "Debian package' has the commands) into a folder and pass --config.data.data_dir=FOLDER or "
+        "set FASHION_MNIST_DIR; or use --config.data.dataset=tfds:fashion_mnist once TFDS has "
+        "prepared it (tfds build fashion_mnist).")
 
 
 def fashion_mnist(split: str = "train", data_dir: str | None = None) -> ArraySource:
