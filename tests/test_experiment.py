@@ -129,3 +129,16 @@ def test_the_method_defaults_describe_a_one_call_generator():
         base.bits_per_dim(None, None, None)
     with pytest.raises(ValueError, match="--guidance"):
         base.eval_requests(["ddim"], [5], ["default"], 2.0)
+
+
+def test_config_by_packaged_name_and_the_five_closest(capsys, configs):
+    from diffusion_jax.config import describe_experiments, load_config, packaged_experiments
+    by_name = load_config("fashion_mnist_ddpm")
+    by_path = load_config(str(configs.root / "experiments" / "fashion_mnist_ddpm.py"))
+    assert by_name.to_dict() == by_path.to_dict()
+    assert load_config("toy_gmm.py").method == load_config("toy_gmm").method
+    names = dict(describe_experiments())
+    assert set(names) == set(packaged_experiments()) and "fashion_mnist_ddpm" in names
+    assert all(names.values()), "every packaged experiment has a docstring"
+    err = configs.cli_error(capsys, ["train", "--config", "fashion_mnst_ddpm", "--workdir", "W"])
+    assert "closest: fashion_mnist_ddpm," in err and err.count(",") >= 4
