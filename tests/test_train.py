@@ -167,7 +167,8 @@ SLOW_EXPERIMENTS = ("celeba64_ddpm.py", "cifar10_ddpmpp.py")
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_EXPERIMENTS
-                                  else p for p in sorted(p.name for p in EXPERIMENTS.glob("*.py"))])
+                                  else p for p in sorted(p.name for p in EXPERIMENTS.glob("*.py")
+                                                         if not p.name.startswith("_"))])
 def test_every_experiment_builds_and_its_step_lowers(path):
     cfg = load_config(str(EXPERIMENTS / path))
     needs = cfg.get("consistency", {}).get("teacher") or cfg.get("latent", {}).get("autoencoder")

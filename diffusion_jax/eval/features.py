@@ -23,11 +23,13 @@ class Extractor:
     fn: Callable  # images [B, H, W, C] in [-1, 1] -> (features [B, D], class probabilities [B, K])
     batch: int = 500
 
-    def check(self, shape) -> None:
-        """Refuse images of ``shape`` (one image's) that the extractor cannot read, before any
-        sampling (shapes only: nothing is computed)."""
+    def check(self, shape) -> int:
+        """The feature dimension for images of ``shape`` (one image's); images the extractor
+        cannot read are refused, before any sampling (shapes only: nothing is computed)."""
         try:
-            jax.eval_shape(self.fn, jax.ShapeDtypeStruct((1,) + tuple(shape), jnp.float32))
+            feats, _ = jax.eval_shape(self.fn, jax.ShapeDtypeStruct((1,) + tuple(shape),
+                                                                    jnp.float32))
+            return int(feats.shape[-1])
         except Exception as e:  # noqa: BLE001 - any shape error of the network: one message
             raise ValueError(f"the feature extractor ({self.name}) cannot read {tuple(shape)} "
                              f"images ({type(e).__name__}); use an extractor made for this "

@@ -113,6 +113,7 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
     k = method.num_classes
     if k and not classifier_dir:
         raise ValueError("a class-conditional model is judged by a classifier: pass --classifier")
+    check_fits(num, (2,), f"--num {num}", bytes_per_value=8)  # labels, keys per row (planning)
     env = sampling_env(exp, workdir)
     plans = []
     for row, req in settings:
@@ -126,9 +127,10 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
                          f"NFE {', '.join(map(str, nfes))} on grids {', '.join(grids)}: each is "
                          "below its sampler's minimum NFE or has no learned grid (nothing was "
                          "written)")
-    exp, params, step = load(workdir)
     extractor = make_extractor(classifier_dir, inception)
-    extractor.check(method.sample_shape)
+    dim = extractor.check(method.sample_shape)
+    check_fits(num, (dim,), f"--num {num}")  # the samples' features are kept (KID, recall)
+    exp, params, step = load(workdir)
     judge = classifier_extractor(classifier_dir) if k else None
     out = Path(out or Path(workdir) / "eval")
     real_feats = None if stats else reference_features(extractor, exp, out / "reference_features.npz")

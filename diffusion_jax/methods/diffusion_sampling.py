@@ -108,9 +108,11 @@ def _jit_checked(fn: Callable, model, guidance_scale, classifier, shape_of: Call
 def shard_batch(args: tuple, batch: int) -> tuple:
     """Every array argument whose leading dimension is the batch, laid out over all devices
     along it (a ``data`` mesh), so one sampling call runs on every chip; the parameters keep
-    their own layout. Batches the device count does not divide stay where they are."""
+    their own layout. Batches the device count does not divide stay where they are, and so does
+    everything in a multi-process run (each host samples its own rows: a global array could not
+    be read back on one host)."""
     n = jax.device_count()
-    if n == 1 or batch % n:
+    if n == 1 or batch % n or jax.process_count() > 1:
         return args
     sharding = batch_sharding(make_mesh((("data", n),)))
     put = lambda a: (jax.device_put(a, sharding) if isinstance(a, (jax.Array, np.ndarray))

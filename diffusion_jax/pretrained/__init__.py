@@ -12,7 +12,8 @@ learned grid, likelihood, ``eval`` and ``bench-samplers`` run on it unchanged. T
 Only safetensors and JSON are read: no pickle, no code, nothing downloaded.
 
     pre = dj.load_pretrained("ddpm-cifar10-32")
-    x = dj.sample(pre.denoiser, pre.process, jax.random.normal(key, (16,) + pre.shape), "unipc", 10)
+    x_T = pre.process.prior_sample(key, (16,) + pre.shape)
+    x = dj.sample(pre.denoiser, pre.process, x_T, sampler="unipc", num_steps=9)   # NFE 10
 """
 
 from __future__ import annotations
