@@ -155,8 +155,9 @@ def run_chunks(plan: Sampling, params, seed: int, out: str | None = None,
     n, b = plan.n, plan.batch
     partial, images, done = None, None, 0
     key = jax.random.key(seed)
+    bar = tqdm(range(0, n, b), desc="sample", disable=n <= b)
     try:
-        for i, start in enumerate(tqdm(range(0, n, b), desc="sample", disable=n <= b)):
+        for i, start in enumerate(bar):
             chunk = np.asarray(plan.draw(params, jax.random.fold_in(key, i), start))[: n - start]
             if not np.all(np.isfinite(chunk)):
                 raise FloatingPointError(f"samples {start}..{start + len(chunk) - 1} from "
@@ -173,6 +174,7 @@ def run_chunks(plan: Sampling, params, seed: int, out: str | None = None,
             images[start: start + len(chunk)] = chunk
             done = start + len(chunk)
     except BaseException:
+        bar.close()  # ends the bar's line: an error message after it starts on its own line
         if partial is not None and images is not None:
             images.flush()
             print(f"kept the {done} finished rows of {n} in {partial} ({out} is unchanged)",
