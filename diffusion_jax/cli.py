@@ -112,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _grid_or_file(v: str) -> str:
+    return v if v.endswith(".json") else choice(GRID_NAMES, "grid")(v)
+
+
 def _source(p, required: bool = True, help: str | None = None) -> None:  # noqa: A002
     """``--workdir W`` (a trained run) or ``--pretrained DIR`` (a diffusers folder or an EDM
     export, ``dj.load_pretrained``): both land in ``args.workdir``."""
@@ -241,14 +245,18 @@ def _optimize_grid_parser(og) -> None:
                          "demo model on 2 CPU cores)")
     og.add_argument("--iters", type=integer(1), default=60)
     og.add_argument("--seed", type=integer(0), default=0)
+    og.add_argument("--out", default=None,
+                    help="write the grid to this .json instead of WORKDIR/grids/ (a read-only "
+                         "pretrained folder); sample with --grid FILE.json")
 
 
 def _sample_parser(s) -> None:
     _source(s)
     s.add_argument("--sampler", type=choice(SAMPLERS, "sampler"), default=None)
     s.add_argument("--steps", type=integer(1), default=None)
-    s.add_argument("--grid", type=choice(GRID_NAMES, "grid"), default=None,
-                   help="a grid name, or 'learned' (see optimize-grid)")
+    s.add_argument("--grid", type=_grid_or_file, default=None,
+                   help="a grid name, 'learned' (see optimize-grid), or a grid file FILE.json "
+                        "(optimize-grid --out FILE.json)")
     s.add_argument("--num", type=integer(1), default=64)
     s.add_argument("--batch", type=integer(1), default=256,
                    help="samples per compiled call: memory stays flat whatever --num is")
@@ -383,8 +391,12 @@ def _compare(args, overrides) -> int:
 
 def _optimize_grid(args, overrides) -> int:
     _no_overrides(overrides, "optimize-grid")
+    if args.out is not None:
+        if not args.out.endswith(".json"):
+            raise ValueError(f"--out {args.out}: a grid file ends in .json")
+        check_writable(args.out, "--out")
     info = optimize_workdir_grid(args.workdir, args.sampler, args.nfe, args.num, args.iters,
-                                 args.seed)
+                                 args.seed, out=args.out)
     print(json.dumps({k: v for k, v in info.items() if k != "ts"}))
     return 0
 

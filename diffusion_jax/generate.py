@@ -26,7 +26,7 @@ from diffusion_jax.methods.base import (COMMON_OPTIONS, SampleRequest, Sampling,
                                         changed_options, parse_labels)
 from diffusion_jax.utils.memory import check_fits
 from diffusion_jax.workdir import load, load_classifier, read_experiment
-from diffusion_jax.workdir_grids import load_learned
+from diffusion_jax.workdir_grids import load_grid_file, load_learned
 
 __all__ = ["SampleRequest", "Generated", "generate", "check_request", "check_options",
            "sampling_env", "run_chunks", "parse_labels"]
@@ -96,7 +96,7 @@ def sampling_env(exp: Experiment, workdir) -> SamplingEnv:
         return first_images(test, n, exp.shape)
 
     learned = lambda sampler, steps, process: load_learned(workdir, sampler, steps, process)
-    return SamplingEnv(test_images, load_classifier, learned)
+    return SamplingEnv(test_images, load_classifier, learned, load_grid_file)
 
 
 def generate(workdir: str, req: SampleRequest, out: str | None = None) -> Generated:

@@ -45,6 +45,29 @@ def load_learned_grid(workdir, sampler: str, steps: int, process_name: str) -> t
     return tuple(float(t) for t in row["ts"])
 
 
+def load_grid_file(path, sampler, steps: int | None, process_name: str) -> tuple:
+    """``(ts, sampler, steps)`` of a grid file written by ``optimize-grid --out FILE``
+    (``sample --grid FILE.json``): its sampler and steps unless the request names them, which
+    must then agree."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--grid {path} does not exist (write one with optimize-grid "
+                                "--out FILE)")
+    row = json.loads(path.read_text())
+    if not isinstance(row, dict) or "ts" not in row or "sampler" not in row:
+        raise ValueError(f"--grid {path} is not a grid written by optimize-grid (no 'ts'/'sampler')")
+    n = len(row["ts"]) - 1
+    if sampler not in (None, row["sampler"]) or steps not in (None, n):
+        raise ValueError(f"--grid {path} is {row['sampler']} with {n} steps; the request asks "
+                         f"for {sampler or row['sampler']} with {steps or n}: drop --sampler/"
+                         "--steps or learn a grid for them")
+    if row.get("process") != process_name:
+        raise ValueError(f"{path} was learned for process {row.get('process')!r}, this model "
+                         f"uses {process_name!r}: run optimize-grid again")
+    solver = LearnedPC.from_json(row["coeffs"]) if row["sampler"] == "learned_pc" else row["sampler"]
+    return tuple(float(t) for t in row["ts"]), solver, n
+
+
 def load_learned(workdir, sampler: str, steps: int, process_name: str):
     """``(ts, sampler)``: the stored grid, and the sampler to run on it (``learned_pc``: the
     ``LearnedPC`` with its stored coefficients; any other: the name)."""
@@ -95,7 +118,8 @@ def _setup(workdir, exp, num: int, seed: int):
                 ref=reference_endpoints(denoise, method.process, x_new))
 
 
-def _optimize_one(workdir, exp, setup, sampler: str, nfe: int, steps: int, iters: int, log) -> dict:
+def _optimize_one(workdir, exp, setup, sampler: str, nfe: int, steps: int, iters: int, log,
+                  path=None) -> dict:
     method, denoise, x_new = exp.method, setup["denoise"], setup["x_new"]
     ts, solver, info = calibrate(denoise, method.process, sampler, steps, setup["x_cal"],
                                  iters=iters, log=log)
@@ -108,8 +132,9 @@ def _optimize_one(workdir, exp, setup, sampler: str, nfe: int, steps: int, iters
                     sampler, num_steps=steps, grid=method.grid),
                 default_grid=default_grid(sampler) if method.grid == "default" else method.grid,
                 ts=[float(t) for t in np.asarray(ts)])
-    path = grid_path(workdir, sampler, steps)
-    path.parent.mkdir(exist_ok=True)
+    info["sampler"] = sampler
+    path = Path(path) if path else grid_path(workdir, sampler, steps)
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, info)
     log(f"{sampler}: held-out RMSE to the PF-ODE endpoint: learned {info['heldout_rmse']:.4g}, "
         f"{info['default_grid']} {info['heldout_rmse_default']:.4g}; wrote {path}")
@@ -117,11 +142,13 @@ def _optimize_one(workdir, exp, setup, sampler: str, nfe: int, steps: int, iters
 
 
 def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters: int = 60,
-                          seed: int = 0, log=print) -> dict:
+                          seed: int = 0, log=print, out=None) -> dict:
     """Calibrate on ``num`` noise draws (seed ``seed``), report the error on as many other draws
     (seed ``seed + 1``) for the learned and the experiment's grid, store the grid. ``sampler=
     "auto"``: every one of ``AUTO_CANDIDATES`` that reaches ``nfe`` exactly, each stored, and
-    the one with the lowest held-out error named (``grids/auto_nfe{N}.json``)."""
+    the one with the lowest held-out error named (``grids/auto_nfe{N}.json``). ``out``: a file
+    instead of ``WORKDIR/grids/`` (``sample --grid FILE``; with auto, the winner's grid, and
+    every candidate's beside it as ``NAME.SAMPLER.json``): a read-only folder's grids."""
     exp = read_experiment(workdir)
     names = [sampler] if sampler != "auto" else [
         s for s in AUTO_CANDIDATES if (steps_for_budget(s, nfe) is not None
@@ -130,7 +157,10 @@ def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters:
         raise ValueError(f"--nfe {nfe}: none of {', '.join(AUTO_CANDIDATES)} reaches it")
     plan = [(s, _check_grid_request(workdir, exp, s, nfe, num)) for s in names]
     setup = _setup(workdir, exp, num, seed)
-    rows = [_optimize_one(workdir, exp, setup, s, nfe, steps, iters, log) for s, steps in plan]
+    where = lambda s: None if out is None else (
+        out if sampler != "auto" else Path(out).with_name(f"{Path(out).stem}.{s}.json"))
+    rows = [_optimize_one(workdir, exp, setup, s, nfe, steps, iters, log, where(s))
+            for s, steps in plan]
     if sampler != "auto":
         return rows[0]
     best = min(range(len(rows)), key=lambda i: rows[i]["heldout_rmse"])
@@ -139,7 +169,9 @@ def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters:
                                "heldout_rmse_default": r["heldout_rmse_default"]}
                               for (s, st), r in zip(plan, rows)]}
     path = grid_path(workdir, "auto", nfe).with_name(f"auto_nfe{nfe}.json")
-    write_json(path, summary)
+    write_json(path if out is None else Path(out).with_name(f"{Path(out).stem}.auto.json"), summary)
+    if out is not None:  # the winner's grid at FILE itself: what `sample --grid FILE` reads
+        write_json(out, rows[best])
     log(f"auto at NFE {nfe}: {names[best]} wins (held-out RMSE {rows[best]['heldout_rmse']:.4g});"
         f" sample with --sampler {names[best]} --steps {plan[best][1]} --grid learned")
     return {**rows[best], "auto": summary}

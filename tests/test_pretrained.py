@@ -333,3 +333,25 @@ def test_bench_samplers_speed_on_a_pretrained_folder(tmp_path):
     row = json.loads((tmp_path / "speed.json").read_text())
     assert row["nfe"] == 4 and row["batch"] == 8 and row["one_call_s"] > 0
     assert row["sampler_overhead"] == pytest.approx(row["sampler_s"] / (4 * row["one_call_s"]))
+
+
+def test_optimize_grid_out_file_and_sample_with_it_leave_the_folder_untouched(tmp_path, capsys,
+                                                                             configs):
+    """A read-only pretrained folder: ``optimize-grid --out FILE`` writes the grid there, and
+    ``sample --grid FILE`` runs the file's sampler and steps on it."""
+    from diffusion_jax.cli import main
+    folder = FIXTURES / "vpred_tiny"
+    before = sorted(p.name for p in folder.rglob("*"))
+    grid = tmp_path / "g.json"
+    assert main(["optimize-grid", "--pretrained", str(folder), "--sampler", "dpmpp_2m",
+                 "--nfe", "4", "--num", "16", "--iters", "2", "--out", str(grid)]) == 0
+    row = json.loads(grid.read_text())
+    assert row["sampler"] == "dpmpp_2m" and len(row["ts"]) == 4
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--pretrained", str(folder), "--grid", str(grid), "--num", "4",
+                 "--out", str(out)]) == 0
+    assert np.load(out)["images"].shape == (4, 8, 8, 1)
+    assert sorted(p.name for p in folder.rglob("*")) == before
+    err = configs.cli_error(capsys, ["sample", "--pretrained", str(folder), "--grid", str(grid),
+                                     "--sampler", "unipc", "--out", str(tmp_path / "x.png")])
+    assert "is dpmpp_2m with 3 steps" in err

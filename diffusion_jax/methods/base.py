@@ -76,10 +76,12 @@ class SamplingEnv:
     """What a method's ``sampling`` may need from outside (the workdir layer provides it):
     ``test_images(n)`` the first ``n`` test images; ``classifier(path) -> (model, params, info)``
     a classifier workdir; ``learned(sampler, steps, process_name) -> (ts, sampler)`` a stored
-    learned grid (``FileNotFoundError`` if none)."""
+    learned grid (``FileNotFoundError`` if none); ``grid_file(path, sampler, steps, process_name)
+    -> (ts, sampler, steps)`` a grid file (``--grid FILE.json``)."""
     test_images: Callable[[int], np.ndarray]
     classifier: Callable[[str], tuple] | None = None
     learned: Callable[[Any, int, str], tuple] | None = None
+    grid_file: Callable[[str, Any, Any, str], tuple] | None = None
 
 
 @dataclasses.dataclass

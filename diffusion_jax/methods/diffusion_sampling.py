@@ -219,7 +219,14 @@ def plan(method, req: SampleRequest, env: SamplingEnv) -> Sampling:
 
 
 def _learned(req: SampleRequest, method, env: SamplingEnv) -> SampleRequest:
-    """``--grid learned``: the stored grid (and, for ``learned_pc``, its solver) in the request."""
+    """``--grid learned``: the stored grid (and, for ``learned_pc``, its solver) in the request;
+    ``--grid FILE.json``: a grid file's (its sampler and steps unless the request names them)."""
+    if isinstance(req.grid, str) and req.grid.endswith(".json"):
+        if req.strength is not None or req.resample > 1:
+            raise ValueError("a learned grid is for sampling and replacement inpainting, not for "
+                             "--strength or --resample")
+        ts, solver, steps = env.grid_file(req.grid, req.sampler, req.steps, method.process.name)
+        return dataclasses.replace(req, grid=ts, sampler=solver, steps=steps)
     if req.grid != "learned":
         return req
     if req.strength is not None or req.resample > 1:
