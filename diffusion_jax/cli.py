@@ -484,7 +484,8 @@ def _guarded(run, args, overrides) -> int:
 
 
 def _error(msg, code: int) -> int:
-    print(f"error: {msg}", file=sys.stderr, flush=True)
+    # "\r": a progress bar left mid-line (a signal inside a compile) does not swallow the start
+    print(f"\rerror: {msg}", file=sys.stderr, flush=True)
     return code
 
 

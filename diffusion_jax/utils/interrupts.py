@@ -92,7 +92,8 @@ def _watch(r: int, done: threading.Event, handler, grace: float) -> None:
                 if done.wait(grace):
                     return
                 remove_pending()
-                print(f"error: {Interrupted(signum)}", file=sys.stderr, flush=True)
+                # "\r": a progress bar left mid-line does not swallow the line's start
+                print(f"\rerror: {Interrupted(signum)}", file=sys.stderr, flush=True)
                 os._exit(128 + signum)
     finally:
         os.close(r)
