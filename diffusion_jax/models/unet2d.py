@@ -145,13 +145,16 @@ class ResnetBlock2D(nn.Module):
             x, h = avg_pool2(x), avg_pool2(h)
         h = conv(self.out_channels, padding=1, name="conv1", **kw)(h)
         shift = cfg.resnet_time_scale_shift == "scale_shift"
-        temb = dense(self.out_channels * (2 if shift else 1), name="time_emb_proj", **kw)(act(temb))
-        temb = temb[:, None, None, :]
-        if shift:
-            t_scale, t_shift = jnp.split(temb, 2, axis=-1)
-            h = group_norm(g, eps, "norm2")(h) * (1 + t_scale) + t_shift
+        if temb is None:  # the autoencoders' resnets have no time input
+            h = group_norm(g, eps, "norm2")(h)
         else:
-            h = group_norm(g, eps, "norm2")(h + temb)
+            temb = dense(self.out_channels * (2 if shift else 1), name="time_emb_proj", **kw)(
+                act(temb))[:, None, None, :]
+            if shift:
+                t_scale, t_shift = jnp.split(temb, 2, axis=-1)
+                h = group_norm(g, eps, "norm2")(h) * (1 + t_scale) + t_shift
+            else:
+                h = group_norm(g, eps, "norm2")(h + temb)
         h = nn.Dropout(cfg.dropout, deterministic=not train)(act(h))
         h = conv(self.out_channels, padding=1, name="conv2", **kw)(h)
         if x.shape[-1] != self.out_channels:
