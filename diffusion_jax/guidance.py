@@ -81,6 +81,18 @@ def classifier_free_guidance(denoise: Callable, y: Array, null_label: int, scale
     return guided
 
 
+def guided_pair(denoise_both: Callable, scale: float) -> Callable:
+    """``denoise_both(x2, t) -> x0_hat`` takes ``[x, x]`` and returns the conditional half then
+    the unconditional one (the conditioning already doubled, e.g. a prompt's and a negative
+    prompt's text contexts) -> ``(x, t) -> x0_u + scale (x0_c - x0_u)``: one network call."""
+    def guided(x, t):
+        b = x.shape[0]
+        both = denoise_both(jnp.concatenate([x, x]), t)
+        return both[b:] + scale * (both[:b] - both[b:])
+
+    return guided
+
+
 def classifier_guidance(denoise: Callable, log_prob: Callable, y: Array, scale: float,
                         process: Process, num_classes: int | None = None) -> Callable:
     """``log_prob(x_t, t) -> [B, K]`` log-probabilities of a noise-conditional classifier."""

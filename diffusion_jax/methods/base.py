@@ -50,6 +50,8 @@ class SampleRequest:
     steps: int | None = None
     grid: Any = None                   # a grid name, "learned", or the times (a tuple)
     labels: str | None = None          # "all" (one row per class), "K" or "a,b,c"
+    prompts: tuple | None = None       # text-to-image: one prompt for all samples, or one each
+    negative_prompt: str | None = None  # the unconditional half of guidance ("" if None)
     guidance: float | None = None      # classifier-free guidance scale
     classifier: str | None = None      # a noise-conditional classifier workdir
     classifier_scale: float = 1.0

@@ -125,6 +125,13 @@ class Diffusion(SingleNetwork, MethodBase):
                               sampler or self.sampler, num_steps or self.num_steps,
                               grid or self.grid, guidance_scale, classifier)
 
+    def prompt_ids(self, prompts, negative: str | None, n: int) -> dict:
+        """Token ids of a text-to-image model's prompts (``{"ids", "null_ids"}``)."""
+        raise ValueError("--prompt needs a text-to-image model (a pretrained pipeline folder "
+                         "with a text encoder); this one "
+                         + ("is class-conditional: use --labels" if self.conditioning.num_classes
+                            else "has no text conditioning"))
+
     def default_labels(self, n: int):
         """Class-balanced labels ``0, 1, ..., K-1, 0, ...`` (None for unconditional models)."""
         k = self.conditioning.num_classes

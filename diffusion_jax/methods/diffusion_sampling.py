@@ -49,7 +49,13 @@ def model_denoiser(model, process, par, params, cond: dict | None = None,
     if not k:
         cond.pop("y", None)
     if guidance_scale is None:
+        cond.pop("null_context", None)
         out = lambda x, t: denoise(x, t, **cond)
+    elif "null_context" in cond:  # text: the prompt and the negative prompt in one call
+        rest = {n: v for n, v in cond.items() if n not in ("context", "null_context")}
+        both = jnp.concatenate([cond["context"], cond["null_context"]])
+        out = guidance.guided_pair(lambda x, t: denoise(x, t, context=both, **rest),
+                                   guidance_scale)
     else:
         rest = {n: v for n, v in cond.items() if n != "y"}
 
@@ -68,6 +74,8 @@ def check_sample_inputs(model, cond: dict | None, guidance_scale, classifier, x_
     """Errors a user can make, raised before anything is compiled."""
     k, cond = _num_classes(model), cond or {}
     y = cond.get("y")
+    if guidance_scale is not None and ("null_ids" in cond or "null_context" in cond):
+        return  # text guidance: the prompts were checked when they were tokenized
     if guidance_scale is not None and not k:
         raise ValueError("classifier-free guidance needs a class-conditional model, but this one "
                          "has no class conditioning (model.conditional=False); train one with "
@@ -187,10 +195,16 @@ def plan(method, req: SampleRequest, env: SamplingEnv) -> Sampling:
             req.mask or req.strength is not None or req.low_res or req.classifier):
         raise ValueError("--mask, --strength, --low-res and --classifier work on pixels; this is "
                          "a latent diffusion model (it samples latents)")
-    if req.guidance is not None and not method.conditioning.num_classes:
+    if req.prompts is not None and req.guidance is None and method.guidance:
+        req = dataclasses.replace(req, guidance=method.guidance)  # the pipeline's default
+    text = bool(method.conditioning.context_dim)
+    if text and req.prompts is None:
+        raise ValueError("this is a text-to-image model: pass --prompt TEXT (or --prompts FILE, "
+                         "one prompt per line)")
+    if req.guidance is not None and not method.conditioning.num_classes and not text:
         raise ValueError("--guidance (classifier-free) needs a class-conditional model; this one "
                          "has no class conditioning. Use --classifier DIR for classifier guidance")
-    if req.guidance is not None and not method.null_class:
+    if req.guidance is not None and not method.null_class and not text:
         raise ValueError("--guidance (classifier-free) needs an unconditional (null) class, and "
                          "this model was trained without one: sample with --labels alone")
     classifier = _classifier(req, method, env)
@@ -289,6 +303,10 @@ def _conditioning(req: SampleRequest, method, classifier, env: SamplingEnv):
         y, nrow = parse_labels(req.labels, k, n)
         n = len(y)
         cond["y"] = jnp.asarray(y, jnp.int32)
+    elif req.prompts is not None:
+        cond.update(method.prompt_ids(req.prompts, req.negative_prompt, n))
+        if req.guidance is None:
+            cond.pop("null_ids")
     elif req.guidance is not None or classifier is not None:
         raise ValueError("guidance needs --labels (e.g. --labels all)")
     if cc.low_res_size:

@@ -5,7 +5,9 @@ module, its scheduler or preconditioner a process and a ``PretrainedDenoiser``, 
 ``Diffusion`` method with the ``x0`` parameterization, so every sampler, guidance wrapper,
 learned grid, likelihood, ``eval`` and ``bench-samplers`` run on it unchanged. Two formats:
 
-* a diffusers folder (``model_index.json``, ``unet/``, ``scheduler/``; ``UNet2DModel``);
+* a diffusers folder (``model_index.json``, ``unet/``, ``scheduler/``; ``UNet2DModel``), or a
+  latent pipeline's (Stable Diffusion 1.x/2.x, DiT, LDM: ``latent_pipeline.py``), whose method
+  samples latents and decodes them with the folder's frozen autoencoder;
 * an EDM export (``config.json`` with ``"format": "edm"`` and ``model.safetensors``), written by
   ``scripts/export_edm.py`` from NVlabs/edm's pickles.
 
@@ -14,11 +16,17 @@ Only safetensors and JSON are read: no pickle, no code, nothing downloaded.
     pre = dj.load_pretrained("ddpm-cifar10-32")
     x_T = pre.process.prior_sample(key, (16,) + pre.shape)
     x = dj.sample(pre.denoiser, pre.process, x_T, sampler="unipc", num_steps=9)   # NFE 10
+
+    sd = dj.load_pretrained("stable-diffusion-v1-5")
+    ctx = sd.encode_prompt(["a photo of a cat"])                      # [1, 77, 768]
+    z = dj.sample(lambda x, t: sd.denoiser(x, t, context=ctx), sd.process, z_T, ...)
+    images = sd.decode(z)                                             # [1, 512, 512, 3]
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,8 +41,10 @@ from diffusion_jax.methods.diffusion import Diffusion
 from diffusion_jax.methods.state import param_shardings
 from diffusion_jax.parallel import DEFAULT_RULES, make_mesh
 from diffusion_jax.parameterization import X0Prediction
-from diffusion_jax.pretrained import diffusers_folder, edm_export
+from diffusion_jax.pretrained import diffusers_folder, edm_export, latent_pipeline
 from diffusion_jax.pretrained.convert import PretrainedError, load_tree, rename_deprecated
+from diffusion_jax.pretrained.latent_pipeline import (PretrainedLatent, _jitted, load_frozen,
+                                                      tokenizer)
 from diffusion_jax.pretrained.precond import PretrainedDenoiser
 from diffusion_jax.processes import Process
 from diffusion_jax.utils import safetensors_io
@@ -47,9 +57,12 @@ PICKLE_SUFFIXES = (".pkl", ".pt", ".pth", ".bin", ".ckpt")
 
 @dataclasses.dataclass(frozen=True)
 class Pretrained:
-    """``process``; ``denoiser(x, t, labels=None) -> x0_hat`` (jittable, NHWC, the process's
-    time); ``shape`` of one sample (H, W, C); ``num_classes``; ``params`` (sharded by the
-    model's logical axes); ``method`` (a ``Diffusion`` method: what the CLI samples from)."""
+    """``process``; ``denoiser(x, t, labels=None, context=None) -> x0_hat`` (jittable, NHWC, the
+    process's time; ``context``: a text encoder's hidden states, for text-to-image U-Nets);
+    ``shape`` of one sample the sampler makes (a latent pipeline's: the latent's) and
+    ``image_shape`` of one decoded image; ``num_classes``; ``params`` (the denoiser's, sharded
+    by the model's logical axes); ``method`` (a ``Diffusion`` method: what the CLI samples
+    from). Latent pipelines add ``encode_prompt``, ``encode`` and ``decode``."""
     path: str
     format: str
     method: Diffusion
@@ -64,17 +77,56 @@ class Pretrained:
         return self.method.shape
 
     @property
+    def image_shape(self) -> tuple[int, ...]:
+        return self.method.sample_shape
+
+    @property
     def num_classes(self) -> int:
         return self.method.model.config.num_classes
 
     @property
+    def latent(self) -> bool:
+        return isinstance(self.method, PretrainedLatent)
+
+    @property
     def denoiser(self) -> Callable:
         model, params = self.method.model, self.params
-        return lambda x, t, labels=None: model.apply({"params": params}, x, t, labels)
+        return lambda x, t, labels=None, context=None: model.apply(
+            {"params": params}, x, t, labels, context=context)
 
     @property
     def num_params(self) -> int:
         return sum(x.size for x in jax.tree_util.tree_leaves(self.params))
+
+    def _latent_only(self, what: str) -> PretrainedLatent:
+        if not self.latent:
+            raise ValueError(f"{what} is for latent pipelines; {self.path} samples pixels")
+        return self.method
+
+    def encode_prompt(self, prompts, quiet: bool = False) -> jax.Array:
+        """Prompts -> the U-Net's context ``[len(prompts), 77, D]`` (the text encoder's last
+        hidden states; a prompt longer than the window is cut, with a note)."""
+        m = self._latent_only("encode_prompt")
+        if m.text is None:
+            raise ValueError(f"{self.path} has no text encoder (it is "
+                             f"{'class-conditional' if self.num_classes else 'unconditional'})")
+        ids = tokenizer(m.tokenizer)(list(prompts), quiet=quiet)
+        return _jitted(m)[1](m.ae_params(), {"ids": ids})["context"]
+
+    def decode(self, latents) -> jax.Array:
+        """The sampler's (scaled) latents -> images NHWC in [-1, 1]."""
+        m = self._latent_only("decode")
+        return _jitted(m)[0](m.ae_params(), jnp.asarray(latents))
+
+    def encode(self, images) -> jax.Array:
+        """Images NHWC in [-1, 1] -> the sampler's latents (posterior mean, scaled)."""
+        m = self._latent_only("encode")
+        return _encoder(m)(m.ae_params(), jnp.asarray(images))
+
+
+@functools.lru_cache(maxsize=8)
+def _encoder(method):
+    return jax.jit(method.encode)
 
 
 def is_pretrained(path) -> bool:
@@ -98,9 +150,12 @@ def _read(path: Path):
         raise PretrainedError(f"{path} is not a folder: pass a diffusers pipeline folder "
                               "(model_index.json, unet/, scheduler/) or an EDM export folder")
     if (path / "model_index.json").is_file():
-        return "diffusers", diffusers_folder.read(path)
+        index = diffusers_folder.read_json(path / "model_index.json")
+        if latent_pipeline.is_latent(index):
+            return "diffusers", *latent_pipeline.read(path, index)
+        return "diffusers", diffusers_folder.read(path), None
     if edm_export.is_export(path):
-        return "edm", edm_export.read(path)
+        return "edm", edm_export.read(path), None
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     hint = (f"; {pickles[0]} is a pickle: export it with `python scripts/export_edm.py "
             f"{path / pickles[0]} OUT_DIR`" if pickles else "")
@@ -111,11 +166,22 @@ def _read(path: Path):
 def read_method(path) -> tuple[Diffusion, PretrainedDenoiser, Path, str]:
     """The folder's ``Diffusion`` method (cheap: configs only, no tensor read)."""
     path = Path(path)
-    fmt, (net, precond, info, process, shape, weights) = _read(path)
+    fmt, (net, precond, info, process, shape, weights), parts = _read(path)
     model = PretrainedDenoiser(net, precond, info)
-    method = Diffusion(model, process, X0Prediction(), LossConfig(), optax.identity(), shape,
-                       conditioning=Conditioning(num_classes=info.num_classes),
-                       null_class=info.null_class, name="pretrained")
+    common = dict(conditioning=Conditioning(num_classes=info.num_classes,
+                                            context_dim=parts.text.config.hidden_size
+                                            if parts and parts.text else 0),
+                  null_class=info.null_class, name="pretrained")
+    if parts is None:
+        method = Diffusion(model, process, X0Prediction(), LossConfig(), optax.identity(), shape,
+                           **common)
+    else:
+        method = PretrainedLatent(
+            model, process, X0Prediction(), LossConfig(), optax.identity(), shape, **common,
+            guidance=latent_pipeline.DEFAULT_GUIDANCE[parts.pipeline],
+            autoencoder=parts.autoencoder, ae_loader=functools.partial(load_frozen, parts),
+            scale=parts.scale, shift=parts.shift, pixel_shape=parts.pixel_shape,
+            text=parts.text, tokenizer=parts.tokenizer)
     return method, model, weights, fmt
 
 
@@ -125,7 +191,10 @@ def load_pretrained(path, mesh=None, rules=None) -> Pretrained:
     method, model, weights, fmt = read_method(path)
     x, t = jnp.zeros((1,) + method.shape), jnp.ones((1,))
     y = jnp.zeros((1,), jnp.int32) if model.config.num_classes else None
-    boxed = jax.eval_shape(lambda k: model.init({"params": k}, x, t, y), jax.random.key(0))["params"]
+    c = method.conditioning.context_dim
+    ctx = jnp.zeros((1, 1, c)) if c else None
+    boxed = jax.eval_shape(lambda k: model.init({"params": k}, x, t, y, context=ctx),
+                           jax.random.key(0))["params"]
     tensors = rename_deprecated(safetensors_io.read(weights))
     containers, prefix, ignore = edm_export.naming() if fmt == "edm" else ((), "", ())
     tree = {"net": load_tree(tensors, nn.meta.unbox(boxed)["net"], str(weights),

@@ -65,10 +65,8 @@ def unet_config(folder: Path) -> UNet2DConfig:
     raw = read_json(folder / "config.json")
     name = raw.get("_class_name")
     if name not in UNETS:
-        hint = " (latent text-to-image pipelines are not supported yet)" if name == \
-            "UNet2DConditionModel" else ""
         raise PretrainedError(f"{folder / 'config.json'}: _class_name {name!r} is not a supported "
-                              f"U-Net{hint}; supported: {', '.join(UNETS)}")
+                              f"pixel-space U-Net; supported: {', '.join(UNETS)}")
     fields = {f.name for f in dataclasses.fields(UNet2DConfig)}
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in fields}
     if isinstance(kwargs.get("sample_size"), tuple):
@@ -111,17 +109,12 @@ def scheduler(path: Path, cfg: UNet2DConfig):
 
 
 def read(path: Path):
-    """``(network, precond, info, process, shape, weights_path, prefix)`` of a diffusers folder."""
+    """``(network, precond, info, process, shape, weights_path)`` of a pixel-space diffusers
+    folder (latent pipelines are ``latent_pipeline.read``'s)."""
     index = read_json(path / "model_index.json")
     if "unet" not in index:
         raise PretrainedError(f"{path / 'model_index.json'} names no 'unet' component (it has "
                               f"{', '.join(k for k in index if not k.startswith('_')) or 'none'})")
-    latent = [k for k in ("vqvae", "vae", "text_encoder") if k in index]
-    if latent:
-        raise PretrainedError(f"{path / 'model_index.json'} is a latent pipeline (it has "
-                              f"{', '.join(latent)}): its U-Net samples latents, and decoding them "
-                              "is not supported yet; pixel-space pipelines (DDPM, DDIM, "
-                              "consistency models) load")
     cfg = unet_config(path / "unet")
     process, precond = scheduler(path / "scheduler" / "scheduler_config.json", cfg)
     info = NetInfo(num_classes=cfg.num_classes, null_class=False)

@@ -99,15 +99,20 @@ class EDMPreconds:
 
 
 class PretrainedDenoiser(nn.Module):
-    """``(x_t [B,H,W,C], t [] or [B], y [B] | None) -> x0_hat``: a network under its
-    preconditioning; parameters under ``net``."""
+    """``(x_t [B,H,W,C], t [] or [B], y [B] | None, context [B,L,D] | None) -> x0_hat``: a
+    network under its preconditioning; parameters under ``net``. A text-conditioned network
+    takes ``context`` where others take labels; output channels beyond the input's (a learned
+    variance, as DiT's) are dropped."""
     net: nn.Module
     precond: object
     config: NetInfo = NetInfo()
 
-    def __call__(self, x, t, y=None, train: bool = False):
-        return self.precond(lambda xin, noise, labels: self.net(xin, noise, labels, train=train),
-                            x.astype(jnp.float32), t, y)
+    def __call__(self, x, t, y=None, train: bool = False, context=None):
+        c = x.shape[-1]
+        cond = y if context is None else context
+        return self.precond(
+            lambda xin, noise, labels: self.net(xin, noise, cond, train=train)[..., :c],
+            x.astype(jnp.float32), t, y)
 
 
 def vp_for_edm(beta_min: float = 0.1, beta_d: float = 19.9) -> VP:
