@@ -257,7 +257,8 @@ def _sample_parser(s) -> None:
     s.add_argument("--grid", type=_grid_or_file, default=None,
                    help="a grid name, 'learned' (see optimize-grid), or a grid file FILE.json "
                         "(optimize-grid --out FILE.json)")
-    s.add_argument("--num", type=integer(1), default=64)
+    s.add_argument("--num", type=integer(1), default=None,
+                   help="how many samples (default 64; with prompts, one per prompt)")
     s.add_argument("--batch", type=integer(1), default=256,
                    help="samples per compiled call: memory stays flat whatever --num is")
     s.add_argument("--seed", type=integer(0), default=0)
@@ -265,8 +266,15 @@ def _sample_parser(s) -> None:
                    help=".png grid, .npz (float32 images, labels) or .npy (float32 images, "
                         "written chunk by chunk as they are made)")
     s.add_argument("--labels", default=None, help="'all' (one row per class), 'K', or 'a,b,c,...'")
+    s.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                   help="text-to-image: the prompt (repeat for one prompt per sample)")
+    s.add_argument("--prompts", default=None, metavar="FILE",
+                   help="text-to-image: a text file with one prompt per line")
+    s.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="text-to-image: what guidance steers away from (default: the empty prompt)")
     s.add_argument("--guidance", type=number(), default=None,
-                   help="classifier-free guidance scale (0 unconditional, 1 conditional, >1 guided)")
+                   help="classifier-free guidance scale (0 unconditional, 1 conditional, >1 "
+                        "guided; a text-to-image pipeline's default is diffusers' 7.5)")
     s.add_argument("--classifier", default=None, help="noise-conditional classifier workdir")
     s.add_argument("--classifier-scale", type=number(), default=1.0)
     s.add_argument("--init-image", default=None, help=".png, .npz/.npy, or 'test' (test split)")
@@ -296,9 +304,12 @@ def _train(args, overrides) -> int:
 def _sample(args, overrides) -> int:
     _no_overrides(overrides, "sample")
     check_writable(args.out, "--out", suffixes=(".png", ".npz", ".npy"))
+    prompts = read_prompts(args.prompt, args.prompts)
+    num = args.num or (len(prompts) if prompts else 64)
     req = SampleRequest(
-        num=args.num, batch=args.batch, seed=args.seed, sampler=args.sampler, steps=args.steps,
-        grid=args.grid, labels=args.labels, guidance=args.guidance, classifier=args.classifier,
+        num=num, batch=args.batch, seed=args.seed, sampler=args.sampler, steps=args.steps,
+        grid=args.grid, labels=args.labels, prompts=prompts,
+        negative_prompt=args.negative_prompt, guidance=args.guidance, classifier=args.classifier,
         classifier_scale=args.classifier_scale, init_image=args.init_image, mask=args.mask,
         resample=args.resample, strength=args.strength, low_res=args.low_res,
         temperature=args.temperature, interpolate=args.interpolate)
@@ -307,6 +318,22 @@ def _sample(args, overrides) -> int:
     out.update(save_output(args.out, g.images, g.inputs, g.nrow, g.labels))
     print(json.dumps(out))
     return 0
+
+
+def read_prompts(given: list | None, path: str | None) -> tuple | None:
+    """``--prompt`` (repeated) and ``--prompts FILE`` (one per line, blank lines skipped)."""
+    if given and path:
+        raise ValueError("choose one of --prompt and --prompts FILE")
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"--prompts {path}: no such file (one prompt per line)")
+        lines = tuple(line.strip() for line in p.read_text(encoding="utf-8").splitlines())
+        lines = tuple(line for line in lines if line)
+        if not lines:
+            raise ValueError(f"--prompts {path} holds no prompt (one per line)")
+        return lines
+    return tuple(given) if given else None
 
 
 def _eval(args, overrides) -> int:

@@ -62,12 +62,16 @@ def check_request(req: SampleRequest) -> None:
         raise ValueError("--resample is RePaint's option for inpainting: pass --mask too")
     if req.interpolate and req.interpolate < 2:
         raise ValueError(f"--interpolate {req.interpolate}: give at least 2 steps per row")
+    if req.negative_prompt is not None and not req.prompts:
+        raise ValueError("--negative-prompt steers a prompt's guidance: pass --prompt too")
+    if req.prompts is not None and req.labels is not None:
+        raise ValueError("choose one of --prompt (text-to-image) and --labels (class-conditional)")
     if req.temperature is not None and req.temperature < 0:
         raise ValueError(f"--temperature must be >= 0, got {req.temperature}")
 
 
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return "--prompt" if name == "prompts" else "--" + name.replace("_", "-")
 
 
 def check_options(exp: Experiment, req: SampleRequest, workdir) -> None:

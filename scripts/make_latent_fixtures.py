@@ -62,6 +62,7 @@ PROMPTS = [
     " ".join(["a photo of a cat"] * 20),
     " ".join(["the quick brown fox jumps over the lazy dog"] * 10),
     "word " * 100,
+    "a dog " + "🐶" * 40,
 ]
 
 

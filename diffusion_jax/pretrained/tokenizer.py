@@ -86,9 +86,11 @@ class CLIPTokenizer:
         for i, p in enumerate(prompts):
             ids = self.ids(p)
             if len(ids) > room and not quiet:
+                cut = self.decode(ids[room:])
+                cut = cut if len(cut) <= 40 else cut[:37] + "..."
                 print(f"note: prompt {i} has {len(ids)} tokens; the text encoder reads "
-                      f"{room}, so the last {len(ids) - room} are dropped "
-                      f"(from {self.decode(ids[room:])!r})", file=sys.stderr)
+                      f"{room}, so the last {len(ids) - room} are dropped ({cut!r})",
+                      file=sys.stderr)
             row = [self.bos] + ids[:room] + [self.eos]
             out[i, :len(row)] = row
         return out

@@ -1,0 +1,226 @@
+"""Latent pipelines (Stable Diffusion 1.x/2.x, DiT, LDM): each component and a whole DDIM run
+with classifier-free guidance against diffusers' and transformers' own outputs.
+
+The fixtures (tests/fixtures/latent/*) are tiny pipelines saved by diffusers'
+``save_pretrained`` with random, perturbed weights, and the reference outputs;
+``scripts/make_latent_fixtures.py`` regenerates them. No torch is needed here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import diffusion_jax as dj
+from diffusion_jax.models.autoencoders import AutoencoderKL, VQModel
+from diffusion_jax.pretrained import PretrainedError, components
+from diffusion_jax.pretrained.tokenizer import CLIPTokenizer
+from diffusion_jax.utils import safetensors_io
+
+FIXTURES = Path(__file__).parent / "fixtures" / "latent"
+SD = ("sd15_tiny", "sd21_tiny")
+
+
+def rel_err(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b)))
+
+
+def ref(name: str) -> dict:
+    return dict(np.load(FIXTURES / name / "reference.npz"))
+
+
+def prompts(name: str) -> dict:
+    return json.loads((FIXTURES / name / "prompts.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = dj.load_pretrained(FIXTURES / name)
+        return cache[name]
+    return get
+
+
+def component(name: str, kind: str):
+    m = components.component(FIXTURES / name / kind, kind)
+    return m, components.load_params(m, FIXTURES / name / kind, kind,
+                                     *components.example_inputs(m))
+
+
+@pytest.mark.parametrize("name", SD)
+def test_tokenizer_gives_transformers_ids_for_30_prompts(name):
+    """Empty, unicode, emoji, special tokens in the text, whitespace runs, and prompts longer
+    than the window (cut to 75 tokens + start/end, as the pipelines call the tokenizer); SD 2.x
+    pads with "!" (id 0), SD 1.x with the end token."""
+    tok = CLIPTokenizer.from_folder(FIXTURES / name / "tokenizer")
+    ids = tok(prompts(name)["prompts"], quiet=True)
+    expected = ref(name)["prompts_ids"]
+    assert len(expected) == 30
+    bad = [i for i in range(30) if not np.array_equal(ids[i], expected[i])]
+    assert not bad, f"prompts {bad} differ"
+    assert ids[0][2] == (tok.pad) and (tok.pad == 0) == (name == "sd21_tiny")
+
+
+def test_long_prompts_are_cut_with_a_note(capsys):
+    tok = CLIPTokenizer.from_folder(FIXTURES / "sd15_tiny" / "tokenizer")
+    n = len(tok.ids("word " * 100))
+    assert n > 75
+    ids = tok(["word " * 100, "short"])
+    err = capsys.readouterr().err
+    assert f"prompt 0 has {n} tokens" in err and f"last {n - 75} are dropped" in err
+    assert "prompt 1" not in err
+    assert ids.shape == (2, 77) and ids[0, -1] == tok.eos
+
+
+@pytest.mark.parametrize("name", SD)
+def test_text_encoder_and_unet_equal_the_references(name):
+    r = ref(name)
+    text, tp = component(name, "text_encoder")
+    assert rel_err(text.apply({"params": tp}, r["text_ids"]), r["text_hidden"]) < 1e-4
+    unet, up = component(name, "unet")
+    out = unet.apply({"params": up}, r["unet_x"], r["unet_t"], r["unet_context"])
+    assert rel_err(out, r["unet_out"]) < 1e-4
+
+
+def test_sd21_config_has_its_variants():
+    cfg = components.config_of(FIXTURES / "sd21_tiny" / "unet", "unet")
+    assert cfg.use_linear_projection and cfg.upcast_attention and cfg.heads() == (2, 4)
+    text = components.config_of(FIXTURES / "sd21_tiny" / "text_encoder", "text_encoder")
+    assert text.hidden_act == "gelu"
+
+
+def test_autoencoders_equal_the_references():
+    r = ref("sd15_tiny")
+    vae, p = component("sd15_tiny", "vae")
+    mean, _ = vae.apply({"params": p}, r["vae_images"], method=AutoencoderKL.encode)
+    assert rel_err(mean, r["vae_mean"]) < 1e-4
+    assert rel_err(vae.apply({"params": p}, r["vae_latents"], method=AutoencoderKL.decode),
+                   r["vae_decoded"]) < 1e-4
+    r = ref("ldm_tiny")
+    vq, p = component("ldm_tiny", "vqvae")
+    assert rel_err(vq.apply({"params": p}, r["vq_images"], method=VQModel.encode),
+                   r["vq_encoded"]) < 1e-4
+    assert rel_err(vq.apply({"params": p}, r["vq_latents"], method=VQModel.decode),
+                   r["vq_decoded"]) < 1e-4
+
+
+def test_dit_transformer_equals_the_reference():
+    """Labels 1, 7 and the null class 1000; 8 output channels (learned sigma) compared whole."""
+    r = ref("dit_tiny")
+    net, p = component("dit_tiny", "transformer")
+    assert rel_err(net.apply({"params": p}, r["net_x"], r["net_t"], r["net_y"]), r["net_out"]) < 1e-4
+
+
+def test_parameter_counts_equal_the_files(loaded):
+    for name, kind in (("sd15_tiny", "unet"), ("dit_tiny", "transformer")):
+        tensors = safetensors_io.read(components.weights_of(FIXTURES / name / kind, kind))
+        assert loaded(name).num_params == sum(int(np.prod(v.shape)) for v in tensors.values())
+
+
+def ddim_ts(offset: int, steps: int = 10, n: int = 1000) -> np.ndarray:
+    """DDIMScheduler's "leading" timesteps with ``steps_offset``, as our times ``(k + 1) / N``,
+    ending at the level its last step goes to: timestep 0 (``set_alpha_to_one=False``)."""
+    k = np.arange(steps - 1, -1, -1) * (n // steps) + offset
+    return np.append((k + 1.0) / n, 1.0 / n)
+
+
+@pytest.mark.parametrize("name", SD)
+def test_text_to_image_pipeline_equals_diffusers(loaded, name):
+    """StableDiffusionPipeline (two prompts, a negative prompt, guidance 7.5, DDIM 10 steps,
+    steps_offset 1, set_alpha_to_one False) = our DDIM over the same 10 timesteps, 10 network
+    calls (the prompt and the negative prompt in one batched call), the same noise; SD 2.x's is
+    v-prediction."""
+    pre, r, pr = loaded(name), ref(name), prompts(name)
+    ctx = pre.encode_prompt(pr["pipe_prompts"])
+    null = pre.encode_prompt([pr["negative"]] * 2)
+
+    def guided(x, t):
+        both = pre.denoiser(jnp.concatenate([x, x]), t, context=jnp.concatenate([ctx, null]))
+        return both[2:] + 7.5 * (both[:2] - both[2:])
+
+    z = dj.sample(guided, pre.process, jnp.asarray(r["pipe_noise"]), sampler="ddim",
+                  ts=ddim_ts(offset=1), final_denoise=False)
+    assert rel_err(z, r["pipe_latents"]) < 1e-3
+    images = np.clip(np.asarray(pre.decode(z)) / 2 + 0.5, 0, 1)
+    assert np.max(np.abs(images - r["pipe_images"])) < 1e-3
+
+
+def test_dit_and_ldm_pipelines_equal_diffusers(loaded):
+    """DiTPipeline (labels 1, 7; guidance 4 with null class 1000; DDIM 10 steps) and
+    LDMPipeline (VQ decoder) = our DDIM on the leading grid: 9 steps and the final denoising
+    call (10 network calls each)."""
+    pre, r = loaded("dit_tiny"), ref("dit_tiny")
+    y = jnp.asarray(r["pipe_labels"])
+    den = dj.guidance.classifier_free_guidance(lambda x, t, yy: pre.denoiser(x, t, yy), y,
+                                               1000, 4.0)
+    z = dj.sample(den, pre.process, jnp.asarray(r["pipe_noise"]), sampler="ddim", num_steps=9,
+                  grid="leading", final="denoise")
+    assert np.max(np.abs(np.clip(np.asarray(pre.decode(z)) / 2 + 0.5, 0, 1) - r["pipe_images"])) < 1e-3
+    pre, r = loaded("ldm_tiny"), ref("ldm_tiny")
+    z = dj.sample(pre.denoiser, pre.process, jnp.asarray(r["pipe_noise"]), sampler="ddim",
+                  num_steps=9, grid="leading", final="denoise")
+    assert np.max(np.abs(np.clip(np.asarray(pre.decode(z)) / 2 + 0.5, 0, 1) - r["pipe_images"])) < 1e-3
+
+
+def test_encode_then_decode_shapes_and_scaling(loaded):
+    pre = loaded("sd15_tiny")
+    assert pre.shape == (8, 8, 4) and pre.image_shape == (16, 16, 3)
+    r = ref("sd15_tiny")
+    z = pre.encode(r["vae_images"])
+    assert rel_err(z, r["vae_mean"] * 0.5) < 1e-4      # scaling_factor 0.5 in the fixture
+    assert pre.decode(z).shape == (2, 16, 16, 3)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "diffusion_jax", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_text_to_image_and_its_bad_inputs(tmp_path):
+    sd, dit = FIXTURES / "sd15_tiny", FIXTURES / "dit_tiny"
+    out = tmp_path / "x.npz"
+    r = run_cli("sample", "--pretrained", sd, "--prompt", "a photo of a cat", "--prompt",
+                "word " * 90, "--sampler", "unipc", "--steps", "4", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "note: prompt 1 has" in r.stderr
+    images = np.load(out)["images"]
+    assert images.shape == (2, 16, 16, 3) and np.all(np.isfinite(images))
+    bad = [
+        (["--pretrained", dit, "--prompt", "a cat"], "--prompt is not an option"),
+        (["--pretrained", sd, "--labels", "1"], "--labels is not an option"),
+        (["--pretrained", sd, "--prompt", "a", "--prompt", "b", "--num", "3"],
+         "2 prompts but --num 3"),
+        (["--pretrained", sd], "pass --prompt"),
+        (["--pretrained", sd, "--negative-prompt", "x"], "pass --prompt too"),
+        (["--pretrained", sd, "--prompts", tmp_path / "none.txt"], "no such file"),
+    ]
+    for args, msg in bad:
+        r = run_cli("sample", *args, "--out", tmp_path / "y.png")
+        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "y.png").exists()
+
+
+def test_broken_folders_are_named_before_compiling(tmp_path):
+    sd = tmp_path / "sd"
+    shutil.copytree(FIXTURES / "sd15_tiny", sd)
+    (sd / "tokenizer" / "merges.txt").unlink()
+    with pytest.raises(PretrainedError, match="tokenizer/merges.txt is missing"):
+        dj.load_pretrained(sd)
+    shutil.copy(FIXTURES / "sd15_tiny" / "tokenizer" / "merges.txt", sd / "tokenizer")
+    cfg = json.loads((sd / "text_encoder" / "config.json").read_text())
+    cfg["hidden_size"] = 48
+    (sd / "text_encoder" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PretrainedError, match="hidden_size=48 but the U-Net's cross_attention_dim=32"):
+        dj.load_pretrained(sd)
