@@ -302,7 +302,7 @@ def full() -> None:
 
     from diffusion_jax.pretrained import components
     sizes = {
-        "SD 1.5 U-Net": (UNet2DConditionModel, dict(cross_attention_dim=768,
+        "SD 1.5 U-Net": (UNet2DConditionModel, dict(cross_attention_dim=768, sample_size=64,
                                                      attention_head_dim=8)),
         "SD 2.1 U-Net": (UNet2DConditionModel, dict(cross_attention_dim=1024,
                                                      attention_head_dim=(5, 10, 20, 20),
@@ -316,13 +316,20 @@ def full() -> None:
             m = cls(**kw)
         n_torch = sum(p.numel() for p in m.parameters())
         folder = tmp / name.replace(" ", "_").replace("/", "")
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(json.dumps(dict(m.config)))
+        m.save_config(folder)
         kind = "transformer" if "DiT" in name else "unet"
-        ours = components.component(folder, kind)
-        abstract = components.abstract_params(ours, *components.example_inputs(ours))
-        n_ours = sum(x.size for x in jax.tree_util.tree_leaves(abstract))
-        print(f"{name}: torch {n_torch:,} parameters, ours {n_ours:,}")
+        names = [None]
+        if kind == "transformer":  # the hub folder's name for the same model
+            names.append("Transformer2DModel")
+        for cls_name in names:
+            if cls_name:
+                raw = json.loads((folder / "config.json").read_text())
+                (folder / "config.json").write_text(json.dumps({**raw, "_class_name": cls_name}))
+            ours = components.component(folder, kind)
+            abstract = components.abstract_params(ours, *components.example_inputs(ours))
+            n_ours = sum(x.size for x in jax.tree_util.tree_leaves(abstract))
+            print(f"{name}{' as ' + cls_name if cls_name else ''}: torch {n_torch:,} "
+                  f"parameters, ours {n_ours:,}")
     for name, kw in {"SD 1.5 text encoder (ViT-L/14)": dict(),
                      "SD 2.1 text encoder (OpenCLIP-H, 23 layers)": dict(
                          hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
@@ -332,7 +339,8 @@ def full() -> None:
             m = CLIPTextModel(cfg)
         folder = tmp / "text"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(cfg.to_json_string())
+        (folder / "config.json").write_text(json.dumps({**cfg.to_dict(),
+                                                        "architectures": ["CLIPTextModel"]}))
         ours = components.component(folder, "text_encoder")
         abstract = components.abstract_params(ours, *components.example_inputs(ours))
         n_ours = sum(x.size for x in jax.tree_util.tree_leaves(abstract))
