@@ -32,7 +32,7 @@ from diffusion_jax import guidance, likelihood, parameterization, processes, sam
 from diffusion_jax import gmm
 from diffusion_jax.config import load_config
 from diffusion_jax.parameterization import make_denoiser
-from diffusion_jax.samplers import GRIDS, SAMPLERS, make_grid, optimize_grid, optimize_solver, sample, total_nfe
+from diffusion_jax.samplers import GRIDS, SAMPLERS, invert, make_grid, optimize_grid, optimize_solver, sample, total_nfe
 
 
 # The functions below import the training and evaluation layers when called: ``import

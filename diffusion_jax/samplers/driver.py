@@ -150,6 +150,24 @@ def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sa
     return x
 
 
+def invert(denoise: Callable, process: Process, x0: Array, *, sampler: str | Sampler = "ddim",
+           num_steps: int = 50, grid: str = "default", ts=None) -> Array:
+    """DDIM / PF-ODE inversion: the noise ``x_T`` from which ``sample`` (same denoiser, sampler
+    and grid) regenerates ``x0``. The deterministic ``sampler`` runs up the grid, from
+    ``t_min`` (where ``x0`` stands for ``x_{t_min}``) to ``t_max``: ``num_steps`` steps, the
+    sampler's NFE without the final denoising call. Its error, like the sampler's, falls with
+    the number of steps; conditioning and guidance are the denoiser's (a guided denoiser
+    inverts less faithfully than the conditional one). Jittable."""
+    obj = resolve_sampler(sampler)
+    if obj.stochastic or obj.adaptive or obj.expands_grid:
+        raise ValueError(f"inversion runs a deterministic sampler on a fixed grid; "
+                         f"{type(obj).__name__} is {'stochastic' if obj.stochastic else 'adaptive' if obj.adaptive else 'a restart sampler'}: "
+                         "use ddim, dpmpp_2m, unipc, heun, ...")
+    ts = _checked_grid(obj, process, sampler, num_steps, grid, ts)
+    return run(obj, denoise, process, x0, np.asarray(ts)[::-1].copy(), jax.random.key(0),
+               final_denoise=False)[0]
+
+
 def _checked_grid(obj: Sampler, process: Process, sampler, num_steps: int, grid, ts) -> np.ndarray:
     """The grid ``sample`` runs: ``ts`` checked, or made from ``grid`` and ``num_steps``."""
     if ts is None:
