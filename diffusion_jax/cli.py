@@ -284,6 +284,10 @@ def _sample_parser(s) -> None:
     s.add_argument("--strength", type=number(0.0, 1.0), default=None,
                    help="SDEdit strength in [0, 1]")
     s.add_argument("--low-res", default=None, help="super-resolution input (.png/.npz) or 'test'")
+    s.add_argument("--invert", default=None, metavar="IMAGE",
+                   help="start from this image's noise (DDIM / PF-ODE inversion with the same "
+                        "deterministic sampler, steps and conditioning), not random noise: "
+                        "the same prompt regenerates the image, an edited prompt edits it")
     s.add_argument("--temperature", type=number(0.0), default=None,
                    help="flow / VAE: the latents' standard deviation (flow default: the "
                         "experiment's flow.temperature)")
@@ -311,7 +315,7 @@ def _sample(args, overrides) -> int:
         grid=args.grid, labels=args.labels, prompts=prompts,
         negative_prompt=args.negative_prompt, guidance=args.guidance, classifier=args.classifier,
         classifier_scale=args.classifier_scale, init_image=args.init_image, mask=args.mask,
-        resample=args.resample, strength=args.strength, low_res=args.low_res,
+        resample=args.resample, strength=args.strength, low_res=args.low_res, invert=args.invert,
         temperature=args.temperature, interpolate=args.interpolate)
     g = generate(args.workdir, req, out=args.out)
     out = {"step": g.step, "out": args.out, "num": len(g.images)}

@@ -52,6 +52,9 @@ def check_request(req: SampleRequest) -> None:
                          "own number of steps)")
     if req.strength is not None and not 0.0 <= req.strength <= 1.0:
         raise ValueError(f"--strength must be in [0, 1], got {req.strength}")
+    if req.invert and (req.init_image or req.strength is not None or req.mask):
+        raise ValueError("--invert starts from an image's own noise; it does not combine with "
+                         "--init-image, --strength or --mask")
     if (req.strength is not None or req.mask) and not req.init_image:
         raise ValueError("--mask and --strength edit an image: pass --init-image FILE (or 'test')")
     if req.strength is not None and req.mask:

@@ -224,3 +224,55 @@ def test_broken_folders_are_named_before_compiling(tmp_path):
     (sd / "text_encoder" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(PretrainedError, match="hidden_size=48 but the U-Net's cross_attention_dim=32"):
         dj.load_pretrained(sd)
+
+
+def test_inversion_in_latent_space_regenerates_better_with_more_steps(loaded):
+    """The image's latents inverted with the prompt and regenerated with it: the error falls
+    as the steps grow (Heun, second order; the fixture's random network makes the error large
+    in absolute terms, so only its falling is asserted here; the exact-mixture test in
+    test_samplers.py checks the order)."""
+    pre, r = loaded("sd15_tiny"), ref("sd15_tiny")
+    z0 = pre.encode(r["vae_images"])
+    ctx = pre.encode_prompt(["a photo of a cat"] * 2)
+    den = lambda x, t: pre.denoiser(x, t, context=ctx)
+    errs = []
+    for n in (5, 10, 20):
+        x_T = dj.invert(den, pre.process, z0, sampler="heun", num_steps=n, grid="logsnr")
+        z = dj.sample(den, pre.process, x_T, sampler="heun", num_steps=n, grid="logsnr")
+        errs.append(float(jnp.sqrt(jnp.mean((z - z0) ** 2))))
+    assert errs[0] > errs[1] > errs[2]
+
+
+def images(tmp_path) -> tuple[Path, Path]:
+    from PIL import Image
+    pixels = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "img.png")
+    Image.fromarray(pixels[:15, :13]).save(tmp_path / "odd.png")
+    return tmp_path / "img.png", tmp_path / "odd.png"
+
+
+def test_latent_edits_refuse_bad_images_and_samplers(tmp_path):
+    img, odd = images(tmp_path)
+    bad = [(["--init-image", odd, "--strength", "0.5"],
+            "is 15x13; the autoencoder works on multiples of 2: resize it to 16x12"),
+           (["--invert", img, "--sampler", "ddpm"], "deterministic sampler"),
+           (["--invert", img, "--strength", "0.5"], "does not combine")]
+    for args, msg in bad:
+        r = run_cli("sample", "--pretrained", FIXTURES / "sd15_tiny", "--prompt", "a cat", *args,
+                    "--out", tmp_path / "y.png")
+        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
+    assert not (tmp_path / "y.png").exists()
+
+
+@pytest.mark.slow
+def test_cli_img2img_inpainting_and_inversion_in_latent_space(tmp_path):
+    sd = FIXTURES / "sd15_tiny"
+    img, _ = images(tmp_path)
+    for extra in (["--init-image", img, "--strength", "0.6"],
+                  ["--init-image", img, "--mask", "center"],
+                  ["--invert", img, "--sampler", "ddim", "--guidance", "1"]):
+        r = run_cli("sample", "--pretrained", sd, "--prompt", "a cat", "--steps", "3", *extra,
+                    "--out", tmp_path / "x.npz")
+        assert r.returncode == 0, (extra, r.stderr)
+        out = np.load(tmp_path / "x.npz")
+        assert out["images"].shape == (1, 16, 16, 3) and np.all(np.isfinite(out["images"]))

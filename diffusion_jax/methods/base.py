@@ -59,6 +59,7 @@ class SampleRequest:
     mask: str | None = None            # center|left|right|top|bottom|random or a file
     resample: int = 1                  # RePaint resamplings per step (1: replacement)
     strength: float | None = None      # SDEdit
+    invert: str | None = None          # start from this image's inverted noise (DDIM inversion)
     low_res: str | None = None         # super-resolution input: file or "test"
     temperature: float | None = None   # flow / VAE / autoregressive: the sampling temperature
     interpolate: int = 0               # > 0: ``num`` rows of this many slerp steps

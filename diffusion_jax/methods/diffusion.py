@@ -38,7 +38,7 @@ from diffusion_jax.settings import BuildContext, ConfigError, DataSpec, check_ru
 SECTIONS = ("process", "parameterization", "loss", "latent")
 SAMPLE_OPTIONS = frozenset({"sampler", "steps", "grid", "labels", "guidance", "classifier",
                             "classifier_scale", "init_image", "mask", "resample", "strength",
-                            "low_res"})
+                            "low_res", "invert"})
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -131,6 +131,20 @@ class Diffusion(SingleNetwork, MethodBase):
                          "with a text encoder); this one "
                          + ("is class-conditional: use --labels" if self.conditioning.num_classes
                             else "has no text conditioning"))
+
+    # what edits (img2img, inpainting, inversion) run through: identities for pixel models; a
+    # latent model encodes the images, decodes its samples and prepares its conditioning
+    def encode_images(self, images):
+        """Images NHWC in [-1, 1] -> what the sampler works on."""
+        return images
+
+    def decode_samples(self, x):
+        """What the sampler made -> images."""
+        return x
+
+    def condition(self, cond: dict | None) -> dict | None:
+        """The request's conditioning as the network takes it (e.g. token ids -> a context)."""
+        return cond
 
     def default_labels(self, n: int):
         """Class-balanced labels ``0, 1, ..., K-1, 0, ...`` (None for unconditional models)."""

@@ -25,7 +25,8 @@ from diffusion_jax.conditioning import downsample
 from diffusion_jax.methods.base import Sampling, SampleRequest, SamplingEnv, parse_labels, take
 from diffusion_jax.parallel import batch_sharding, make_mesh
 from diffusion_jax.parameterization import make_denoiser
-from diffusion_jax.samplers import default_grid
+from diffusion_jax.samplers import default_grid, resolve_sampler
+from diffusion_jax.samplers import invert as run_invert
 from diffusion_jax.samplers import sample as run_sampler
 from diffusion_jax.utils.images import load_images, make_mask
 
@@ -187,14 +188,29 @@ def make_sdedit_fn(method, sampler: str, num_steps: int, grid: str, strength: fl
     return lambda params, x_init, key, cond=None: checked(params, x_init, key, cond)
 
 
+@functools.lru_cache(maxsize=16)
+def make_invert_fn(model, process, par, sampler, num_steps: int, grid,
+                   guidance_scale: float | None = None):
+    """``fn(params, x0, cond=None) -> x_T``: ``samplers.invert`` with the model's denoiser (the
+    same conditioning and guidance the regeneration uses), jitted whole."""
+
+    def fn(params, x0, cond):
+        denoise = model_denoiser(model, process, par, params, cond, guidance_scale)
+        where = dict(ts=np.asarray(grid)) if isinstance(grid, tuple) else dict(grid=grid)
+        return run_invert(denoise, process, x0, sampler=sampler, num_steps=num_steps, **where)
+
+    checked = _jit_checked(fn, model, guidance_scale, None, lambda a: a[1].shape)
+    return lambda params, x0, cond=None: checked(params, x0, cond)
+
+
 # -- a request, checked and planned ----------------------------------------------------------
 
 def plan(method, req: SampleRequest, env: SamplingEnv) -> Sampling:
     """Every check of ``req`` against ``method``, then its chunk function (nothing compiled)."""
-    if method.sample_shape != tuple(method.shape) and (
-            req.mask or req.strength is not None or req.low_res or req.classifier):
-        raise ValueError("--mask, --strength, --low-res and --classifier work on pixels; this is "
-                         "a latent diffusion model (it samples latents)")
+    latent = method.sample_shape != tuple(method.shape)
+    if latent and (req.low_res or req.classifier):
+        raise ValueError("--low-res and --classifier work on pixels; this is a latent diffusion "
+                         "model (it samples latents)")
     if req.prompts is not None and req.guidance is None and method.guidance:
         req = dataclasses.replace(req, guidance=method.guidance)  # the pipeline's default
     text = bool(method.conditioning.context_dim)
@@ -207,20 +223,33 @@ def plan(method, req: SampleRequest, env: SamplingEnv) -> Sampling:
     if req.guidance is not None and not method.null_class and not text:
         raise ValueError("--guidance (classifier-free) needs an unconditional (null) class, and "
                          "this model was trained without one: sample with --labels alone")
+    if req.invert and (resolve_sampler(req.sampler or method.sampler).stochastic
+                       or req.grid in ("learned",) or isinstance(req.grid, str) and req.grid.endswith(".json")):
+        raise ValueError(f"--invert runs the sampler up its grid: it needs a deterministic sampler "
+                         f"on a named grid (ddim, dpmpp_2m, unipc, heun, ...); got --sampler "
+                         f"{req.sampler or method.sampler}"
+                         + (f" --grid {req.grid}" if req.grid else ""))
     classifier = _classifier(req, method, env)
     cond, n, nrow, inputs = _conditioning(req, method, classifier, env)
-    init = _init_images(req, method.shape, n, env)
+    pixels = tuple(method.sample_shape)
+    init = _init_images(req, pixels, n, env, pixels[0] // method.shape[0])
     mask = None
     if req.mask:
-        mask = make_mask(req.mask, method.shape, req.seed)
-        if mask.shape[:2] != tuple(method.shape[:2]) or mask.shape[-1] not in (1, method.shape[-1]):
+        mask = make_mask(req.mask, pixels, req.seed)
+        if mask.shape[:2] != pixels[:2] or mask.shape[-1] not in (1, pixels[-1]):
             raise ValueError(f"--mask {req.mask} is {mask.shape[0]}x{mask.shape[1]}x"
                              f"{mask.shape[-1]}; this model makes "
-                             f"{'x'.join(map(str, method.shape))} images: give a mask of that "
+                             f"{'x'.join(map(str, pixels))} images: give a mask of that "
                              "size (1 or the image's channels)")
         inputs = init * mask  # unknown pixels shown mid-grey
-    elif req.strength is not None:
+    elif req.strength is not None or req.invert:
         inputs = init
+    if latent and init is not None:  # edits happen on the latents the sampler works on
+        init = method.encode_images(init)
+        if mask is not None:  # a latent is known where all the pixels it covers are
+            f = pixels[0] // method.shape[0]
+            m = mask.min(axis=-1, keepdims=True).reshape(method.shape[0], f, method.shape[1], f, 1)
+            mask = m.min(axis=(1, 3))
     b = min(req.batch, n)
     check_sample_inputs(method.model, take(cond, 0, b, n), req.guidance, classifier,
                         (b,) + tuple(method.shape))
@@ -256,18 +285,31 @@ def _runner(method, req: SampleRequest, mask, classifier, b: int) -> Callable:
     steps = req.steps or method.num_steps
     grid = req.grid or method.grid
     sampler = req.sampler or method.sampler
+    edit = lambda fn: (lambda params, cond, init, key: method.decode_samples(
+        fn(params, method.condition(cond), init, key)))
     if req.mask and req.resample > 1:
         fn = make_repaint_fn(method, steps, req.resample, "logsnr" if grid == "default" else grid,
                              req.guidance)
-        return lambda params, cond, init, key: fn(params, init, jnp.asarray(mask), key, cond)
+        return edit(lambda params, cond, init, key: fn(params, init, jnp.asarray(mask), key, cond))
     if req.strength is not None:
         grid = default_grid(sampler) if grid == "default" else grid
         fn = make_sdedit_fn(method, sampler, steps, grid, req.strength, req.guidance)
-        return lambda params, cond, init, key: fn(params, init, key, cond)
+        return edit(lambda params, cond, init, key: fn(params, init, key, cond))
+    if req.mask and method.sample_shape != tuple(method.shape):  # latent inpainting
+        raw = make_sample_fn(method.model, method.process, method.parameterization, sampler,
+                             steps, grid, req.guidance, classifier)
+        return edit(lambda params, cond, init, key: raw(
+            params, method.process.prior_sample(key, (b,) + tuple(method.shape)), key, cond,
+            init, jnp.asarray(mask)))
     fn = method.sample_fn(req.sampler, steps, grid, req.guidance, classifier)
+    inverse = make_invert_fn(method.model, method.process, method.parameterization, sampler,
+                             steps, grid, req.guidance) if req.invert else None
 
     def run(params, cond, init, key):
-        x_T = method.process.prior_sample(key, (b,) + tuple(method.shape))
+        if inverse is not None:  # the image's own noise, under the same conditioning
+            x_T = inverse(params, init, method.condition(cond))
+        else:
+            x_T = method.process.prior_sample(key, (b,) + tuple(method.shape))
         if req.mask:
             return fn(params, x_T, key, cond, init, jnp.asarray(mask))
         return fn(params, x_T, key, cond)
@@ -336,12 +378,21 @@ def _low_res(req: SampleRequest, shape, size: int, n: int, env: SamplingEnv) -> 
     return np.resize(low, (n,) + low.shape[1:])
 
 
-def _init_images(req: SampleRequest, shape, n: int, env: SamplingEnv):
-    if not req.init_image:
+def _init_images(req: SampleRequest, shape, n: int, env: SamplingEnv, factor: int = 1):
+    """The image an edit starts from (``--init-image``, or ``--invert``'s), at ``shape``;
+    ``factor``: a latent model's pixels per latent along a side."""
+    path, flag = (req.invert, "--invert") if req.invert else (req.init_image, "--init-image")
+    if not path:
         return None
-    if req.init_image == "test":
+    if path == "test":
         return env.test_images(n)
-    init = load_images(req.init_image, shape[-1])
+    init = load_images(path, shape[-1])
+    h, w = init.shape[1:3]
+    if factor > 1 and (h % factor or w % factor):
+        near = lambda v: max(factor, round(v / factor) * factor)
+        raise ValueError(f"{flag} {path} is {h}x{w}; the autoencoder works on multiples of "
+                         f"{factor}: resize it to {near(h)}x{near(w)} (this model makes "
+                         f"{shape[0]}x{shape[1]})")
     if init.shape[1:] != tuple(shape):
-        raise ValueError(f"--init-image is {init.shape[1:]}, the model makes {tuple(shape)}")
+        raise ValueError(f"{flag} is {init.shape[1:]}, the model makes {tuple(shape)}")
     return np.resize(init, (n,) + init.shape[1:])

@@ -47,7 +47,8 @@ class LatentDiffusion(Diffusion):
     scale: float = 1.0
     pixel_shape: tuple[int, ...] = ()
     name: str = "latent_diffusion"
-    sample_options = frozenset({"sampler", "steps", "grid", "labels", "guidance"})
+    sample_options = frozenset({"sampler", "steps", "grid", "labels", "guidance", "init_image",
+                                "mask", "resample", "strength", "invert"})
     likelihood = None
     no_likelihood = ("this is a latent diffusion model: the PF-ODE gives the density of latents, "
                      "not of pixels, so it has no bits/dim of the images")
@@ -100,6 +101,12 @@ class LatentDiffusion(Diffusion):
                            state.autoencoder), metrics
 
     # -- sampling: latents -> pixels ---------------------------------------------------------
+    def encode_images(self, images):
+        return np.asarray(_encoder(self)(self.ae_params(), jnp.asarray(images)))
+
+    def decode_samples(self, x):
+        return _decoder(self)(self.ae_params(), x)
+
     def sample_fn(self, *args, **kwargs) -> Callable:
         inner = super().sample_fn(*args, **kwargs)
         decode = _decoder(self)
@@ -121,6 +128,11 @@ def _load(loader):
 @functools.lru_cache(maxsize=4)
 def _decoder(method: LatentDiffusion):
     return jax.jit(method.decode)
+
+
+@functools.lru_cache(maxsize=4)
+def _encoder(method: LatentDiffusion):
+    return jax.jit(method.encode)
 
 
 # -- settings and build ------------------------------------------------------------------------

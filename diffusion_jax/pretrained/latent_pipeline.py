@@ -141,7 +141,8 @@ class PretrainedLatent(LatentDiffusion):
 
     @property
     def sample_options(self) -> frozenset:
-        base = {"sampler", "steps", "grid", "guidance"}
+        base = {"sampler", "steps", "grid", "guidance", "init_image", "mask", "resample",
+                "strength", "invert"}
         return frozenset(base | ({"prompts", "negative_prompt"} if self.text is not None else
                                  {"labels"} if self.conditioning.num_classes else set()))
 
@@ -205,6 +206,11 @@ class PretrainedLatent(LatentDiffusion):
             return decode(frozen, inner(params, x_T, key, cond))
 
         return fn
+
+    def condition(self, cond: dict | None) -> dict | None:
+        if not cond or "ids" not in cond:
+            return cond
+        return _jitted(self)[1](self.ae_params(), cond)
 
     def text_context(self, frozen, cond: dict) -> dict:
         """``ids``/``null_ids`` -> ``context``/``null_context`` (the rest of ``cond`` kept)."""
