@@ -203,6 +203,9 @@ def _eval_parser(ev) -> None:
     ev.add_argument("--ref-stats", default=None,
                     help="FID against reference statistics: an .npz with mu and sigma (EDM's "
                          "fid.py ref, pytorch-fid, clean-fid, or the ref-stats command)")
+    ev.add_argument("--prompts", default=None, metavar="FILE",
+                    help="text-to-image: the prompts samples are made from (one per line, "
+                         "cycled over --num; e.g. MS-COCO captions beside their reference stats)")
     ev.add_argument("--out", default=None)
 
 
@@ -245,6 +248,12 @@ def _optimize_grid_parser(og) -> None:
                          "demo model on 2 CPU cores)")
     og.add_argument("--iters", type=integer(1), default=60)
     og.add_argument("--seed", type=integer(0), default=0)
+    og.add_argument("--prompts", default=None, metavar="FILE",
+                    help="text-to-image: calibrate on these prompts (one per line, cycled over "
+                         "--num), at --guidance (the pipeline's default 7.5 if omitted)")
+    og.add_argument("--guidance", type=number(), default=None,
+                    help="calibrate the guided denoiser at this scale (class-conditional: "
+                         "balanced labels; text-to-image: the prompts)")
     og.add_argument("--out", default=None,
                     help="write the grid to this .json instead of WORKDIR/grids/ (a read-only "
                          "pretrained folder); sample with --grid FILE.json")
@@ -348,7 +357,7 @@ def _eval(args, overrides) -> int:
         raise ValueError("eval needs a feature extractor: --classifier DIR or --inception W.npz")
     evaluate(args.workdir, args.classifier, args.samplers, args.nfe, args.num, out=args.out,
              inception=args.inception, guidance=args.guidance, grids=args.grids,
-             ref_stats=args.ref_stats)
+             ref_stats=args.ref_stats, prompts=read_prompts(None, args.prompts))
     return 0
 
 
@@ -426,8 +435,9 @@ def _optimize_grid(args, overrides) -> int:
         if not args.out.endswith(".json"):
             raise ValueError(f"--out {args.out}: a grid file ends in .json")
         check_writable(args.out, "--out")
+    prompts = read_prompts(None, args.prompts)
     info = optimize_workdir_grid(args.workdir, args.sampler, args.nfe, args.num, args.iters,
-                                 args.seed, out=args.out)
+                                 args.seed, out=args.out, prompts=prompts, guidance=args.guidance)
     print(json.dumps({k: v for k, v in info.items() if k != "ts"}))
     return 0
 

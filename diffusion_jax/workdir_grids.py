@@ -106,11 +106,34 @@ def _check_grid_request(workdir, exp, sampler: str, nfe: int, num: int) -> int:
     return steps
 
 
-def _setup(workdir, exp, num: int, seed: int):
+def calibration_condition(method, num: int, prompts, guidance) -> tuple[dict | None, float | None]:
+    """``(cond, guidance)`` the grid is calibrated under: the prompts (cycled over ``num``) for a
+    text-to-image model, at ``guidance`` or the pipeline's default; balanced labels for a
+    class-conditional one; nothing for an unconditional one. Refusals before anything loads."""
+    c = method.conditioning
+    if c.context_dim:
+        if not prompts:
+            raise ValueError("this is a text-to-image model: calibrate on prompts you give with "
+                             "--prompts FILE (one per line; they are cycled over --num)")
+        ids = method.prompt_ids(tuple(np.resize(np.array(prompts, dtype=object), num)), None, num)
+        return method.condition(ids), guidance if guidance is not None else method.guidance
+    if prompts:
+        raise ValueError("--prompts is for text-to-image models; this one has no text encoder")
+    if c.num_classes:
+        if guidance is not None and not method.null_class:
+            raise ValueError("--guidance needs a model with an unconditional (null) class")
+        return {"y": jnp.arange(num) % c.num_classes}, guidance
+    if guidance is not None:
+        raise ValueError("--guidance needs a class-conditional or text-to-image model")
+    return None, None
+
+
+def _setup(workdir, exp, num: int, seed: int, prompts=None, guidance=None):
     """The denoiser, the calibration and held-out draws and the held-out PF-ODE endpoints."""
     method = exp.method
     _, params, step = load(workdir)
-    denoise = method.denoiser(params)
+    cond, scale = calibration_condition(method, num, prompts, guidance)
+    denoise = method.denoiser(params, cond, scale)
     shape = (num,) + exp.shape
     x_cal = method.process.prior_sample(jax.random.key(seed), shape)
     x_new = method.process.prior_sample(jax.random.key(seed + 1), shape)
@@ -142,7 +165,8 @@ def _optimize_one(workdir, exp, setup, sampler: str, nfe: int, steps: int, iters
 
 
 def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters: int = 60,
-                          seed: int = 0, log=print, out=None) -> dict:
+                          seed: int = 0, log=print, out=None, prompts=None,
+                          guidance=None) -> dict:
     """Calibrate on ``num`` noise draws (seed ``seed``), report the error on as many other draws
     (seed ``seed + 1``) for the learned and the experiment's grid, store the grid. ``sampler=
     "auto"``: every one of ``AUTO_CANDIDATES`` that reaches ``nfe`` exactly, each stored, and
@@ -156,7 +180,9 @@ def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters:
     if not names:
         raise ValueError(f"--nfe {nfe}: none of {', '.join(AUTO_CANDIDATES)} reaches it")
     plan = [(s, _check_grid_request(workdir, exp, s, nfe, num)) for s in names]
-    setup = _setup(workdir, exp, num, seed)
+    if exp.method.conditioning.context_dim and not prompts:
+        calibration_condition(exp.method, num, prompts, guidance)  # the refusal, before loading
+    setup = _setup(workdir, exp, num, seed, prompts, guidance)
     where = lambda s: None if out is None else (
         out if sampler != "auto" else Path(out).with_name(f"{Path(out).stem}.{s}.json"))
     rows = [_optimize_one(workdir, exp, setup, s, nfe, steps, iters, log, where(s))

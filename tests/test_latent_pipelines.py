@@ -276,3 +276,52 @@ def test_cli_img2img_inpainting_and_inversion_in_latent_space(tmp_path):
         assert r.returncode == 0, (extra, r.stderr)
         out = np.load(tmp_path / "x.npz")
         assert out["images"].shape == (1, 16, 16, 3) and np.all(np.isfinite(out["images"]))
+
+
+def test_calibration_and_eval_of_a_text_model_need_prompts(tmp_path):
+    sd = FIXTURES / "sd15_tiny"
+    r = run_cli("optimize-grid", "--pretrained", sd, "--sampler", "unipc", "--nfe", "5")
+    assert r.returncode == 2 and "calibrate on prompts you give with --prompts FILE" in r.stderr
+    r = run_cli("eval", "--pretrained", sd, "--inception", tmp_path / "w.npz", "--ref-stats",
+                tmp_path / "s.npz", "--nfe", "5", "--num", "100")
+    assert r.returncode == 2 and ("--prompts" in r.stderr or "no such" in r.stderr.lower()), r.stderr
+    (tmp_path / "p.txt").write_text("a cat\n")
+    r = run_cli("optimize-grid", "--pretrained", FIXTURES / "dit_tiny", "--sampler", "unipc",
+                "--nfe", "5", "--prompts", tmp_path / "p.txt")
+    assert r.returncode == 2 and "--prompts is for text-to-image models" in r.stderr
+
+
+@pytest.mark.slow
+def test_learned_grid_calibrated_on_prompts_beats_logsnr_and_samples(tmp_path):
+    """optimize-grid on the user's prompts (cycled over the calibration draws, guidance 7.5):
+    the held-out error to the PF-ODE endpoint under the same prompts is below the default
+    grid's, and sample --grid FILE uses it; the folder is untouched."""
+    sd = FIXTURES / "sd15_tiny"
+    (tmp_path / "p.txt").write_text("a photo of a cat\nan astronaut riding a horse\n\na red chair\n")
+    r = run_cli("optimize-grid", "--pretrained", sd, "--sampler", "unipc", "--nfe", "5",
+                "--prompts", tmp_path / "p.txt", "--num", "16", "--iters", "10",
+                "--out", tmp_path / "g.json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "g.json").read_text())
+    assert info["heldout_rmse"] < info["heldout_rmse_default"]
+    r = run_cli("sample", "--pretrained", sd, "--prompt", "a cat", "--grid", tmp_path / "g.json",
+                "--out", tmp_path / "x.npz")
+    assert r.returncode == 0, r.stderr
+    assert not (sd / "grids").exists()
+
+
+def test_blocked_attention_equals_softmax_attention_and_its_gradient():
+    """The online-softmax blocks (what long sequences take on CPU) against
+    jax.nn.dot_product_attention: values and gradients, with scores large enough that an
+    un-stabilised exponential would overflow."""
+    from diffusion_jax.models.layers import blocked_attention
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 32, 3, 8)) * s
+               for i, s in ((0, 30.0), (1, 1.0), (2, 1.0)))
+    ref_out = jax.nn.dot_product_attention(q, k, v)
+    out = blocked_attention(q, k, v, block_q=8, block_k=16)
+    assert float(jnp.max(jnp.abs(out - ref_out))) < 1e-5
+    loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v)))
+    g_ref = jax.grad(loss(jax.nn.dot_product_attention), argnums=(0, 1, 2))(q, k, v)
+    g = jax.grad(loss(lambda q, k, v: blocked_attention(q, k, v, 8, 16)), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(g, g_ref):
+        assert float(jnp.max(jnp.abs(a - b))) < 1e-4 * float(jnp.max(jnp.abs(b))) + 1e-6

@@ -90,7 +90,7 @@ def training_fd(exp: Experiment, workdir: str | Path):
 def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int, batch: int = 500,
              out: str | None = None, inception: str | None = None,
              guidance: float | None = None, grids=("default",),
-             ref_stats: str | None = None) -> list[dict]:
+             ref_stats: str | None = None, prompts=None) -> list[dict]:
     """The method's eval rows (diffusion: samplers x NFE x grids; a consistency model: one row
     per NFE; a one-call family: one row) -> FD, KID, precision/recall, class score (and, for
     class-conditional models, the fraction of samples the classifier assigns to the requested
@@ -108,7 +108,19 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
     method = exp.method
     if not method.generates:
         raise ValueError(f"{workdir} holds a {exp.method_name!r} run, which makes no samples")
-    settings = method.eval_requests(samplers, nfes, grids, guidance)  # checked before any work
+    text = bool(method.conditioning.context_dim)
+    if text != bool(prompts):
+        raise ValueError("a text-to-image model is evaluated on prompts you give: pass --prompts "
+                         "FILE (one per line, cycled over --num)" if text else
+                         "--prompts is for text-to-image models; this one has no text encoder")
+    settings = method.eval_requests(samplers, nfes, grids, None if text else guidance)
+    if text:  # every row on the prompts, at the pipeline's guidance unless one is given
+        g = guidance if guidance is not None else method.guidance
+        cycled = tuple(np.resize(np.array(prompts, dtype=object), num))
+        settings = [({**row, "guidance": g}, dataclasses.replace(req, prompts=cycled, guidance=g))
+                    for row, req in settings]
+        print("note: no CLIP score: a diffusers text-to-image folder carries CLIP's text tower "
+              "only (the image tower it needs is not in it); FD/FID is reported")
     check_fits(min(num, batch), method.sample_shape, f"--num {num}", copies=2)  # one chunk: streamed
     k = method.num_classes
     if k and not classifier_dir:
