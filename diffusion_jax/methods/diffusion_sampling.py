@@ -223,8 +223,8 @@ def plan(method, req: SampleRequest, env: SamplingEnv) -> Sampling:
     if req.guidance is not None and not method.null_class and not text:
         raise ValueError("--guidance (classifier-free) needs an unconditional (null) class, and "
                          "this model was trained without one: sample with --labels alone")
-    if req.invert and (resolve_sampler(req.sampler or method.sampler).stochastic
-                       or req.grid in ("learned",) or isinstance(req.grid, str) and req.grid.endswith(".json")):
+    learned_grid = req.grid == "learned" or str(req.grid).endswith(".json")
+    if req.invert and (resolve_sampler(req.sampler or method.sampler).stochastic or learned_grid):
         raise ValueError(f"--invert runs the sampler up its grid: it needs a deterministic sampler "
                          f"on a named grid (ddim, dpmpp_2m, unipc, heun, ...); got --sampler "
                          f"{req.sampler or method.sampler}"
