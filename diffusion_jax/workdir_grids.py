@@ -19,7 +19,8 @@ import numpy as np
 
 from diffusion_jax.samplers import (LearnedPC, default_grid, resolve_sampler, sample,
                                     steps_for_budget, total_nfe)
-from diffusion_jax.samplers.learned_grid import MIN_CALIBRATION, calibrate, reference_endpoints
+from diffusion_jax.samplers.learned_grid import (MIN_CALIBRATION, calibrate, heldout_size,
+                                                 reference_endpoints)
 from diffusion_jax.utils.atomic import write_json
 from diffusion_jax.workdir import load, read_experiment
 
@@ -106,16 +107,26 @@ def _check_grid_request(workdir, exp, sampler: str, nfe: int, num: int) -> int:
     return steps
 
 
-def calibration_condition(method, num: int, prompts, guidance) -> tuple[dict | None, float | None]:
-    """``(cond, guidance)`` the grid is calibrated under: the prompts (cycled over ``num``) for a
-    text-to-image model, at ``guidance`` or the pipeline's default; balanced labels for a
-    class-conditional one; nothing for an unconditional one. Refusals before anything loads."""
+def calibration_condition(method, num: int, prompts, guidance, sampler: str = "",
+                          ) -> tuple[dict | None, float | None]:
+    """``(cond, guidance)`` the grid is calibrated under: the prompts for a text-to-image model
+    (draw ``i`` gets prompt ``i mod P``, so the denoiser serves any slice of the draws that
+    starts at a multiple of ``P``), at ``guidance`` or the pipeline's default; balanced labels
+    for a class-conditional one; nothing for an unconditional one. Refusals before anything
+    loads."""
     c = method.conditioning
     if c.context_dim:
         if not prompts:
             raise ValueError("this is a text-to-image model: calibrate on prompts you give with "
                              "--prompts FILE (one per line; they are cycled over --num)")
-        ids = method.prompt_ids(tuple(np.resize(np.array(prompts, dtype=object), num)), None, num)
+        p = len(prompts)
+        fit = num - heldout_size(num)
+        if sampler in ("learned_pc", "auto") and fit % p:
+            ok = next(m for m in range(num, num + 64 * p) if (m - heldout_size(m)) % p == 0)
+            raise ValueError(f"{p} prompts: the learned solver fits on the first {fit} of "
+                             f"--num {num} draws, which must be a multiple of {p} (prompt i "
+                             f"goes to draw i mod {p}); use --num {ok}")
+        ids = method.prompt_ids(tuple(prompts), None, p)
         return method.condition(ids), guidance if guidance is not None else method.guidance
     if prompts:
         raise ValueError("--prompts is for text-to-image models; this one has no text encoder")
@@ -133,7 +144,11 @@ def _setup(workdir, exp, num: int, seed: int, prompts=None, guidance=None):
     method = exp.method
     _, params, step = load(workdir)
     cond, scale = calibration_condition(method, num, prompts, guidance)
-    denoise = method.denoiser(params, cond, scale)
+    if method.conditioning.context_dim:  # the prompts' contexts cycled over any batch of draws
+        cycled = lambda b: {k: jnp.resize(v, (b,) + v.shape[1:]) for k, v in cond.items()}
+        denoise = lambda x, t: method.denoiser(params, cycled(x.shape[0]), scale)(x, t)
+    else:
+        denoise = method.denoiser(params, cond, scale)
     shape = (num,) + exp.shape
     x_cal = method.process.prior_sample(jax.random.key(seed), shape)
     x_new = method.process.prior_sample(jax.random.key(seed + 1), shape)
@@ -180,8 +195,8 @@ def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters:
     if not names:
         raise ValueError(f"--nfe {nfe}: none of {', '.join(AUTO_CANDIDATES)} reaches it")
     plan = [(s, _check_grid_request(workdir, exp, s, nfe, num)) for s in names]
-    if exp.method.conditioning.context_dim and not prompts:
-        calibration_condition(exp.method, num, prompts, guidance)  # the refusal, before loading
+    if exp.method.conditioning.context_dim:  # the refusals, before loading
+        calibration_condition(exp.method, num, prompts, guidance, sampler)
     setup = _setup(workdir, exp, num, seed, prompts, guidance)
     where = lambda s: None if out is None else (
         out if sampler != "auto" else Path(out).with_name(f"{Path(out).stem}.{s}.json"))

@@ -8,7 +8,7 @@ run (9 steps + the final call, one ``lax.scan``) at batch 8 with classifier-free
 rows per network call). On a CPU host the 8 devices are simulated (XLA:CPU's buffer
 assignment; TPU layouts pad differently, so read it as an estimate).
 
-    python scripts/sd_memory.py                 # mesh data=2 x fsdp=4, and fsdp=8, and data=8
+    python scripts/sd_memory.py     # meshes data=2 x fsdp=4, data=1 x fsdp=8, data=8 (replicated)
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main() -> None:
                            jax.random.key(0))["params"]
     n = sum(v.size for v in jax.tree_util.tree_leaves(nn.meta.unbox(boxed)))
     out = {}
-    for axes in ((("data", 2), ("fsdp", 4)), (("fsdp", 8),), (("data", 8),)):
+    for axes in ((("data", 2), ("fsdp", 4)), (("data", 1), ("fsdp", 8)), (("data", 8),)):
         mesh = make_mesh(axes)
         sh = param_shardings(boxed, mesh, DEFAULT_RULES)
         abstract = jax.tree_util.tree_map(

@@ -149,6 +149,11 @@ def optimize_grid(denoise: Callable, process: Process, sampler: str, num_steps: 
     return ts, info
 
 
+def heldout_size(n: int, val_fraction: float = 0.25) -> int:
+    """How many of ``n`` calibration draws ``optimize_solver`` holds out (the last ones)."""
+    return max(int(round(val_fraction * n)), 4)
+
+
 def optimize_solver(denoise: Callable, process: Process, num_steps: int, x_calib, *, key=None,
                     iters: int = 300, lr: float = 0.03, history: int = MAX_HISTORY,
                     correctors=(True, False), init: str = "logsnr", reference=None,
@@ -167,7 +172,7 @@ def optimize_solver(denoise: Callable, process: Process, num_steps: int, x_calib
     key = jax.random.key(0) if key is None else key
     x_calib = jnp.asarray(x_calib)
     ref = reference_endpoints(denoise, process, x_calib) if reference is None else reference
-    n_val = max(int(round(val_fraction * x_calib.shape[0])), 4)
+    n_val = heldout_size(x_calib.shape[0], val_fraction)
     (x_fit, r_fit), (x_val, r_val) = ((x_calib[sl], jnp.asarray(ref)[sl])
                                       for sl in (slice(None, -n_val), slice(-n_val, None)))
     base, l_hi, l_lo, theta0 = _grid_start(process, num_steps, init, learn_end)
