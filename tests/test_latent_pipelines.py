@@ -282,13 +282,20 @@ def test_calibration_and_eval_of_a_text_model_need_prompts(tmp_path):
     sd = FIXTURES / "sd15_tiny"
     r = run_cli("optimize-grid", "--pretrained", sd, "--sampler", "unipc", "--nfe", "5")
     assert r.returncode == 2 and "calibrate on prompts you give with --prompts FILE" in r.stderr
+    np.savez(tmp_path / "s.npz", mu=np.zeros(64), sigma=np.eye(64))
     r = run_cli("eval", "--pretrained", sd, "--inception", tmp_path / "w.npz", "--ref-stats",
                 tmp_path / "s.npz", "--nfe", "5", "--num", "100")
-    assert r.returncode == 2 and ("--prompts" in r.stderr or "no such" in r.stderr.lower()), r.stderr
+    assert r.returncode == 2 and "evaluated on prompts you give: pass --prompts" in r.stderr, \
+        r.stderr
     (tmp_path / "p.txt").write_text("a cat\n")
     r = run_cli("optimize-grid", "--pretrained", FIXTURES / "dit_tiny", "--sampler", "unipc",
                 "--nfe", "5", "--prompts", tmp_path / "p.txt")
     assert r.returncode == 2 and "--prompts is for text-to-image models" in r.stderr
+    (tmp_path / "p5.txt").write_text("".join(f"prompt {i}\n" for i in range(5)))
+    r = run_cli("optimize-grid", "--pretrained", sd, "--sampler", "learned_pc", "--nfe", "5",
+                "--prompts", tmp_path / "p5.txt", "--num", "16")
+    assert r.returncode == 2 and "first 12 of --num 16 draws, which must be a multiple of 5" in \
+        r.stderr and "use --num 20" in r.stderr, r.stderr
 
 
 @pytest.mark.slow
