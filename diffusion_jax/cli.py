@@ -53,7 +53,7 @@ from diffusion_jax.eval.sample_eval import evaluate, training_fd
 from diffusion_jax.experiment import from_config
 from diffusion_jax.generate import SampleRequest, generate
 from diffusion_jax.pretrained import check_pretrained
-from diffusion_jax.samplers import GRIDS, SAMPLERS
+from diffusion_jax.samplers import GRIDS, SAMPLERS, resolve_sampler, steps_for_budget, total_nfe
 from diffusion_jax.samplers.learned_grid import MIN_CALIBRATION
 from diffusion_jax.train.loop import EXIT_CODES, train
 from diffusion_jax.utils.atomic import check_writable
@@ -263,6 +263,9 @@ def _sample_parser(s) -> None:
     _source(s)
     s.add_argument("--sampler", type=choice(SAMPLERS, "sampler"), default=None)
     s.add_argument("--steps", type=integer(1), default=None)
+    s.add_argument("--nfe", type=integer(1), default=None,
+                   help="instead of --steps: the total network evaluations (the final call "
+                        "included) for --sampler")
     s.add_argument("--grid", type=_grid_or_file, default=None,
                    help="a grid name, 'learned' (see optimize-grid), or a grid file FILE.json "
                         "(optimize-grid --out FILE.json)")
@@ -275,12 +278,7 @@ def _sample_parser(s) -> None:
                    help=".png grid, .npz (float32 images, labels) or .npy (float32 images, "
                         "written chunk by chunk as they are made)")
     s.add_argument("--labels", default=None, help="'all' (one row per class), 'K', or 'a,b,c,...'")
-    s.add_argument("--prompt", action="append", default=None, metavar="TEXT",
-                   help="text-to-image: the prompt (repeat for one prompt per sample)")
-    s.add_argument("--prompts", default=None, metavar="FILE",
-                   help="text-to-image: a text file with one prompt per line")
-    s.add_argument("--negative-prompt", default=None, metavar="TEXT",
-                   help="text-to-image: what guidance steers away from (default: the empty prompt)")
+    _prompt_args(s)
     s.add_argument("--guidance", type=number(), default=None,
                    help="classifier-free guidance scale (0 unconditional, 1 conditional, >1 "
                         "guided; a text-to-image pipeline's default is diffusers' 7.5)")
@@ -293,16 +291,25 @@ def _sample_parser(s) -> None:
     s.add_argument("--strength", type=number(0.0, 1.0), default=None,
                    help="SDEdit strength in [0, 1]")
     s.add_argument("--low-res", default=None, help="super-resolution input (.png/.npz) or 'test'")
-    s.add_argument("--invert", default=None, metavar="IMAGE",
-                   help="start from this image's noise (DDIM / PF-ODE inversion with the same "
-                        "deterministic sampler, steps and conditioning), not random noise: "
-                        "the same prompt regenerates the image, an edited prompt edits it")
     s.add_argument("--temperature", type=number(0.0), default=None,
                    help="flow / VAE: the latents' standard deviation (flow default: the "
                         "experiment's flow.temperature)")
     s.add_argument("--interpolate", type=integer(0), default=0,
                    help="GAN / VAE / flow: --num rows of this many images along slerp paths in "
                         "latent space (VAE/flow: between test images; GAN: random latents)")
+
+
+def _prompt_args(s) -> None:
+    s.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                   help="text-to-image: the prompt (repeat for one prompt per sample)")
+    s.add_argument("--prompts", default=None, metavar="FILE",
+                   help="text-to-image: a text file with one prompt per line")
+    s.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="text-to-image: what guidance steers away from (default: the empty prompt)")
+    s.add_argument("--invert", default=None, metavar="IMAGE",
+                   help="start from this image's noise (DDIM / PF-ODE inversion with the same "
+                        "deterministic sampler, steps and conditioning), not random noise: "
+                        "the same prompt regenerates the image, an edited prompt edits it")
 
 
 def _train(args, overrides) -> int:
@@ -319,8 +326,9 @@ def _sample(args, overrides) -> int:
     check_writable(args.out, "--out", suffixes=(".png", ".npz", ".npy"))
     prompts = read_prompts(args.prompt, args.prompts)
     num = args.num or (len(prompts) if prompts else 64)
+    steps = args.steps if args.nfe is None else steps_at_nfe(args.sampler, args.nfe, args.steps)
     req = SampleRequest(
-        num=num, batch=args.batch, seed=args.seed, sampler=args.sampler, steps=args.steps,
+        num=num, batch=args.batch, seed=args.seed, sampler=args.sampler, steps=steps,
         grid=args.grid, labels=args.labels, prompts=prompts,
         negative_prompt=args.negative_prompt, guidance=args.guidance, classifier=args.classifier,
         classifier_scale=args.classifier_scale, init_image=args.init_image, mask=args.mask,
@@ -331,6 +339,21 @@ def _sample(args, overrides) -> int:
     out.update(save_output(args.out, g.images, g.inputs, g.nrow, g.labels))
     print(json.dumps(out))
     return 0
+
+
+def steps_at_nfe(sampler: str | None, nfe: int, steps: int | None) -> int:
+    """``--nfe N``: the sampler's steps whose total NFE (the final call included) is exactly N."""
+    if steps is not None:
+        raise ValueError("choose one of --steps and --nfe")
+    if sampler is None:
+        raise ValueError("--nfe needs --sampler (the steps an NFE buys depend on the sampler)")
+    n = steps_for_budget(sampler, nfe)
+    if n is None or total_nfe(sampler, n) != nfe:
+        k = n or resolve_sampler(sampler).min_steps
+        reach = sorted({total_nfe(sampler, k), total_nfe(sampler, k + 1)})
+        raise ValueError(f"--nfe {nfe} is not reachable with {sampler} (the final denoising call "
+                         f"counts): use --nfe {' or '.join(map(str, reach))}")
+    return n
 
 
 def read_prompts(given: list | None, path: str | None) -> tuple | None:

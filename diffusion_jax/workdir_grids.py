@@ -115,7 +115,7 @@ def calibration_condition(method, num: int, prompts, guidance, sampler: str = ""
     for a class-conditional one; nothing for an unconditional one. Refusals before anything
     loads."""
     c = method.conditioning
-    if c.context_dim:
+    if method.takes_prompts:
         if not prompts:
             raise ValueError("this is a text-to-image model: calibrate on prompts you give with "
                              "--prompts FILE (one per line; they are cycled over --num)")
@@ -144,7 +144,7 @@ def _setup(workdir, exp, num: int, seed: int, prompts=None, guidance=None):
     method = exp.method
     _, params, step = load(workdir)
     cond, scale = calibration_condition(method, num, prompts, guidance)
-    if method.conditioning.context_dim:  # the prompts' contexts cycled over any batch of draws
+    if method.takes_prompts:  # the prompts' contexts cycled over any batch of draws
         cycled = lambda b: {k: jnp.resize(v, (b,) + v.shape[1:]) for k, v in cond.items()}
         denoise = lambda x, t: method.denoiser(params, cycled(x.shape[0]), scale)(x, t)
     else:
@@ -195,7 +195,7 @@ def optimize_workdir_grid(workdir, sampler: str, nfe: int, num: int = 64, iters:
     if not names:
         raise ValueError(f"--nfe {nfe}: none of {', '.join(AUTO_CANDIDATES)} reaches it")
     plan = [(s, _check_grid_request(workdir, exp, s, nfe, num)) for s in names]
-    if exp.method.conditioning.context_dim:  # the refusals, before loading
+    if exp.method.takes_prompts:  # the refusals, before loading
         calibration_condition(exp.method, num, prompts, guidance, sampler)
     setup = _setup(workdir, exp, num, seed, prompts, guidance)
     where = lambda s: None if out is None else (

@@ -191,7 +191,7 @@ def test_cli_text_to_image_and_its_bad_inputs(tmp_path):
     sd, dit = FIXTURES / "sd15_tiny", FIXTURES / "dit_tiny"
     out = tmp_path / "x.npz"
     r = run_cli("sample", "--pretrained", sd, "--prompt", "a photo of a cat", "--prompt",
-                "word " * 90, "--sampler", "unipc", "--steps", "4", "--out", out)
+                "word " * 90, "--sampler", "unipc", "--nfe", "5", "--out", out)
     assert r.returncode == 0, r.stderr
     assert "note: prompt 1 has" in r.stderr
     images = np.load(out)["images"]
@@ -204,6 +204,9 @@ def test_cli_text_to_image_and_its_bad_inputs(tmp_path):
         (["--pretrained", sd], "pass --prompt"),
         (["--pretrained", sd, "--negative-prompt", "x"], "pass --prompt too"),
         (["--pretrained", sd, "--prompts", tmp_path / "none.txt"], "no such file"),
+        (["--pretrained", sd, "--prompt", "a", "--sampler", "heun", "--nfe", "4"],
+         "--nfe 4 is not reachable with heun"),
+        (["--pretrained", sd, "--prompt", "a", "--nfe", "4"], "--nfe needs --sampler"),
     ]
     for args, msg in bad:
         r = run_cli("sample", *args, "--out", tmp_path / "y.png")

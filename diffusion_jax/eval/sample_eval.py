@@ -87,6 +87,25 @@ def training_fd(exp: Experiment, workdir: str | Path):
     return hook
 
 
+def _settings(method, samplers, nfes, grids, guidance, prompts, num: int) -> list:
+    """The method's eval rows; a text-to-image model's each on the prompts (cycled over
+    ``num``), at the pipeline's guidance unless one is given."""
+    text = method.takes_prompts
+    if text != bool(prompts):
+        raise ValueError("a text-to-image model is evaluated on prompts you give: pass --prompts "
+                         "FILE (one per line, cycled over --num)" if text else
+                         "--prompts is for text-to-image models; this one has no text encoder")
+    settings = method.eval_requests(samplers, nfes, grids, None if text else guidance)
+    if not text:
+        return settings
+    g = guidance if guidance is not None else method.guidance
+    cycled = tuple(np.resize(np.array(prompts, dtype=object), num))
+    print("note: no CLIP score: a diffusers text-to-image folder carries CLIP's text tower only "
+          "(the image tower it needs is not in it); FD/FID is reported")
+    return [({**row, "guidance": g}, dataclasses.replace(req, prompts=cycled, guidance=g))
+            for row, req in settings]
+
+
 def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int, batch: int = 500,
              out: str | None = None, inception: str | None = None,
              guidance: float | None = None, grids=("default",),
@@ -108,19 +127,7 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
     method = exp.method
     if not method.generates:
         raise ValueError(f"{workdir} holds a {exp.method_name!r} run, which makes no samples")
-    text = bool(method.conditioning.context_dim)
-    if text != bool(prompts):
-        raise ValueError("a text-to-image model is evaluated on prompts you give: pass --prompts "
-                         "FILE (one per line, cycled over --num)" if text else
-                         "--prompts is for text-to-image models; this one has no text encoder")
-    settings = method.eval_requests(samplers, nfes, grids, None if text else guidance)
-    if text:  # every row on the prompts, at the pipeline's guidance unless one is given
-        g = guidance if guidance is not None else method.guidance
-        cycled = tuple(np.resize(np.array(prompts, dtype=object), num))
-        settings = [({**row, "guidance": g}, dataclasses.replace(req, prompts=cycled, guidance=g))
-                    for row, req in settings]
-        print("note: no CLIP score: a diffusers text-to-image folder carries CLIP's text tower "
-              "only (the image tower it needs is not in it); FD/FID is reported")
+    settings = _settings(method, samplers, nfes, grids, guidance, prompts, num)
     check_fits(min(num, batch), method.sample_shape, f"--num {num}", copies=2)  # one chunk: streamed
     k = method.num_classes
     if k and not classifier_dir:

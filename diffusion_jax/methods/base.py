@@ -177,6 +177,11 @@ class MethodBase:
         return 0
 
     @property
+    def takes_prompts(self) -> bool:
+        """Whether the model is text-to-image (``--prompt``; a tokenizer and text encoder)."""
+        return False
+
+    @property
     def sample_shape(self) -> tuple[int, ...]:
         """One output's shape (a latent model's is its decoder's, not its state's)."""
         return tuple(self.shape)

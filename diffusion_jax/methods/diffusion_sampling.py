@@ -213,7 +213,7 @@ def plan(method, req: SampleRequest, env: SamplingEnv) -> Sampling:
                          "model (it samples latents)")
     if req.prompts is not None and req.guidance is None and method.guidance:
         req = dataclasses.replace(req, guidance=method.guidance)  # the pipeline's default
-    text = bool(method.conditioning.context_dim)
+    text = method.takes_prompts
     if text and req.prompts is None:
         raise ValueError("this is a text-to-image model: pass --prompt TEXT (or --prompts FILE, "
                          "one prompt per line)")

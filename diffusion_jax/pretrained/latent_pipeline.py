@@ -140,6 +140,10 @@ class PretrainedLatent(LatentDiffusion):
     name: str = "pretrained"
 
     @property
+    def takes_prompts(self) -> bool:
+        return self.text is not None
+
+    @property
     def sample_options(self) -> frozenset:
         base = {"sampler", "steps", "grid", "guidance", "init_image", "mask", "resample",
                 "strength", "invert"}
