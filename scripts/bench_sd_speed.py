@@ -24,15 +24,6 @@ import numpy as np
 import torch
 
 
-def timed(fn, rounds: int) -> list[float]:
-    out = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -41,6 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    from diffusion_jax.bench.network_speed import timed
     from diffusion_jax.models.autoencoders import AutoencoderKL as OurVAE
     from diffusion_jax.pretrained import components
     torch.manual_seed(0)

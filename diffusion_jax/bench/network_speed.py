@@ -22,7 +22,8 @@ from diffusion_jax.utils.atomic import write_json, write_text
 from diffusion_jax.workdir import load
 
 
-def _timed(fn, rounds: int) -> list[float]:
+def timed(fn, rounds: int) -> list[float]:
+    """Wall seconds of ``rounds`` calls of ``fn`` (which must block until done)."""
     out = []
     for _ in range(rounds):
         t0 = time.perf_counter()
@@ -65,10 +66,10 @@ def network_speed(workdir, out: Path, batch: int = 8, rounds: int = 5, sampler: 
     ours(), whole()  # compile
     t_ours, t_peer = [], []
     for _ in range(rounds):  # alternated: the machine's load hits both alike
-        t_ours += _timed(ours, 1)
+        t_ours += timed(ours, 1)
         if other is not None:
-            t_peer += _timed(other, 1)
-    t_whole = float(np.median(_timed(whole, max(2, rounds // 2))))
+            t_peer += timed(other, 1)
+    t_whole = float(np.median(timed(whole, max(2, rounds // 2))))
     one = float(np.median(t_ours))
     row = {"workdir": str(workdir), "checkpoint_step": step, "batch": batch,
            "backend": jax.default_backend(), "one_call_s": one, "img_per_s": batch / one,
