@@ -335,3 +335,10 @@ def test_blocked_attention_equals_softmax_attention_and_its_gradient():
     g = jax.grad(loss(lambda q, k, v: blocked_attention(q, k, v, 8, 16)), argnums=(0, 1, 2))(q, k, v)
     for a, b in zip(g, g_ref):
         assert float(jnp.max(jnp.abs(a - b))) < 1e-4 * float(jnp.max(jnp.abs(b))) + 1e-6
+
+
+def test_fine_tuning_a_latent_pipeline_is_refused_by_name(tmp_path):
+    r = run_cli("train", "--config", "fashion_mnist_ddpm", "--workdir", tmp_path / "w",
+                f"--config.init_from={FIXTURES / 'sd15_tiny'}")
+    assert r.returncode == 2 and "is a latent pipeline" in r.stderr and "not built yet" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -336,6 +336,10 @@ def _init_from(ctx: BuildContext, path: str, extra: dict):
     if not isinstance(src, Diffusion):
         raise ConfigError(f"init_from={path!r} holds a {run.experiment.method_name!r} model; "
                           "fine-tuning starts from a pixel-space diffusion model")
+    if src.sample_shape != tuple(src.shape):
+        raise ConfigError(f"init_from={path!r} is a latent pipeline (its U-Net samples "
+                          f"{tuple(src.shape)} latents): fine-tuning latent pipelines is not "
+                          "built yet; pixel-space folders and workdirs fine-tune")
     if tuple(src.shape) != tuple(ctx.data.shape):
         raise ConfigError(f"init_from={path!r} makes {tuple(src.shape)} images but the data is "
                           f"{tuple(ctx.data.shape)}: use data of the model's size and channels")
