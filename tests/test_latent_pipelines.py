@@ -229,6 +229,7 @@ def test_broken_folders_are_named_before_compiling(tmp_path):
         dj.load_pretrained(sd)
 
 
+@pytest.mark.slow
 def test_inversion_in_latent_space_regenerates_better_with_more_steps(loaded):
     """The image's latents inverted with the prompt and regenerated with it: the error falls
     as the steps grow (Heun, second order; the fixture's random network makes the error large
