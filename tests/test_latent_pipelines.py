@@ -53,9 +53,7 @@ def loaded():
 
 
 def component(name: str, kind: str):
-    m = components.component(FIXTURES / name / kind, kind)
-    return m, components.load_params(m, FIXTURES / name / kind, kind,
-                                     *components.example_inputs(m))
+    return component_at(FIXTURES / name, kind)
 
 
 @pytest.mark.parametrize("name", SD)
@@ -343,3 +341,44 @@ def test_fine_tuning_a_latent_pipeline_is_refused_by_name(tmp_path):
                 f"--config.init_from={FIXTURES / 'sd15_tiny'}")
     assert r.returncode == 2 and "is a latent pipeline" in r.stderr and "not built yet" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_live_reference_text_encoder_and_unet(tmp_path):
+    """Where torch, diffusers and transformers are installed: fresh random components (every
+    parameter perturbed) saved by the references themselves and read by our loader. Skipped
+    without them (the suite needs only the committed fixtures above)."""
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(5)
+    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, bos_token_id=98, eos_token_id=99,
+        pad_token_id=99)).eval()
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, block_out_channels=(16, 32), layers_per_block=1, cross_attention_dim=16,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=(2, 4),
+        norm_num_groups=4, use_linear_projection=True).eval()
+    with torch.no_grad():
+        for m in (text, unet):
+            for p in m.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    text.save_pretrained(tmp_path / "text_encoder", safe_serialization=True)
+    unet.save_pretrained(tmp_path / "unet", safe_serialization=True)
+    ids = np.random.default_rng(0).integers(0, 100, (2, 77)).astype(np.int32)
+    x = np.random.default_rng(1).standard_normal((2, 8, 8, 4)).astype(np.float32)
+    with torch.no_grad():
+        hidden = text(torch.from_numpy(ids).long())[0]
+        out = unet(torch.from_numpy(x).permute(0, 3, 1, 2), torch.tensor([900, 10]), hidden)
+    ours_text, tp = component_at(tmp_path, "text_encoder")
+    ctx = ours_text.apply({"params": tp}, ids)
+    assert rel_err(ctx, hidden.numpy()) < 1e-4
+    ours, up = component_at(tmp_path, "unet")
+    assert rel_err(ours.apply({"params": up}, x, np.array([900, 10]), hidden.numpy()),
+                   out.sample.permute(0, 2, 3, 1).numpy()) < 1e-4
+
+
+def component_at(folder: Path, kind: str):
+    m = components.component(folder / kind, kind)
+    return m, components.load_params(m, folder / kind, kind, *components.example_inputs(m))

@@ -43,8 +43,7 @@ from diffusion_jax.parallel import DEFAULT_RULES, make_mesh
 from diffusion_jax.parameterization import X0Prediction
 from diffusion_jax.pretrained import diffusers_folder, edm_export, latent_pipeline
 from diffusion_jax.pretrained.convert import PretrainedError, load_tree, rename_deprecated
-from diffusion_jax.pretrained.latent_pipeline import (PretrainedLatent, _jitted, load_frozen,
-                                                      tokenizer)
+from diffusion_jax.pretrained.latent_pipeline import PretrainedLatent, load_frozen, tokenizer
 from diffusion_jax.pretrained.precond import PretrainedDenoiser
 from diffusion_jax.processes import Process
 from diffusion_jax.utils import safetensors_io
@@ -110,23 +109,15 @@ class Pretrained:
         if m.text is None:
             raise ValueError(f"{self.path} has no text encoder (it is "
                              f"{'class-conditional' if self.num_classes else 'unconditional'})")
-        ids = tokenizer(m.tokenizer)(list(prompts), quiet=quiet)
-        return _jitted(m)[1](m.ae_params(), {"ids": ids})["context"]
+        return m.condition({"ids": tokenizer(m.tokenizer)(list(prompts), quiet=quiet)})["context"]
 
     def decode(self, latents) -> jax.Array:
         """The sampler's (scaled) latents -> images NHWC in [-1, 1]."""
-        m = self._latent_only("decode")
-        return _jitted(m)[0](m.ae_params(), jnp.asarray(latents))
+        return self._latent_only("decode").decode_samples(jnp.asarray(latents))
 
-    def encode(self, images) -> jax.Array:
+    def encode(self, images):
         """Images NHWC in [-1, 1] -> the sampler's latents (posterior mean, scaled)."""
-        m = self._latent_only("encode")
-        return _encoder(m)(m.ae_params(), jnp.asarray(images))
-
-
-@functools.lru_cache(maxsize=8)
-def _encoder(method):
-    return jax.jit(method.encode)
+        return self._latent_only("encode").encode_images(jnp.asarray(images))
 
 
 def is_pretrained(path) -> bool:

@@ -161,7 +161,7 @@ class PretrainedLatent(LatentDiffusion):
 
     def encode(self, frozen, images):
         """Images NHWC in [-1, 1] -> the sampler's latents (the posterior mean, scaled)."""
-        ae = frozen["autoencoder"] if "autoencoder" in frozen else frozen
+        ae = frozen["autoencoder"]
         if isinstance(self.autoencoder, VQModel):
             z = self.autoencoder.apply({"params": ae}, images, method=VQModel.encode)
         else:
@@ -170,7 +170,7 @@ class PretrainedLatent(LatentDiffusion):
 
     def decode(self, frozen, latents):
         """The sampler's latents -> images NHWC in [-1, 1] (not clipped)."""
-        ae = frozen["autoencoder"] if "autoencoder" in frozen else frozen
+        ae = frozen["autoencoder"]
         z = latents / self.scale + self.shift
         cls = VQModel if isinstance(self.autoencoder, VQModel) else AutoencoderKL
         return self.autoencoder.apply({"params": ae}, z, method=cls.decode)
@@ -200,21 +200,19 @@ class PretrainedLatent(LatentDiffusion):
                   grid: str | None = None, guidance_scale: float | None = None,
                   classifier: tuple | None = None) -> Callable:
         inner = Diffusion.sample_fn(self, sampler, num_steps, grid, guidance_scale, classifier)
-        decode, context = _jitted(self)
-        frozen = self.ae_params()
 
         def fn(params, x_T, key, cond=None, known=None, mask=None):
             if known is not None:
                 raise ValueError("inpainting edits pixels; this model samples latents")
-            cond = context(frozen, cond) if cond and "ids" in cond else cond
-            return decode(frozen, inner(params, x_T, key, cond))
+            return self.decode_samples(inner(params, x_T, key, self.condition(cond)))
 
         return fn
 
     def condition(self, cond: dict | None) -> dict | None:
+        """Token ids -> the text encoder's contexts (jitted, once per chunk, before the scan)."""
         if not cond or "ids" not in cond:
             return cond
-        return _jitted(self)[1](self.ae_params(), cond)
+        return _text_context(self)(self.ae_params(), cond)
 
     def text_context(self, frozen, cond: dict) -> dict:
         """``ids``/``null_ids`` -> ``context``/``null_context`` (the rest of ``cond`` kept)."""
@@ -226,5 +224,5 @@ class PretrainedLatent(LatentDiffusion):
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted(method: PretrainedLatent):
-    return jax.jit(method.decode), jax.jit(method.text_context)
+def _text_context(method: PretrainedLatent):
+    return jax.jit(method.text_context)
