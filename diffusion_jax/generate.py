@@ -99,7 +99,7 @@ def sampling_env(exp: Experiment, workdir) -> SamplingEnv:
     """What a method's ``sampling`` may ask of the workdir: test images, a classifier workdir,
     the workdir's learned grids."""
     def test_images(n: int) -> np.ndarray:
-        test = get_source(exp.data.dataset, "test", exp.data.data_dir or None)
+        test = get_source(exp.data.dataset, "test", exp.data.data_dir or None, exp.data.image_size)
         return first_images(test, n, exp.shape)
 
     learned = lambda sampler, steps, process: load_learned(workdir, sampler, steps, process)

@@ -79,6 +79,7 @@ class SampleSpec:
     num: int = 64
     grid: str = "default"  # the sampler's own (samplers.DEFAULT_GRIDS)
     guidance: float | None = None   # classifier-free guidance scale (class-conditional models)
+    prompts: tuple = ()             # text-to-image fine-tuning: the training previews' prompts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +148,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                                "a tuple of resolutions >= 1 (empty: no attention)"),
     "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "model.cond_drop": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "sample.prompts": (lambda v: all(isinstance(p, str) for p in v), "a tuple of strings"),
     "model.mlp_ratio": (lambda v: v > 0, "> 0"),
     "model.time_scale": (lambda v: v > 0, "> 0"),
     "model.dtype": (lambda v: v in ("float32", "bfloat16", "float16"),

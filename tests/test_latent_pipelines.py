@@ -336,11 +336,139 @@ def test_blocked_attention_equals_softmax_attention_and_its_gradient():
         assert float(jnp.max(jnp.abs(a - b))) < 1e-4 * float(jnp.max(jnp.abs(b))) + 1e-6
 
 
-def test_fine_tuning_a_latent_pipeline_is_refused_by_name(tmp_path):
-    r = run_cli("train", "--config", "fashion_mnist_ddpm", "--workdir", tmp_path / "w",
-                f"--config.init_from={FIXTURES / 'sd15_tiny'}")
-    assert r.returncode == 2 and "is a latent pipeline" in r.stderr and "not built yet" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+def _pairs(tmp_path, n=8):
+    rng = np.random.default_rng(0)
+    captions = np.array(["a red dress", "a blue shoe", "a green bag", "a photo of a cat",
+                         "a dog", "two birds", "the sea", "a hat"][:n])
+    path = tmp_path / "pairs.npz"
+    np.savez(path, images=rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8), captions=captions)
+    return path
+
+
+def _finetune_config(data: str, steps: int):
+    from diffusion_jax.config import apply_override, load_config
+
+    cfg = load_config("sd15_finetune")
+    for o in (f"init_from={FIXTURES / 'sd15_tiny'}", f"data.dataset={data}",
+              "data.image_size=16", f"train.steps={steps}", "train.batch_size=8",
+              "train.ckpt_every=2", "train.log_every=1", "sample.num_steps=3", "sample.num=2",
+              "optimizer.lr=1e-3", "optimizer.warmup_steps=0"):
+        apply_override(cfg, o)
+    return cfg
+
+
+@pytest.mark.slow
+def test_sd_fine_tuning_resumes_exactly_and_keeps_the_frozen_parts(tmp_path):
+    """experiments/sd15_finetune.py on the tiny SD folder: a run stopped at step 2 and resumed
+    equals the uninterrupted 4-step run bit for bit (U-Net, EMA, optimizer, data position); the
+    VAE and text encoder in the state are the folder's, untouched; the U-Net moved."""
+    from diffusion_jax.config import apply_override
+    from diffusion_jax.experiment import from_config
+    from diffusion_jax.pretrained.latent_pipeline import load_frozen, read
+    from diffusion_jax.train.loop import train
+
+    data = f"npz:{_pairs(tmp_path)}"
+    full = train(from_config(_finetune_config(data, 4)), str(tmp_path / "full"))
+    cfg = _finetune_config(data, 2)
+    train(from_config(cfg), str(tmp_path / "split"))
+    apply_override(cfg, "train.steps=4")
+    split = train(from_config(cfg), str(tmp_path / "split"))
+    assert full["step"] == split["step"] == 4 and Path(full["samples"]).is_file()
+    a, b = _state(tmp_path / "full"), _state(tmp_path / "split")
+    assert a["data"] == b["data"]
+    la, lb = jax.tree_util.tree_leaves(a["state"]), jax.tree_util.tree_leaves(b["state"])
+    assert len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
+    pre = dj.load_pretrained(FIXTURES / "sd15_tiny")
+    frozen = load_frozen(read(FIXTURES / "sd15_tiny", json.loads(
+        (FIXTURES / "sd15_tiny" / "model_index.json").read_text()))[1])
+    for x, y in zip(jax.tree_util.tree_leaves(a["state"]["autoencoder"]),
+                    jax.tree_util.tree_leaves(frozen)):
+        np.testing.assert_array_equal(x, y)
+    moved = [float(np.max(np.abs(x - np.asarray(y)))) for x, y in zip(
+        jax.tree_util.tree_leaves(a["state"]["params"]), jax.tree_util.tree_leaves(pre.params))]
+    assert max(moved) > 1e-4
+
+
+def _state(workdir):
+    import orbax.checkpoint as ocp
+
+    from diffusion_jax.checkpoint import Checkpointer
+
+    ck = Checkpointer(workdir)
+    return ck.manager.restore(ck.latest_step(), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
+
+
+def test_sd_fine_tuning_step_reads_the_captions_and_fits_a_pair(tmp_path):
+    """The jitted step on real computation: the loss depends on the caption (the frozen text
+    encoder's context reaches the U-Net), caption dropout with probability ~1 makes every
+    caption the empty prompt's, and 30 steps on one image/caption pair lower that pair's
+    loss at a fixed key."""
+    import dataclasses
+
+    from diffusion_jax.experiment import from_config
+
+    method = from_config(_finetune_config(f"npz:{_pairs(tmp_path)}", 4)).method
+    assert method.example_fields == ("caption",) and method.takes_prompts
+    rng = np.random.default_rng(1)
+    image = rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    batch = lambda caps: {k: jnp.asarray(v) for k, v in method.host_batch(
+        {"image": image, "label": np.zeros(8, np.int32), "caption": np.array(caps)}).items()}
+    b1, b2 = batch(["a red dress"] * 8), batch(["two birds on a wire"] * 8)
+    assert set(b1) == {"image", "label", "ids", "null_ids"}
+    state = jax.jit(method.init)(jax.random.key(0))
+    step = jax.jit(method.train_step)
+    key = jax.random.key(3)
+    l1, l2 = float(step(state, b1, key)[1]["loss"]), float(step(state, b2, key)[1]["loss"])
+    assert abs(l1 - l2) > 1e-4 * abs(l1)
+    dropped = jax.jit(dataclasses.replace(method, caption_drop=0.999999).train_step)
+    d1, d2 = float(dropped(state, b1, key)[1]["loss"]), float(dropped(state, b2, key)[1]["loss"])
+    assert d1 == d2 != l1
+    before = l1
+    for i in range(30):
+        state, _ = step(state, b1, jax.random.key(100 + i))
+    state = dataclasses.replace(state, step=jnp.zeros_like(state.step))
+    assert float(step(state, b1, key)[1]["loss"]) < 0.9 * before
+
+
+def test_fine_tuning_bad_inputs_are_one_line(tmp_path):
+    """A dataset without captions, previews prompts on a model without a text encoder, and a
+    caption folder whose metadata names a missing file: one line each, before compiling."""
+    no_caps = tmp_path / "nocaps.npz"
+    np.savez(no_caps, images=np.zeros((8, 16, 16, 3), np.uint8))
+    common = ["train", "--config", "sd15_finetune", f"--config.init_from={FIXTURES / 'sd15_tiny'}",
+              "--config.data.image_size=16", "--config.train.steps=1"]
+    r = run_cli(*common, f"--config.data.dataset=npz:{no_caps}", "--workdir", tmp_path / "a")
+    assert r.returncode != 0 and "has no 'caption' field" in r.stderr, r.stderr
+    assert len([l for l in r.stderr.splitlines() if l and not l.startswith("note:")]) == 1
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    (folder / "metadata.jsonl").write_text('{"file_name": "gone.png", "text": "a cat"}\n')
+    r = run_cli(*common, f"--config.data.dataset=captions:{folder}", "--workdir", tmp_path / "b")
+    assert r.returncode != 0 and "gone.png does not exist" in r.stderr, r.stderr
+    from diffusion_jax.config import load_config
+    from diffusion_jax.experiment import ConfigError, from_config
+
+    cfg = load_config("fashion_mnist_ddpm")
+    cfg.sample.prompts = ("a cat",)
+    with pytest.raises(ConfigError, match="sample.prompts is for fine-tuning"):
+        from_config(cfg)
+
+
+def test_caption_folder_resizes_and_crops(tmp_path):
+    from PIL import Image
+
+    from diffusion_jax.data.sources import get_source
+
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[:, 10:50] = 255  # the centre 40x40 is white after the crop
+    Image.fromarray(img).save(tmp_path / "a.png")
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "white"}\n\n')
+    src = get_source(f"captions:{tmp_path}", "train", None, 20)
+    assert len(src) == 1
+    ex = src[0]
+    assert ex["caption"] == "white" and ex["image"].shape == (20, 20, 3)
+    assert ex["image"].dtype == np.uint8 and ex["image"].min() > 200
 
 
 def test_live_reference_text_encoder_and_unet(tmp_path):

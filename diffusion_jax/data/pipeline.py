@@ -11,7 +11,7 @@ import numpy as np
 def image_pipeline(source, global_batch: int, seed: int, random_flip: bool = False,
                    process_index: int | None = None, process_count: int | None = None):
     """An iterable grain dataset of per-process batches ``{"image": f32 [b,H,W,C] in [-1,1],
-    "label": i32 [b]}`` with ``b = global_batch / process_count``; its iterator's state
+    "label": i32 [b]}`` (and ``"caption"``: ``b`` strings, where the source has captions) with ``b = global_batch / process_count``; its iterator's state
     (``get_state``/``set_state``) is what the checkpoint stores."""
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
@@ -19,14 +19,15 @@ def image_pipeline(source, global_batch: int, seed: int, random_flip: bool = Fal
         raise ValueError(f"global batch {global_batch} is not divisible by {pc} processes")
 
     def to_float(ex, rng: np.random.Generator):
+        extra = {"caption": str(ex["caption"])} if "caption" in ex else {}
         if ex["image"].dtype != np.uint8:  # already in data space (synthetic mixtures)
-            return {"image": ex["image"], "label": np.int32(ex["label"])}
+            return {"image": ex["image"], "label": np.int32(ex["label"]), **extra}
         img = ex["image"].astype(np.float32) / 127.5 - 1.0
         if img.ndim == 2:
             img = img[..., None]
         if random_flip and rng.random() < 0.5:
             img = img[:, ::-1]
-        return {"image": img, "label": np.int32(ex["label"])}
+        return {"image": img, "label": np.int32(ex["label"]), **extra}
 
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
     ds = ds[pi::pc].random_map(to_float, seed=seed + 1).batch(global_batch // pc, drop_remainder=True)

@@ -4,7 +4,11 @@
 * ``fashion_mnist``: the IDX files TFDS downloads, read with numpy from ``data_dir`` (default:
   ``$FASHION_MNIST_DIR`` or the Debian package's ``/usr/share/datasets/fashion-mnist``);
 * ``tfds:NAME``: any TFDS dataset prepared as ArrayRecord, through ``tfds.data_source``;
-* ``npz:PATH``: an ``.npz`` with ``images`` uint8 [N, H, W, C] (and optional ``labels``);
+* ``npz:PATH``: an ``.npz`` with ``images`` uint8 [N, H, W, C] (and optional ``labels``, and
+  ``captions``: N strings, for text-to-image fine-tuning);
+* ``captions:FOLDER``: image/caption pairs as Hugging Face's ``imagefolder`` lays them out: a
+  ``metadata.jsonl`` of ``{"file_name": "a.png", "text": "a photo of ..."}`` lines beside the
+  images, each resized (shorter side) and centre-cropped to the experiment's size when read;
 * ``gmm:ring`` / ``gmm:gmm64``: draws from an exact-score Gaussian mixture
   (``diffusion_jax.gmm``), float vectors already in data space.
 """
@@ -27,17 +31,72 @@ _FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
 
 
 class ArraySource:
-    """A random-access source over in-memory arrays (grain's ``RandomAccessDataSource``)."""
+    """A random-access source over in-memory arrays (grain's ``RandomAccessDataSource``);
+    examples carry ``caption`` where ``captions`` are given."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None):
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None,
+                 captions: np.ndarray | None = None):
         self.images = images
         self.labels = np.zeros(len(images), np.int32) if labels is None else labels.astype(np.int32)
+        self.captions = captions
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i):
-        return {"image": self.images[i], "label": self.labels[i]}
+        ex = {"image": self.images[i], "label": self.labels[i]}
+        if self.captions is not None:
+            ex["caption"] = str(self.captions[i])
+        return ex
+
+
+class CaptionFolder:
+    """Image/caption pairs of a folder with ``metadata.jsonl`` (``file_name``, ``text``), read
+    lazily; ``size`` > 0 resizes the shorter side to ``size`` and centre-crops (RGB)."""
+
+    def __init__(self, folder: str, size: int = 0):
+        import json
+
+        root = Path(folder)
+        meta = root / "metadata.jsonl"
+        if not meta.is_file():
+            raise ValueError(f"captions:{folder} has no metadata.jsonl: write one line "
+                             '{"file_name": "a.png", "text": "its caption"} per image')
+        self.root, self.size, self.files, self.texts = root, size, [], []
+        for n, line in enumerate(meta.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                name, text = row["file_name"], row["text"]
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f"{meta}:{n} is not a JSON object with 'file_name' and 'text'"
+                                 ) from None
+            if not isinstance(text, str) or not (root / name).is_file():
+                raise ValueError(f"{meta}:{n}: " + (f"{root / name} does not exist"
+                                                     if isinstance(text, str) else
+                                                     "'text' must be a string"))
+            self.files.append(name)
+            self.texts.append(text)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        with Image.open(self.root / self.files[i]) as im:
+            im = im.convert("RGB")
+            if self.size:
+                w, h = im.size
+                s = self.size / min(w, h)
+                im = im.resize((max(self.size, round(w * s)), max(self.size, round(h * s))),
+                               Image.Resampling.BICUBIC)
+                w, h = im.size
+                left, top = (w - self.size) // 2, (h - self.size) // 2
+                im = im.crop((left, top, left + self.size, top + self.size))
+            return {"image": np.asarray(im, np.uint8), "label": np.int32(0),
+                    "caption": self.texts[i]}
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -91,6 +150,7 @@ def npz_source(path: str) -> ArraySource:
             raise ValueError(f"{path} has no 'images' array (found: {list(f.keys())})")
         images = f["images"]
         labels = f["labels"] if "labels" in f else None
+        captions = f["captions"] if "captions" in f else None
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"{path}: 'images' must be uint8 [N, H, W, C], got {images.dtype} "
                          f"{images.shape}")
@@ -98,7 +158,11 @@ def npz_source(path: str) -> ArraySource:
                                or not np.issubdtype(labels.dtype, np.integer)):
         raise ValueError(f"{path}: 'labels' must be {len(images)} integers (one per image), got "
                          f"{labels.dtype} {labels.shape}")
-    return ArraySource(images, labels)
+    if captions is not None and (captions.shape != (len(images),)
+                                 or captions.dtype.kind != "U"):
+        raise ValueError(f"{path}: 'captions' must be {len(images)} strings (one per image), "
+                         f"got {captions.dtype} {captions.shape}")
+    return ArraySource(images, labels, captions)
 
 
 def tfds_source(name: str, split: str, data_dir: str | None = None):
@@ -170,8 +234,10 @@ def check_source(source, dataset: str, shape: tuple[int, ...], num_classes: int 
                          f"declares {tuple(shape)}: {fix}")
 
 
-def get_source(dataset: str, split: str = "train", data_dir: str | None = None):
-    """Resolve a dataset name of the forms listed in the module docstring."""
+def get_source(dataset: str, split: str = "train", data_dir: str | None = None,
+               image_size: int = 0):
+    """Resolve a dataset name of the forms listed in the module docstring (``image_size``: what
+    a caption folder's images are resized and cropped to)."""
     if dataset.startswith("gmm:"):
         return gmm_source(dataset[4:], split)
     if dataset == "fashion_mnist":
@@ -180,5 +246,7 @@ def get_source(dataset: str, split: str = "train", data_dir: str | None = None):
         return tfds_source(dataset[5:], split, data_dir)
     if dataset.startswith("npz:"):
         return npz_source(dataset[4:])
+    if dataset.startswith("captions:"):
+        return CaptionFolder(dataset[9:], image_size)
     raise ValueError(f"unknown dataset {dataset!r}; valid: 'fashion_mnist', 'tfds:NAME', "
-                     "'npz:PATH', 'gmm'")
+                     "'npz:PATH', 'captions:FOLDER', 'gmm'")

@@ -35,7 +35,7 @@ def reference_features(extractor: Extractor, exp: Experiment, cache: Path | None
         with np.load(cache, allow_pickle=False) as f:
             if str(f["extractor"]) == extractor.name:
                 return f["features"]
-    test = get_source(exp.data.dataset, "test", exp.data.data_dir or None)
+    test = get_source(exp.data.dataset, "test", exp.data.data_dir or None, exp.data.image_size)
     feats = np.concatenate([extractor(x)[0] for x, _ in image_batches(test, 1000)])
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -147,6 +147,8 @@ class Method(Protocol):
 
     def sample_params(self, state) -> Any: ...
 
+    def host_batch(self, batch: dict) -> dict: ...
+
     def sample(self, params, key: jax.Array, n: int, **controls) -> jax.Array: ...
 
     def sampling(self, req: SampleRequest, env: SamplingEnv) -> Sampling: ...
@@ -171,6 +173,8 @@ class MethodBase:
     likelihood: str | None = None        # what bits_per_dim gives ("exact", "bound", "pf_ode")
     likelihood_options: frozenset = frozenset()  # the likelihood command's flags it reads
     no_likelihood: str = "this model has no likelihood"  # the refusal when likelihood is None
+    # fields a training example must carry beyond image/label (checked before compiling)
+    example_fields: tuple = ()
 
     @property
     def num_classes(self) -> int:
@@ -188,6 +192,12 @@ class MethodBase:
 
     def sample_params(self, state):
         return state.ema_params
+
+    def host_batch(self, batch: dict) -> dict:
+        """A per-host numpy training batch -> the arrays the jitted ``train_step`` takes, on
+        the host before the batch is laid out on devices (a text-to-image model tokenizes its
+        ``caption`` strings here). Default: string fields dropped."""
+        return {k: v for k, v in batch.items() if np.asarray(v).dtype.kind not in "UO"}
 
     def sample(self, params, key, n: int, **controls):
         raise ValueError(f"a {self.name} does not generate samples")

@@ -314,41 +314,73 @@ def build(ctx: BuildContext, data: DataSpec | None = None, cls=None, **extra) ->
         return latent.build(ctx)
     data = data or ctx.data
     init_from = ctx.config.get("init_from", "")
+    loss = ctx.typed(LossConfig, "loss")
+    t, s = ctx.train, ctx.sample
     if init_from and data is ctx.data:
-        model, process, par, cond, extra = _init_from(ctx, init_from, extra)
+        run = _init_run(ctx, init_from)
+        if run.experiment.method.sample_shape != tuple(run.experiment.method.shape):
+            return _latent_finetune(ctx, run, loss)
+        model, process, par, cond, extra = _init_from(ctx, run, extra)
+    elif s.prompts:
+        raise ConfigError("sample.prompts is for fine-tuning a text-to-image pipeline "
+                          "(init_from=a Stable Diffusion folder); this model takes no prompts")
     else:
         model, cond = denoiser_network(ctx.section("model"), data)
         process, par = process_and_parameterization(ctx)
-    loss = ctx.typed(LossConfig, "loss")
-    t, s = ctx.train, ctx.sample
     return (cls or Diffusion)(model, process, par, loss, ctx.tx, data.shape, cond, t.ema_decay,
                               t.ema_start, s.sampler, s.num_steps, s.grid, s.guidance, **extra)
 
 
-def _init_from(ctx: BuildContext, path: str, extra: dict):
-    """``init_from=DIR``: the network, process and parameterization of a pretrained folder (or a
-    trained workdir), its parameters as the starting point; the experiment's ``model``,
-    ``process`` and ``parameterization`` sections are replaced (said on stderr)."""
+def _init_run(ctx: BuildContext, path: str):
+    """``init_from=DIR``'s stored run, checked: a diffusion model that makes the data's images."""
     if not isinstance(path, str):
         raise ConfigError(f"init_from={path!r} is not a folder path")
     run = ctx.stored(path, "init_from")
     src = run.experiment.method
     if not isinstance(src, Diffusion):
         raise ConfigError(f"init_from={path!r} holds a {run.experiment.method_name!r} model; "
-                          "fine-tuning starts from a pixel-space diffusion model")
-    if src.sample_shape != tuple(src.shape):
-        raise ConfigError(f"init_from={path!r} is a latent pipeline (its U-Net samples "
-                          f"{tuple(src.shape)} latents): fine-tuning latent pipelines is not "
-                          "built yet; pixel-space folders and workdirs fine-tune")
-    if tuple(src.shape) != tuple(ctx.data.shape):
-        raise ConfigError(f"init_from={path!r} makes {tuple(src.shape)} images but the data is "
-                          f"{tuple(ctx.data.shape)}: use data of the model's size and channels")
+                          "fine-tuning starts from a diffusion model")
+    if tuple(src.sample_shape) != tuple(ctx.data.shape):
+        raise ConfigError(f"init_from={path!r} makes {tuple(src.sample_shape)} images but the "
+                          f"data is {tuple(ctx.data.shape)}: use data of the model's size and "
+                          "channels (data.image_size, data.channels)")
     if src.num_classes and ctx.data.num_classes != src.num_classes:
         raise ConfigError(f"init_from={path!r} has {src.num_classes} classes, the data "
                           f"{ctx.data.num_classes}")
     replaced = [n for n in ("model", "process", "parameterization") if n in ctx.config]
     if replaced:
         print(f"note: init_from={path}: its network, process and parameterization replace the "
-              f"experiment's {', '.join(replaced)} section(s)", file=sys.stderr)
+              f"experiment's {', '.join(replaced)} section(s)"
+              + (" (model.cond_drop is kept)" if "model" in replaced else ""), file=sys.stderr)
+    return run
+
+
+def _init_from(ctx: BuildContext, run, extra: dict):
+    """A pixel model's network, process and parameterization, its parameters as the start."""
+    src = run.experiment.method
     extra = {**extra, "params_loader": run.load_params, "null_class": src.null_class}
     return src.model, src.process, src.parameterization, src.conditioning, extra
+
+
+def _latent_finetune(ctx: BuildContext, run, loss: LossConfig) -> Diffusion:
+    """A latent model (a Stable Diffusion / DiT / LDM folder, or a workdir that fine-tuned one)
+    as the run's method: its denoiser trains from the folder's weights with the experiment's
+    optimizer, loss, EMA and sampling defaults; the autoencoder and text encoder stay frozen.
+    ``model.cond_drop`` drops captions to the empty prompt (labels to the null class)."""
+    src = run.experiment.method
+    drop = ctx.config.get("model", {}).get("cond_drop", 0.0)
+    if not isinstance(drop, (int, float)) or isinstance(drop, bool):
+        raise ConfigError(f"model.cond_drop={drop!r} must be a number in [0, 1)")
+    check_rule("model.cond_drop", drop)
+    text = bool(src.takes_prompts)
+    t, s = ctx.train, ctx.sample
+    if s.prompts and not text:
+        raise ConfigError(f"sample.prompts is for text-to-image models; init_from={run.path!r} "
+                          "takes no prompts")
+    return dataclasses.replace(
+        src, loss=loss, tx=ctx.tx, ema_decay=t.ema_decay, ema_start=t.ema_start,
+        sampler=s.sampler, num_steps=s.num_steps, grid=s.grid,
+        guidance=src.guidance if s.guidance is None else s.guidance,
+        params_loader=run.load_params, caption_drop=drop if text else 0.0,
+        preview_prompts=tuple(s.prompts),
+        conditioning=dataclasses.replace(src.conditioning, drop_prob=0.0 if text else drop))

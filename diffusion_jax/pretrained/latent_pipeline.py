@@ -137,11 +137,17 @@ class PretrainedLatent(LatentDiffusion):
     shift: float = 0.0
     text: nn.Module | None = None
     tokenizer: str | None = None
+    caption_drop: float = 0.0   # fine-tuning: captions dropped to the empty prompt (for CFG)
+    preview_prompts: tuple = ()  # fine-tuning: the training previews' prompts
     name: str = "pretrained"
 
     @property
     def takes_prompts(self) -> bool:
         return self.text is not None
+
+    @property
+    def example_fields(self) -> tuple:
+        return ("caption",) if self.text is not None else ()
 
     @property
     def sample_options(self) -> frozenset:
@@ -194,6 +200,44 @@ class PretrainedLatent(LatentDiffusion):
         ids = np.resize(tok(prompts), (n, tok.max_length))
         null = np.resize(tok([negative or ""]), (n, tok.max_length))
         return {"ids": ids, "null_ids": null}
+
+    # -- fine-tuning: captions -> ids on the host, ids -> context in the step -------------------
+    def host_batch(self, batch: dict) -> dict:
+        """``caption`` strings -> ``ids`` and the empty prompt's ``null_ids`` (``[b, L]``)."""
+        out = LatentDiffusion.host_batch(self, batch)
+        if self.text is not None:
+            tok = tokenizer(self.tokenizer)
+            captions = [str(c) for c in batch["caption"]]
+            out["ids"] = tok(captions, quiet=True)
+            out["null_ids"] = np.repeat(tok([""], quiet=True), len(captions), axis=0)
+        return out
+
+    def train_step(self, state, batch: dict, key: jax.Array):
+        """``LatentDiffusion``'s step (images encoded by the frozen autoencoder); a
+        text-to-image model's captions go through the frozen text encoder first, each replaced
+        by the empty prompt with probability ``caption_drop``."""
+        if self.text is not None:
+            k = jax.random.fold_in(jax.random.fold_in(key, state.step), 0x7E47)
+            ids = batch["ids"]
+            drop = jax.random.bernoulli(k, self.caption_drop, (ids.shape[0],))
+            ids = jnp.where(drop[:, None], batch["null_ids"], ids)
+            ctx = jax.lax.stop_gradient(self.encode_text(state.autoencoder, ids))
+            batch = {k: v for k, v in batch.items() if k not in ("ids", "null_ids")}
+            batch["context"] = ctx
+        return LatentDiffusion.train_step(self, state, batch, key)
+
+    def preview(self, params, key, n: int, test_images):
+        """Text-to-image: one sample per preview prompt (``sample.prompts``, cycled to ``n``;
+        none: the empty prompt, unguided); labels and unconditional as ``Diffusion``."""
+        if self.text is None:
+            return Diffusion.preview(self, params, key, n, test_images)
+        prompts = self.preview_prompts or ("",)
+        cond = self.prompt_ids(prompts if len(prompts) in (1, n) else
+                               [prompts[i % len(prompts)] for i in range(n)], None, n)
+        guidance = self.guidance if self.preview_prompts else None
+        fn = self.sample_fn(guidance_scale=guidance)
+        x_T = self.process.prior_sample(key, (n,) + self.shape)
+        return np.asarray(fn(params, x_T, key, cond)), None
 
     # -- sampling: ids -> context once per chunk, latents -> pixels ------------------------------
     def sample_fn(self, sampler: str | None = None, num_steps: int | None = None,

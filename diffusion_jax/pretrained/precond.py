@@ -107,7 +107,9 @@ class PretrainedDenoiser(nn.Module):
     precond: object
     config: NetInfo = NetInfo()
 
-    def __call__(self, x, t, y=None, train: bool = False, context=None):
+    def __call__(self, x, t, y=None, train: bool = False, context=None, low_res=None):
+        # ``low_res``: the signature of the library's own networks (never set: no folder
+        # format here carries a super-resolution model)
         c = x.shape[-1]
         cond = y if context is None else context
         return self.precond(

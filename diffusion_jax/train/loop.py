@@ -45,8 +45,13 @@ def train(exp: Experiment, workdir: str, periodic: Periodic | None = None,
     differently shaped state wrote; ``restart=True`` moves the old content aside first."""
     workdir = Path(workdir)
     d = exp.data
-    source = get_source(d.dataset, "train", d.data_dir or None)
+    source = get_source(d.dataset, "train", d.data_dir or None, d.image_size)
     check_source(source, d.dataset, d.shape, d.num_classes)
+    missing = [f for f in exp.method.example_fields if f not in source[0]]
+    if missing:
+        raise ValueError(f"dataset {d.dataset!r} has no {missing[0]!r} field, which this model "
+                         "trains on: use 'captions:FOLDER' (images + metadata.jsonl) or an npz "
+                         "with a 'captions' array")
     mesh = make_mesh(exp.mesh.axes)
     batch_size_per_shard(mesh, exp.train.batch_size)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +114,7 @@ def _train(exp: Experiment, workdir: Path, source, mesh, periodic) -> dict:
     data_state = data_iter.get_state()
     try:
         for step in range(step0, tc.steps):
-            batch = global_batch(next(data_iter), bsh)
+            batch = global_batch(method.host_batch(next(data_iter)), bsh)
             after = data_iter.get_state()
             # one statement: CPython runs signal handlers at calls and jumps, not between the
             # stores of an unpacking, so the state and its position change together
@@ -211,7 +216,8 @@ def _finish(exp: Experiment, state, workdir: Path, status: str, log: MetricLogge
     params = method.sample_params(state)
     out = {"status": status, "step": int(state.step), "workdir": str(workdir)}
     if status in ("done", "time_limit"):
-        out.update(method.evaluate(params, lambda: get_source(d.dataset, "test", d.data_dir or None)))
+        out.update(method.evaluate(params, lambda: get_source(d.dataset, "test",
+                                                              d.data_dir or None, d.image_size)))
         if method.generates:
             out["samples"] = str(write_preview(exp, params, workdir, "samples.png", key, log,
                                                int(state.step)))
@@ -232,8 +238,8 @@ def write_preview(exp: Experiment, params, workdir, name: str, key, log: MetricL
                   step: int = 0) -> Path:
     """The method's preview grid (``sample.num`` samples) as a PNG, and as a TensorBoard image."""
     d = exp.data
-    test_images = lambda n: first_images(get_source(d.dataset, "test", d.data_dir or None), n,
-                                         d.shape)
+    test_images = lambda n: first_images(
+        get_source(d.dataset, "test", d.data_dir or None, d.image_size), n, d.shape)
     images, nrow = exp.method.preview(params, key, exp.sample.num, test_images)
     path = Path(workdir) / name
     if jax.process_index() == 0:
