@@ -24,7 +24,7 @@ from ml_collections import ConfigDict
 
 from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.methods import (autoregressive, classifier, consistency, diffusion, flow, gan,
-                                   vae)
+                                   meanflow, vae)
 from diffusion_jax.methods.base import Method
 from diffusion_jax.parallel import DEFAULT_RULES, make_mesh
 from diffusion_jax.pretrained import is_pretrained, load_pretrained, read_method
@@ -47,6 +47,7 @@ METHODS: dict[str, Any] = {
     "flow": flow,
     "consistency": consistency,
     "autoregressive": autoregressive,
+    "meanflow": meanflow,
 }
 
 

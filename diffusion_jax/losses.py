@@ -13,7 +13,9 @@ the parameterization's regression target. Weightings, in ``x0``-space terms:
 
 t-samplers: ``uniform`` in ``[t_min, t_max]``, ``antithetic`` (stratified: one uniform offset per
 batch, Kingma et al. 2021 "low-discrepancy"), ``lognormal`` (EDM's ``ln sigma ~ N(P_mean, P_std)``
-of ``s = sigma/alpha``, mapped to ``t`` by the process's inverse logsnr).
+of ``s = sigma/alpha``, mapped to ``t`` by the process's inverse logsnr), ``logit_normal``
+(SD3's: ``logit(u) ~ N(p_mean, p_std)``, ``t = t_min + u (t_max - t_min)``; with
+``p_mean=0, p_std=1`` on the ``flow`` process, Esser et al. 2024's choice).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ Array = jax.Array
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
     weighting: Literal["simple", "edm", "eps", "likelihood"] = "simple"
-    t_sampler: Literal["uniform", "antithetic", "lognormal"] = "uniform"
+    t_sampler: Literal["uniform", "antithetic", "lognormal", "logit_normal"] = "uniform"
     p_mean: float = -1.2
     p_std: float = 1.2
     sigma_data: float = 0.5  # EDM weighting for non-EDM parameterizations
@@ -42,9 +44,9 @@ class LossConfig:
         if self.weighting not in ("simple", "edm", "eps", "likelihood"):
             raise ValueError(f"unknown weighting {self.weighting!r}; valid: simple, edm, eps, "
                              "likelihood")
-        if self.t_sampler not in ("uniform", "antithetic", "lognormal"):
+        if self.t_sampler not in ("uniform", "antithetic", "lognormal", "logit_normal"):
             raise ValueError(f"unknown t_sampler {self.t_sampler!r}; valid: uniform, antithetic, "
-                             "lognormal")
+                             "lognormal, logit_normal")
 
 
 def sample_t(key: Array, n: int, process: Process, kind: str, p_mean=-1.2, p_std=1.2) -> Array:
@@ -53,6 +55,8 @@ def sample_t(key: Array, n: int, process: Process, kind: str, p_mean=-1.2, p_std
         u = jax.random.uniform(key, (n,))
     elif kind == "antithetic":
         u = (jax.random.uniform(key, ()) + jnp.arange(n) / n) % 1.0
+    elif kind == "logit_normal":  # SD3 (Esser et al. 2024): logit(u) ~ N(p_mean, p_std)
+        u = jax.nn.sigmoid(p_mean + p_std * jax.random.normal(key, (n,)))
     else:
         log_s = p_mean + p_std * jax.random.normal(key, (n,))
         t = process.t_of_logsnr(-2.0 * log_s)

@@ -153,6 +153,23 @@ class EDMPrecond(Parameterization):
         return self.scalings(alpha, sigma).c_out ** 2
 
 
+@dataclasses.dataclass(frozen=True)
+class VelocityPrediction(Parameterization):
+    """Flow matching / rectified flow (Lipman et al. 2022; Liu et al. 2022): on the linear
+    interpolant ``x_t = (1 - t) x0 + t eps`` the network predicts the velocity
+    ``dx_t/dt = eps - x0``; ``x0 = x_t - t v``. Needs ``alpha + sigma = 1`` (the ``flow``
+    process)."""
+
+    def to_x0(self, out, x_t, alpha, sigma, t=None):
+        return x_t - sigma * out
+
+    def target(self, x0, eps, alpha, sigma, t=None):
+        return eps - x0
+
+    def loss_scale(self, alpha, sigma):
+        return sigma**2
+
+
 class EDMScalings(NamedTuple):
     """EDM's coefficients by name (``s = sigma / alpha``, the VE-equivalent noise level)."""
     s: jax.Array
@@ -168,6 +185,7 @@ PARAMETERIZATIONS = {
     "v": VPrediction,
     "score": ScorePrediction,
     "edm": EDMPrecond,
+    "velocity": VelocityPrediction,
 }
 
 

@@ -14,9 +14,27 @@ from diffusion_jax import parameterization as Z
                          ids=lambda p: type(p).__name__)
 @pytest.mark.parametrize("t_sampler", ["uniform", "antithetic", "lognormal"])
 def test_loss_at_the_exact_denoiser_is_the_posterior_variance(par, t_sampler):
+    _check_posterior_variance(par, dj.processes.VP.cosine(), t_sampler)
+
+
+@pytest.mark.parametrize("t_sampler", ["uniform", "logit_normal"])
+def test_flow_matching_loss_at_the_exact_velocity_is_the_posterior_variance(t_sampler):
+    """Velocity prediction on the flow process (the rectified-flow / SD3 objective), with SD3's
+    logit-normal times."""
+    _check_posterior_variance(Z.VelocityPrediction(), dj.processes.Flow(), t_sampler, 0.0, 1.0)
+
+
+def test_logit_normal_times_have_the_stated_law():
+    proc = dj.processes.Flow()
+    t = losses.sample_t(jax.random.key(0), 50_000, proc, "logit_normal", 0.5, 0.8)
+    u = (t - proc.t_min) / (proc.t_max - proc.t_min)
+    z = np.log(u / (1 - u))
+    assert abs(z.mean() - 0.5) < 0.02 and abs(z.std() - 0.8) < 0.02
+
+
+def _check_posterior_variance(par, proc, t_sampler, p_mean=-1.2, p_std=1.2):
     v = 0.7**2
     g = dj.gmm.gaussian(4, mean=0.3, std=0.7)
-    proc = dj.processes.VP.cosine()
     den = g.denoiser(proc)
     from diffusion_jax.processes import _bcast
 
@@ -34,10 +52,10 @@ def test_loss_at_the_exact_denoiser_is_the_posterior_variance(par, t_sampler):
     key = jax.random.key(1)
     # Recompute x_t exactly as denoising_loss does, so the oracle sees the same noisy input.
     k_t, k_eps, _ = jax.random.split(key, 3)
-    t = losses.sample_t(k_t, n, proc, t_sampler)
+    t = losses.sample_t(k_t, n, proc, t_sampler, p_mean, p_std)
     eps = jax.random.normal(k_eps, x0.shape)
     state["t"], state["x_t"] = t, proc.marginal(x0, t, eps)
-    cfg = losses.LossConfig(weighting="simple", t_sampler=t_sampler)
+    cfg = losses.LossConfig(weighting="simple", t_sampler=t_sampler, p_mean=p_mean, p_std=p_std)
     loss, aux = losses.denoising_loss(apply_fn, None, x0, key, proc, par, cfg)
     a, s = proc.alpha(t), proc.sigma(t)
     post_var = v * s**2 / (a**2 * v + s**2)  # Var[x0 | x_t] per dimension

@@ -10,6 +10,8 @@ from diffusion_jax import processes as P
 @pytest.mark.parametrize("name", sorted(Z.PARAMETERIZATIONS))
 @pytest.mark.parametrize("proc", [P.VP.linear(), P.VE(), P.EDM(), P.Flow()], ids=str)
 def test_target_round_trips_to_x0(name, proc):
+    if name == "velocity" and not isinstance(proc, P.Flow):
+        pytest.skip("velocity prediction is defined on the linear interpolant (flow) only")
     par = Z.make_parameterization(name)
     k1, k2 = jax.random.split(jax.random.key(0))
     x0 = jax.random.normal(k1, (6, 5))

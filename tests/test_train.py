@@ -184,8 +184,11 @@ def test_every_experiment_builds_and_its_step_lowers(path):
              "classifier": ["model.channels=8"], "gan": ["model.ch=8", "model.d_ch=8"],
              "vae": ["model.ch=8"], "flow": ["model.steps=1", "model.hidden=8"],
              "autoregressive": ["model.channels=8", "model.blocks=1"]}
+    if cfg.get("init_from"):  # a pretrained folder's network: the tiny SD fixture stands in
+        apply_override(cfg, f"init_from='{Path(__file__).parent / 'fixtures/latent/sd15_tiny'}'")
+        apply_override(cfg, "data.image_size=16")
     kind = cfg.method if cfg.method in smoke else cfg.get("model", {}).get("name", "unet")
-    for o in smoke.get(kind, []):  # smoke size: the build, the layout and one step are checked
+    for o in smoke.get(kind, []) if not cfg.get("init_from") else []:  # smoke size: the build, the layout and one step are checked
         apply_override(cfg, o)
     exp = from_config(cfg)
     method = exp.method
@@ -193,7 +196,9 @@ def test_every_experiment_builds_and_its_step_lowers(path):
     # Lowered on the 8-device mesh, not compiled: the build, the shardings and the step's program
     # are checked in seconds; the steps themselves run for real in the loop, CLI and family tests
     init = jax.jit(method.init, out_shardings=sh).lower(jax.random.key(0))
-    batch = {"image": jnp.zeros((2,) + exp.shape), "label": jnp.zeros((2,), jnp.int32)}
+    batch = {"image": np.zeros((2,) + exp.shape, np.float32), "label": np.zeros((2,), np.int32)}
+    if method.example_fields:
+        batch = method.host_batch({**batch, "caption": np.array(["a cat", "a dog"])})
     new_state, m = jax.jit(method.train_step).lower(abstract, batch, jax.random.key(0)).out_info
     assert m["loss"].shape == ()
     structure = jax.tree_util.tree_structure

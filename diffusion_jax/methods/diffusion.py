@@ -302,7 +302,13 @@ def process_and_parameterization(ctx: BuildContext) -> tuple[Process, Parameteri
     """The ``process`` and ``parameterization`` sections, built."""
     pkw, pz = ctx.section("process"), ctx.section("parameterization")
     process = processes.make_process(pkw.pop("name"), **pkw)
-    return process, parameterizations.make_parameterization(pz.pop("name"), **pz)
+    par = parameterizations.make_parameterization(pz.pop("name"), **pz)
+    if isinstance(par, parameterizations.VelocityPrediction) and not isinstance(
+            process, processes.Flow):
+        raise ConfigError(f"parameterization.name='velocity' predicts eps - x0, the velocity of "
+                          f"the linear interpolant: it needs process.name='flow', not "
+                          f"{process.name!r} (use 'v' there)")
+    return process, par
 
 
 def build(ctx: BuildContext, data: DataSpec | None = None, cls=None, **extra) -> Diffusion:

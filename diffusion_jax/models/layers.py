@@ -117,6 +117,13 @@ def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
+def time_columns(t) -> list:
+    """A network's time input as a list of ``[B]`` arrays: ``t [B]`` (or a scalar) is one time;
+    ``t [B, k]`` is ``k`` times each embedded by its own MLP and summed (MeanFlow's ``(t, t-r)``)."""
+    t = jnp.asarray(t)
+    return [t] if t.ndim <= 1 else [t[:, j] for j in range(t.shape[1])]
+
+
 def group_norm(channels: int, dtype):
     return nn.GroupNorm(num_groups=min(32, channels // 4) or 1, dtype=dtype)
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax.models.layers import (AttnBlock, CrossAttnBlock, ResBlock, conv, dense, group_norm,
-                                        remat_policy, timestep_embedding)
+                                        remat_policy, time_columns, timestep_embedding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +64,12 @@ class UNet(nn.Module):
             x = jnp.concatenate([x, up], axis=-1)
         attend = lambda h: h if context is None else CrossAttnBlock(cfg.num_heads, **kw)(h, context)
         emb_dim = 4 * cfg.channels
-        emb = timestep_embedding(cfg.time_scale * t, cfg.channels)
-        emb = dense(emb_dim, **kw)(emb)
-        emb = dense(emb_dim, **kw)(nn.silu(emb))
+        emb = 0.0
+        for j, tj in enumerate(time_columns(t)):  # MeanFlow's (t, t - r): one MLP per column
+            name = (None, None) if j == 0 else (f"time{j}_in", f"time{j}_out")
+            e = dense(emb_dim, name=name[0], **kw)(timestep_embedding(cfg.time_scale * tj,
+                                                                      cfg.channels))
+            emb = emb + dense(emb_dim, name=name[1], **kw)(nn.silu(e))
         if cfg.num_classes:
             y = jnp.full(x.shape[:1], cfg.num_classes) if y is None else y
             emb = emb + nn.Embed(cfg.num_classes + 1, emb_dim, param_dtype=self.param_dtype)(y)
