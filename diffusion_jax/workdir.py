@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 
@@ -54,12 +55,12 @@ def load(workdir: str | Path, ema: bool = True) -> tuple[Experiment, object, int
     nothing in the workdir is moved (another process may be writing it)."""
     if is_pretrained(workdir):  # step 0: the folder's weights, laid out on the default mesh
         return pretrained_experiment(workdir), load_pretrained(workdir).params, 0
-    field = "ema_params" if ema else "params"
-
     def restore(ckpt, step, exp):
         mesh = make_mesh(exp.mesh.axes)
         abstract, _ = exp.method.abstract_state(mesh, exp.mesh.rules)
-        return ckpt.restore_subtree(step, {field: getattr(abstract, field)})[field]
+        fields = exp.method.sample_fields if ema else ("params",)
+        out = ckpt.restore_subtree(step, {f: getattr(abstract, f) for f in fields})
+        return exp.method.sample_params(SimpleNamespace(**out)) if ema else out["params"]
 
     exp, params, step = _newest_readable(workdir, restore)
     return exp, params, step

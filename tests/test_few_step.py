@@ -5,6 +5,8 @@ velocity objective."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,7 @@ import optax
 import pytest
 
 import diffusion_jax as dj
+from diffusion_jax.experiment import from_config
 from diffusion_jax.methods.meanflow import MeanFlow, check_times
 from diffusion_jax.models import MLP
 from diffusion_jax.processes import Flow
@@ -106,3 +109,134 @@ def test_meanflow_bad_times_are_one_line():
         with pytest.raises(ValueError, match=msg):
             check_times(times)
     assert check_times([1, 0.5, 0]) == (1.0, 0.5, 0.0)
+
+
+# -- progressive distillation ------------------------------------------------------------------
+
+from diffusion_jax.losses import LossConfig  # noqa: E402
+from diffusion_jax.methods.diffusion import Diffusion  # noqa: E402
+from diffusion_jax.methods.progressive import (ProgressiveDistillation, ddim, time_of,  # noqa: E402
+                                               u_grid)
+from diffusion_jax.parameterization import VPrediction  # noqa: E402
+from diffusion_jax.processes import VP  # noqa: E402
+
+PD_START, PD_ROUNDS, PD_ROUND_STEPS = 16, 4, 300
+
+
+@pytest.fixture(scope="module")
+def distilled():
+    """A v-prediction MLP teacher on the mixture (1500 steps), distilled 16 -> 8 -> 4 -> 2 -> 1."""
+    proc = VP.cosine()
+    teacher = Diffusion(MLP(hidden=256, depth=4), proc, VPrediction(),
+                        LossConfig(t_sampler="antithetic"),
+                        optax.adam(optax.cosine_decay_schedule(1e-3, STEPS)), (2,),
+                        ema_decay=0.995)
+    tp = jax.device_get(_fit(teacher, STEPS, BATCH).ema_params)
+    pd = ProgressiveDistillation(teacher.model, proc, VPrediction(), optax.adam(1e-4), (2,),
+                                 lambda: tp, PD_START, PD_ROUNDS, PD_ROUND_STEPS, ema_decay=0.99)
+    state = _fit(pd, PD_ROUNDS * PD_ROUND_STEPS, BATCH)
+    return pd, pd.sample_params(state), tp
+
+
+def test_pd_students_land_on_the_teachers_ddim_endpoint(distilled):
+    """The 1-step student (after 4 rounds) and the 2-step one (the last round's teacher) against
+    the teacher's 16-step DDIM endpoint from the same noise. Derived thresholds: each student is
+    nearer that endpoint than the teacher itself at twice the student's NFE, and the 1-step
+    student nearer than the teacher at 4."""
+    pd, params, tp = distilled
+    proc = pd.process
+    x_T = proc.prior_sample(jax.random.key(5), (N_EVAL, 2))
+    teacher = lambda n: ddim(pd.denoiser(tp), proc, x_T, n)
+    ref = teacher(PD_START)
+    one, two = (pd.sample(params, jax.random.key(5), N_EVAL, n) for n in (1, 2))
+    np.testing.assert_array_equal(x_T, proc.prior_sample(jax.random.key(5), (N_EVAL, 2)))
+    print(f"RMSE to the teacher's 16-step endpoint: student 1 step {rmse(one, ref):.3f}, 2 steps "
+          f"{rmse(two, ref):.3f}; teacher 2 {rmse(teacher(2), ref):.3f}, 4 "
+          f"{rmse(teacher(4), ref):.3f}")
+    assert rmse(one, ref) < rmse(teacher(2), ref)
+    assert rmse(one, ref) < rmse(teacher(4), ref)
+    assert rmse(two, ref) < rmse(teacher(4), ref)
+    logp = lambda x: float(jnp.mean(MIXTURE.logp(proc, x, proc.t_min)))
+    assert logp(two) > logp(one)
+
+
+def test_pd_ddim_is_the_librarys_ddim_with_a_final_denoise():
+    """``progressive.ddim`` over ``u_grid(n)`` is the library's DDIM on those times (n - 1 steps)
+    plus the final denoising call: the same ``n`` evaluations, the same numbers."""
+    proc = VP.cosine()
+    den = MIXTURE.denoiser(proc)
+    x = proc.prior_sample(jax.random.key(0), (64, 2))
+    for n in (2, 4, 8):
+        ts = np.array([float(time_of(proc, u)) for u in u_grid(n)])
+        lib = dj.sample(den, proc, x, sampler="ddim", ts=ts, final="denoise")
+        np.testing.assert_allclose(ddim(den, proc, x, n), lib, rtol=1e-5, atol=1e-5)
+
+
+def _pd_config(teacher: str, steps: int = 4):
+    from conftest import _config
+
+    from ml_collections import ConfigDict
+
+    cfg = _config("fashion_mnist_pd.py", [])
+    cfg.data = ConfigDict(dict(dataset="gmm:ring", data_dir="", dim=2, image_size=0, channels=0,
+                               random_flip=False, num_classes=8))
+    return _config_overrides(cfg, [
+        f"progressive.teacher='{teacher}'", "progressive.start_steps=4",
+        "progressive.rounds=2", "progressive.round_steps=2", f"train.steps={steps}",
+        "train.batch_size=8", "train.log_every=1", "train.ckpt_every=1", "sample.num=16"])
+
+
+def _config_overrides(cfg, overrides):
+    from diffusion_jax.config import apply_override
+
+    for o in overrides:
+        apply_override(cfg, o)
+    return cfg
+
+
+def test_pd_run_stopped_mid_round_resumes_bit_identically(configs, tmp_path):
+    """Through the loop: a 2-round schedule (2 steps each) stopped at step 3, inside round 2 and
+    after the teacher swap, then resumed, equals the uninterrupted run leaf for leaf (student,
+    EMA, optimizer, teacher); ``sample --steps`` past the trained count gets a note."""
+    from diffusion_jax.config import apply_override
+    from diffusion_jax.train.loop import train
+    from test_train import _params
+
+    teacher = tmp_path / "teacher"
+    train(from_config(configs.toy(steps=2)), str(teacher))
+    full = train(from_config(_pd_config(str(teacher))), str(tmp_path / "full"))
+    exp = from_config(_pd_config(str(teacher)))
+    exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, steps=3))
+    train(exp, str(tmp_path / "split"))
+    split = train(from_config(_pd_config(str(teacher))), str(tmp_path / "split"))
+    assert full["step"] == split["step"] == 4
+    (_, a, da), (_, b, db) = _params(tmp_path / "full"), _params(tmp_path / "split")
+    assert da == db
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
+    # after round 2's first step the teacher is the round-1 student, not the original teacher
+    from diffusion_jax.workdir import load
+    _, params, _ = load(tmp_path / "full")
+    t0 = jax.tree_util.tree_leaves(load(teacher)[1])
+    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(
+        params["previous"]), t0))
+
+
+def test_pd_bad_schedules_are_one_line(configs, tmp_path):
+    from diffusion_jax.config import apply_override
+    from diffusion_jax.experiment import ConfigError
+
+    teacher = tmp_path / "teacher"
+    from diffusion_jax.train.loop import train
+    train(from_config(configs.toy(steps=1)), str(teacher))
+    cfg = _pd_config(str(teacher))
+    apply_override(cfg, "progressive.start_steps=6")
+    with pytest.raises(ConfigError, match=r"rounds=2 halvings do not divide .*start_steps=6"):
+        from_config(cfg)
+    cfg = _pd_config(str(teacher), steps=5)
+    with pytest.raises(ConfigError, match=r"train.steps=5 but the schedule is 2 rounds of 2"):
+        from_config(cfg)
+    cfg = _pd_config(str(teacher))
+    apply_override(cfg, "data.dim=3")
+    with pytest.raises(ConfigError, match="was trained on data of shape"):
+        from_config(cfg)

@@ -171,10 +171,10 @@ SLOW_EXPERIMENTS = ("celeba64_ddpm.py", "cifar10_ddpmpp.py")
                                                          if not p.name.startswith("_"))])
 def test_every_experiment_builds_and_its_step_lowers(path):
     cfg = load_config(str(EXPERIMENTS / path))
-    needs = cfg.get("consistency", {}).get("teacher") or cfg.get("latent", {}).get("autoencoder")
-    if needs:  # built on another workdir (tests/test_consistency.py, test_families.py train one)
-        apply_override(cfg, f"{'latent.autoencoder' if 'latent' in cfg else 'consistency.teacher'}"
-                            "='/nonexistent/run'")
+    needs = [f"{k}.{f}" for k, f in (("consistency", "teacher"), ("progressive", "teacher"),
+                                       ("latent", "autoencoder")) if cfg.get(k, {}).get(f)]
+    if needs:  # built on another workdir (test_consistency, test_families, test_few_step)
+        apply_override(cfg, f"{needs[0]}='/nonexistent/run'")
         with pytest.raises(ConfigError, match="'/nonexistent/run' holds no checkpoint"):
             from_config(cfg)
         return

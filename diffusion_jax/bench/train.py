@@ -150,8 +150,7 @@ def _compiled_step(exp: Experiment, mesh):
     if mem is not None:  # bytes XLA allocates per device: arguments + outputs + temporaries
         per_device_mb = (mem.argument_size_in_bytes + mem.output_size_in_bytes
                          - mem.alias_size_in_bytes + mem.temp_size_in_bytes) / 2**20
-    n_params = sum(x.size for x in jax.tree_util.tree_leaves(
-        jax.eval_shape(method.sample_params, abstract)))
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract.params))
     out = {"params_M": n_params / 1e6, "batch": exp.train.batch_size, "compile_s": compile_s,
            "model_gflop_per_step": model_flops(exp) / 1e9, "xla_gflop_per_step": xla_flops / 1e9,
            "devices": jax.device_count(), "mesh": dict(mesh.shape),

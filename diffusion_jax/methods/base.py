@@ -9,7 +9,7 @@ and never probe:
     init(key) -> state                    jitted by the loop with out_shardings (created sharded)
     train_step(state, batch, key) -> (state, metrics)   pure; jitted with donation by the loop;
                                           may update several networks with several optimizers
-    sample_params(state) -> params        what sampling uses (default: the EMA)
+    sample_params(state) -> params        what sampling uses (default: the EMA; sample_fields)
     sample(params, key, n, **controls) -> images   n samples with the method's default controls
     sampling(request, env) -> Sampling    a ``SampleRequest`` checked and turned into the chunk
                                           function ``generate`` and ``eval`` run
@@ -175,6 +175,8 @@ class MethodBase:
     no_likelihood: str = "this model has no likelihood"  # the refusal when likelihood is None
     # fields a training example must carry beyond image/label (checked before compiling)
     example_fields: tuple = ()
+    # the train-state fields ``sample_params`` reads: what ``workdir.load`` restores
+    sample_fields: tuple = ("ema_params",)
 
     @property
     def num_classes(self) -> int:

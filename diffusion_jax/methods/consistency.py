@@ -26,13 +26,12 @@ from jax.sharding import Mesh
 from diffusion_jax import consistency_math as C
 from diffusion_jax.methods import diffusion
 from diffusion_jax.methods.base import MethodBase, SampleRequest
-from diffusion_jax.methods.latent import LatentDiffusion
 from diffusion_jax.methods.state import (apply_gradients, opt_shardings, param_shardings, replicated,
                                          with_shardings)
 from diffusion_jax.parameterization import Parameterization, make_denoiser
 from diffusion_jax.processes import Process
 from diffusion_jax.samplers import make_grid, resolve_sampler
-from diffusion_jax.settings import BuildContext, ConfigError, StoredRun
+from diffusion_jax.settings import BuildContext, ConfigError
 
 CONSISTENCY_MODES = ("cd", "ct")
 SECTIONS = ("consistency", "process", "parameterization")
@@ -187,28 +186,6 @@ class ConsistencySpec:
     sample_steps: int = 1        # evaluations of `sample` (CLI: sample --steps)
 
 
-def _teacher(ctx: BuildContext, path: str) -> StoredRun:
-    """The teacher workdir, checked against the student's data."""
-    teacher = ctx.stored(path, "consistency.teacher")
-    exp = teacher.experiment
-    if exp.method_name != "diffusion" or isinstance(exp.method, LatentDiffusion):
-        raise ConfigError(f"consistency.teacher={path!r} holds a {exp.method_name!r} run; "
-                          "the teacher must be a (pixel-space) diffusion model")
-    if exp.data.shape != ctx.data.shape:
-        raise ConfigError(f"consistency.teacher={path!r} was trained on data of shape "
-                          f"{exp.data.shape}; this experiment's data has shape {ctx.data.shape}")
-    if exp.method.conditioning.active:
-        raise ConfigError(f"consistency.teacher={path!r} is conditional; distillation of "
-                          "conditional teachers is not supported yet")
-    for section in ("process", "parameterization"):
-        mine = ctx.section(section, False)
-        if mine is not None and mine != exp.config[section]:
-            raise ConfigError(f"{section}={mine} differs from the teacher's "
-                              f"{exp.config[section]} ({path}): the student uses the teacher's; "
-                              f"remove the {section!r} section")
-    return teacher
-
-
 def _settings(ctx: BuildContext) -> tuple[ConsistencySpec, str]:
     c = ctx.typed(ConsistencySpec, "consistency", required=True)
     if c.mode not in CONSISTENCY_MODES:
@@ -230,7 +207,7 @@ def build(ctx: BuildContext) -> ConsistencyMethod:
         if not c.teacher:
             raise ConfigError("consistency.mode='cd' needs consistency.teacher=WORKDIR (a "
                               "trained diffusion model), or use consistency.mode='ct'")
-        teacher = _teacher(ctx, c.teacher)
+        teacher = diffusion.teacher_run(ctx, c.teacher, "consistency.teacher")
         t = teacher.experiment.method
         model, process, par, loader = t.model, t.process, t.parameterization, teacher.load_params
         try:

@@ -337,6 +337,30 @@ def build(ctx: BuildContext, data: DataSpec | None = None, cls=None, **extra) ->
                               t.ema_start, s.sampler, s.num_steps, s.grid, s.guidance, **extra)
 
 
+def teacher_run(ctx: BuildContext, path: str, field: str):
+    """A distillation teacher (``field=WORKDIR``): an unconditional pixel-space diffusion run on
+    this experiment's data; a ``process``/``parameterization`` section that differs from the
+    teacher's is refused (the student uses the teacher's)."""
+    teacher = ctx.stored(path, field)
+    exp = teacher.experiment
+    if exp.method_name != "diffusion" or exp.method.sample_shape != tuple(exp.method.shape):
+        raise ConfigError(f"{field}={path!r} holds a {exp.method_name!r} run; the teacher must "
+                          "be a (pixel-space) diffusion model")
+    if exp.data.shape != ctx.data.shape:
+        raise ConfigError(f"{field}={path!r} was trained on data of shape {exp.data.shape}; this "
+                          f"experiment's data has shape {ctx.data.shape}")
+    if exp.method.conditioning.active:
+        raise ConfigError(f"{field}={path!r} is conditional; distillation of conditional "
+                          "teachers is not supported yet")
+    for section in ("process", "parameterization"):
+        mine = ctx.section(section, False)
+        if mine is not None and mine != exp.config[section]:
+            raise ConfigError(f"{section}={mine} differs from the teacher's "
+                              f"{exp.config[section]} ({path}): the student uses the teacher's; "
+                              f"remove the {section!r} section")
+    return teacher
+
+
 def _init_run(ctx: BuildContext, path: str):
     """``init_from=DIR``'s stored run, checked: a diffusion model that makes the data's images."""
     if not isinstance(path, str):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -35,7 +35,7 @@ from diffusion_jax.methods.latent import LatentDiffusion
 from diffusion_jax.models.autoencoders import AutoencoderKL, VQModel
 from diffusion_jax.pretrained import components
 from diffusion_jax.pretrained.convert import PretrainedError
-from diffusion_jax.pretrained.diffusers_folder import read_json, scheduler
+from diffusion_jax.pretrained.diffusers_folder import scheduler
 from diffusion_jax.pretrained.precond import NetInfo
 from diffusion_jax.pretrained.tokenizer import FILES as TOKENIZER_FILES
 from diffusion_jax.pretrained.tokenizer import CLIPTokenizer
@@ -190,7 +190,7 @@ class PretrainedLatent(LatentDiffusion):
         if self.text is None:
             raise ValueError("--prompt needs a text-to-image pipeline (a folder with a text "
                              "encoder); this one is "
-                             + (f"class-conditional: use --labels" if self.conditioning.num_classes
+                             + ("class-conditional: use --labels" if self.conditioning.num_classes
                                 else "unconditional"))
         prompts = list(prompts)
         if len(prompts) not in (1, n):

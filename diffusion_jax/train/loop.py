@@ -101,7 +101,7 @@ def _train(exp: Experiment, workdir: Path, source, mesh, periodic) -> dict:
                       out_shardings=(shardings, None), donate_argnums=(0,))
     stop = _Signals()
     log = MetricLogger(workdir, read_history(workdir, step0))
-    n_params = sum(x.size for x in jax.tree_util.tree_leaves(method.sample_params(abstract)))
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract.params))
     print(f"{exp.method_name}: {n_params / 1e6:.2f}M parameters; mesh {dict(mesh.shape)}; "
           f"{tc.steps} steps of batch {tc.batch_size}")
     _write_status(workdir, "running", step0)
