@@ -194,11 +194,11 @@ def _config_overrides(cfg, overrides):
     return cfg
 
 
-def test_pd_run_stopped_mid_round_resumes_bit_identically(configs, tmp_path):
+def test_pd_run_stopped_mid_round_resumes_bit_identically(configs, tmp_path, capsys):
     """Through the loop: a 2-round schedule (2 steps each) stopped at step 3, inside round 2 and
     after the teacher swap, then resumed, equals the uninterrupted run leaf for leaf (student,
     EMA, optimizer, teacher); ``sample --steps`` past the trained count gets a note."""
-    from diffusion_jax.config import apply_override
+    from diffusion_jax.methods.base import SampleRequest
     from diffusion_jax.train.loop import train
     from test_train import _params
 
@@ -220,6 +220,10 @@ def test_pd_run_stopped_mid_round_resumes_bit_identically(configs, tmp_path):
     t0 = jax.tree_util.tree_leaves(load(teacher)[1])
     assert any(not np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(
         params["previous"]), t0))
+    method = from_config(_pd_config(str(teacher))).method
+    capsys.readouterr()
+    assert method.sample_controls(SampleRequest(steps=4)) == {"steps": 4}
+    assert "distilled for 1 steps (its teacher took 4)" in capsys.readouterr().err
 
 
 def test_pd_bad_schedules_are_one_line(configs, tmp_path):
