@@ -24,7 +24,7 @@ from ml_collections import ConfigDict
 
 from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.methods import (autoregressive, classifier, consistency, diffusion, flow, gan,
-                                   meanflow, progressive, vae)
+                                   meanflow, progressive, reflow, vae)
 from diffusion_jax.methods.base import Method
 from diffusion_jax.parallel import DEFAULT_RULES, make_mesh
 from diffusion_jax.pretrained import is_pretrained, load_pretrained, read_method
@@ -49,6 +49,7 @@ METHODS: dict[str, Any] = {
     "autoregressive": autoregressive,
     "meanflow": meanflow,
     "progressive": progressive,
+    "reflow": reflow,
 }
 
 

@@ -83,16 +83,18 @@ def weight(cfg: LossConfig, process: Process, parameterization: Parameterization
 
 def denoising_loss(apply_fn: Callable, params, x0: Array, key: Array, process: Process,
                    parameterization: Parameterization, cfg: LossConfig, cond=None,
-                   train: bool = True) -> tuple[Array, dict]:
+                   train: bool = True, eps: Array | None = None) -> tuple[Array, dict]:
     """Mean weighted denoising loss over the batch ``x0 [B, ...]``.
 
     ``apply_fn(params, net_x, net_t, cond, train, rngs) -> out`` (``cond``: the conditioning
-    kwargs, see ``diffusion_jax.conditioning``). Returns ``(loss, aux)`` with the
+    kwargs, see ``diffusion_jax.conditioning``); ``eps``: the noise paired with each ``x0``
+    (reflow's couplings; default: drawn independently). Returns ``(loss, aux)`` with the
     per-example losses and times in ``aux`` (for diagnostics).
     """
     k_t, k_eps, k_drop = jax.random.split(key, 3)
     t = sample_t(k_t, x0.shape[0], process, cfg.t_sampler, cfg.p_mean, cfg.p_std)
-    eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+    if eps is None:
+        eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     a, s = _bcast(process.alpha(t), x0), _bcast(process.sigma(t), x0)
     x_t = process.marginal(x0, t, eps)
     net_x, net_t = parameterization.inputs(x_t, t, a, s)

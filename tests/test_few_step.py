@@ -115,8 +115,8 @@ def test_meanflow_bad_times_are_one_line():
 
 from diffusion_jax.losses import LossConfig  # noqa: E402
 from diffusion_jax.methods.diffusion import Diffusion  # noqa: E402
-from diffusion_jax.methods.progressive import (ProgressiveDistillation, ddim, time_of,  # noqa: E402
-                                               u_grid)
+from diffusion_jax.methods.progressive import ProgressiveDistillation  # noqa: E402
+from diffusion_jax.samplers.few_step import ddim, time_of, u_grid  # noqa: E402
 from diffusion_jax.parameterization import VPrediction  # noqa: E402
 from diffusion_jax.processes import VP  # noqa: E402
 
@@ -244,3 +244,61 @@ def test_pd_bad_schedules_are_one_line(configs, tmp_path):
     apply_override(cfg, "data.dim=3")
     with pytest.raises(ConfigError, match="was trained on data of shape"):
         from_config(cfg)
+
+
+# -- rectified flow and reflow -----------------------------------------------------------------
+
+from diffusion_jax.methods.reflow import Reflow  # noqa: E402
+from diffusion_jax.parameterization import VelocityPrediction  # noqa: E402
+
+REFLOW_STEPS = 500
+
+
+def _path_stats(denoise, proc, x_T, n: int = 32):
+    """Euler along the learned ODE in ``n`` steps: ``(endpoint, mean squared curvature)``, the
+    curvature being ``|v(x_t, t) - chord|^2`` averaged over the path (Liu et al.'s straightness;
+    0 for straight paths), ``chord`` the straight line from ``x_T`` to the endpoint."""
+    ts = np.linspace(proc.t_max, proc.t_min, n + 1)
+    x, vs = x_T, []
+    for t, s in zip(ts, ts[1:]):
+        v = (x - denoise(x, jnp.full(x.shape[:1], t))) / t
+        vs.append(v)
+        x = x - (t - s) * v
+    chord = (x_T - x) / (ts[0] - ts[-1])
+    return x, float(jnp.mean(jnp.stack([jnp.sum((v - chord) ** 2, -1) for v in vs])))
+
+
+@pytest.fixture(scope="module")
+def reflowed():
+    proc = Flow()
+    first = Diffusion(MLP(hidden=256, depth=4), proc, VelocityPrediction(),
+                      LossConfig(t_sampler="logit_normal", p_mean=0.0, p_std=1.0),
+                      optax.adam(optax.cosine_decay_schedule(1e-3, STEPS)), (2,),
+                      ema_decay=0.995)
+    p1 = jax.device_get(_fit(first, STEPS, BATCH).ema_params)
+    # couplings by DPM-Solver++(2M), 6 steps (7 evaluations per pair)
+    second = Reflow(first.model, proc, VelocityPrediction(), LossConfig(), optax.adam(
+        optax.cosine_decay_schedule(1e-3, REFLOW_STEPS)), (2,), lambda: p1, "dpmpp_2m", 6,
+        ema_decay=0.99)
+    return first, p1, second, _fit(second, REFLOW_STEPS, BATCH).ema_params
+
+
+def test_reflow_straightens_the_paths_and_its_one_step_lands(reflowed):
+    """The 2-rectified flow against the 1-rectified flow it was trained from: the mean squared
+    curvature of its ODE paths falls, and one Euler step of it lands nearer the 1-RF's coupling
+    map (the sampler that made its training pairs) than two Euler steps of the 1-RF do."""
+    first, p1, second, p2 = reflowed
+    proc = first.process
+    x_T = proc.prior_sample(jax.random.key(3), (N_EVAL, 2))
+    ref = second.couple(p1, x_T / proc.sigma(proc.t_max), jax.random.key(0))
+    _, curv1 = _path_stats(first.denoiser(p1), proc, x_T)
+    _, curv2 = _path_stats(second.denoiser(p2), proc, x_T)
+    one1, two1 = (ddim(first.denoiser(p1), proc, x_T, n) for n in (1, 2))
+    one2 = second.sample(p2, jax.random.key(3), N_EVAL, steps=1)
+    print(f"curvature 1-RF {curv1:.3f}, 2-RF {curv2:.3f}; RMSE to the coupling map: 1-RF 1 step "
+          f"{rmse(one1, ref):.3f}, 2 steps {rmse(two1, ref):.3f}; 2-RF 1 step "
+          f"{rmse(one2, ref):.3f}")
+    assert curv2 < curv1
+    assert rmse(one2, ref) < rmse(two1, ref)
+    logp = lambda x: float(jnp.mean(MIXTURE.logp(proc, x, proc.t_min)))
+    assert logp(second.sample(p2, jax.random.key(3), N_EVAL, steps=2)) > logp(one2)

@@ -172,6 +172,7 @@ SLOW_EXPERIMENTS = ("celeba64_ddpm.py", "cifar10_ddpmpp.py")
 def test_every_experiment_builds_and_its_step_lowers(path):
     cfg = load_config(str(EXPERIMENTS / path))
     needs = [f"{k}.{f}" for k, f in (("consistency", "teacher"), ("progressive", "teacher"),
+                                       ("reflow", "teacher"),
                                        ("latent", "autoencoder")) if cfg.get(k, {}).get(f)]
     if needs:  # built on another workdir (test_consistency, test_families, test_few_step)
         apply_override(cfg, f"{needs[0]}='/nonexistent/run'")

@@ -11,10 +11,11 @@ from diffusion_jax.methods.gan import GAN
 from diffusion_jax.methods.latent import LatentDiffusion
 from diffusion_jax.methods.meanflow import MeanFlow
 from diffusion_jax.methods.progressive import ProgressiveDistillation
+from diffusion_jax.methods.reflow import Reflow
 from diffusion_jax.methods.state import TrainState, init_state, state_shardings
 from diffusion_jax.methods.vae import VAEMethod
 
 __all__ = ["Method", "MethodBase", "SampleRequest", "Sampling", "SamplingEnv",
            "AutoregressiveMethod", "ClassifierMethod", "ConsistencyMethod", "Diffusion",
-           "FlowMethod", "GAN", "LatentDiffusion", "MeanFlow", "ProgressiveDistillation", "VAEMethod", "TrainState", "init_state",
+           "FlowMethod", "GAN", "LatentDiffusion", "MeanFlow", "ProgressiveDistillation", "Reflow", "VAEMethod", "TrainState", "init_state",
            "state_shardings"]

@@ -41,6 +41,7 @@ from diffusion_jax.methods.state import (apply_gradients, opt_shardings, param_s
                                          with_shardings)
 from diffusion_jax.parameterization import Parameterization, make_denoiser
 from diffusion_jax.processes import Process, _bcast
+from diffusion_jax.samplers.few_step import ddim, time_of
 from diffusion_jax.settings import BuildContext, ConfigError
 
 SECTIONS = ("progressive", "process", "parameterization")
@@ -53,30 +54,6 @@ class PDState:
     ema_params: Any
     opt_state: Any
     teacher: Any   # this round's teacher (the previous round's student EMA)
-
-
-def u_grid(n: int) -> np.ndarray:
-    """``u = 1, (n-1)/n, ..., 1/n``: where an ``n``-step sampler evaluates the network."""
-    return np.arange(n, 0, -1) / n
-
-
-def ddim(denoise: Callable, process: Process, x, n: int):
-    """``n`` deterministic DDIM steps over ``u_grid(n)``, the last one returning ``x0_hat`` (``n``
-    evaluations of ``denoise(x, t [B]) -> x0_hat``)."""
-    us = u_grid(n)
-    for k, u in enumerate(us):
-        t = time_of(process, u)
-        x0 = denoise(x, jnp.full(x.shape[:1], t))
-        if k == n - 1:
-            return x0
-        s = time_of(process, us[k + 1])
-        a, sg, a2, sg2 = process.alpha(t), process.sigma(t), process.alpha(s), process.sigma(s)
-        x = a2 * x0 + sg2 * (x - a * x0) / sg
-    return x
-
-
-def time_of(process: Process, u):
-    return process.t_min + u * (process.t_max - process.t_min)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
