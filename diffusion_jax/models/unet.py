@@ -48,6 +48,18 @@ def check_image_size(size: int, channel_mult) -> None:
                          f"{tuple(channel_mult)}); pick a size divisible by {factor}")
 
 
+def time_embedding(t, scale: float, channels: int, emb_dim: int, kw: dict):
+    """The sinusoidal embedding of ``scale * t`` through a 2-layer MLP (call inside a compact
+    module); ``t [B, k]`` (MeanFlow's ``(t, t - r)``): one MLP per column, summed. The first
+    column's layers keep the auto names ``Dense_0``/``Dense_1`` (checkpoints agree)."""
+    emb = 0.0
+    for j, tj in enumerate(time_columns(t)):
+        name = (None, None) if j == 0 else (f"time{j}_in", f"time{j}_out")
+        e = dense(emb_dim, name=name[0], **kw)(timestep_embedding(scale * tj, channels))
+        emb = emb + dense(emb_dim, name=name[1], **kw)(nn.silu(e))
+    return emb
+
+
 class UNet(nn.Module):
     config: UNetConfig
     dtype: jnp.dtype = jnp.float32
@@ -64,12 +76,7 @@ class UNet(nn.Module):
             x = jnp.concatenate([x, up], axis=-1)
         attend = lambda h: h if context is None else CrossAttnBlock(cfg.num_heads, **kw)(h, context)
         emb_dim = 4 * cfg.channels
-        emb = 0.0
-        for j, tj in enumerate(time_columns(t)):  # MeanFlow's (t, t - r): one MLP per column
-            name = (None, None) if j == 0 else (f"time{j}_in", f"time{j}_out")
-            e = dense(emb_dim, name=name[0], **kw)(timestep_embedding(cfg.time_scale * tj,
-                                                                      cfg.channels))
-            emb = emb + dense(emb_dim, name=name[1], **kw)(nn.silu(e))
+        emb = time_embedding(t, cfg.time_scale, cfg.channels, emb_dim, kw)
         if cfg.num_classes:
             y = jnp.full(x.shape[:1], cfg.num_classes) if y is None else y
             emb = emb + nn.Embed(cfg.num_classes + 1, emb_dim, param_dtype=self.param_dtype)(y)
