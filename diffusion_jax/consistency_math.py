@@ -162,6 +162,39 @@ def training_loss(f_student: Callable, process: Process, x0, step, key, total_st
     return jnp.mean(d / (s_hi - s_lo)), num
 
 
+def ect_gap(s_t, step, total_steps: int, q: float = 2.0, stages: int = 8):
+    """ECT's second level ``s_r < s_t`` (Geng et al. 2024): ``s_r = s_t (1 - n(s_t) / q^k)`` with
+    ``n(s) = 1 + 8 sigmoid(-s)`` and ``k = ceil(stages * step / total_steps)``, clipped at 0: at
+    step 0 ``s_r = 0`` (the target is the data: the pretrained model's own denoising objective),
+    and the gap shrinks by ``q`` each of the ``stages`` stages towards continuous time."""
+    k = jnp.ceil(stages * step / total_steps)
+    return jnp.maximum(s_t * (1.0 - (1.0 + 8.0 * jax.nn.sigmoid(-s_t)) / q**k), 0.0)
+
+
+def ect_loss(f_student: Callable, process: Process, x0, step, key, total_steps: int,
+             kind: str = "pseudo_huber", q: float = 2.0, stages: int = 8,
+             p_mean: float = -1.1, p_std: float = 2.0):
+    """Easy consistency tuning (ECT, Geng et al. 2024), for a student initialised from a
+    diffusion model: ``s_t`` lognormal, ``s_r = ect_gap(s_t)``, both levels with the same
+    ``eps``, the target ``f(x_r)`` under ``stop_gradient`` (the data itself where ``s_r`` is
+    below the process's range), weight ``1 / (s_t - s_r)``. Returns ``(loss, mean s_r / s_t)``."""
+    s_min = edm_sigma(process, jnp.asarray(process.t_min))
+    s_max = edm_sigma(process, jnp.asarray(process.t_max))
+    k_s, k_e = jax.random.split(key)
+    n = x0.shape[0]
+    s_t = jnp.clip(jnp.exp(p_mean + p_std * jax.random.normal(k_s, (n,))), s_min * 1.5, s_max)
+    s_r = ect_gap(s_t, step, total_steps, q, stages)
+    at_data = s_r < s_min
+    s_r_in = jnp.maximum(s_r, s_min)
+    t_t, t_r = t_of_edm_sigma(process, s_t), t_of_edm_sigma(process, s_r_in)
+    eps = jax.random.normal(k_e, x0.shape, x0.dtype)
+    x_t = _b(process.alpha(t_t), x0) * (x0 + _b(s_t, x0) * eps)
+    x_r = _b(process.alpha(t_r), x0) * (x0 + _b(s_r_in, x0) * eps)
+    target = jax.lax.stop_gradient(jnp.where(_b(at_data, x0), x0, f_student(x_r, t_r)))
+    d = distance(f_student(x_t, t_t), target, kind)
+    return jnp.mean(d / (s_t - jnp.where(at_data, 0.0, s_r_in))), jnp.mean(s_r / s_t)
+
+
 def sample_times(process: Process, steps: int, s_first: float = 0.4, s_last: float = 0.05):
     """The ``steps`` times a multistep consistency sampler evaluates at: ``t_max``, then (for
     ``steps >= 2``) EDM noise levels ``s`` spaced geometrically from ``s_first`` down to

@@ -33,7 +33,7 @@ from diffusion_jax.processes import Process
 from diffusion_jax.samplers import make_grid, resolve_sampler
 from diffusion_jax.settings import BuildContext, ConfigError
 
-CONSISTENCY_MODES = ("cd", "ct")
+CONSISTENCY_MODES = ("cd", "ct", "ect")
 SECTIONS = ("consistency", "process", "parameterization")
 
 
@@ -65,6 +65,8 @@ class ConsistencyMethod(MethodBase):
     total_steps: int = 100_000
     sample_steps: int = 1
     ema_decay: float = 0.95
+    ect_q: float = 2.0
+    ect_stages: int = 8
     name: str = "consistency"
     sample_options = frozenset({"steps"})
 
@@ -92,18 +94,21 @@ class ConsistencyMethod(MethodBase):
 
     def init(self, key) -> ConsistencyState:
         """CT: a fresh network. CD: the student, its EMA and the frozen teacher all start as the
-        teacher's parameters (read by ``teacher_loader`` on the host)."""
+        teacher's parameters (read by ``teacher_loader`` on the host); ECT: the student and its
+        EMA start as them (no teacher is kept)."""
         state = nn.meta.unbox(self._init(key))
-        if self.mode != "cd":
+        if self.mode == "ct":
             return state
         if self.teacher_loader is None:
-            raise ValueError("consistency distillation needs a teacher: set "
+            raise ValueError(f"consistency.mode={self.mode!r} needs a teacher: set "
                              "consistency.teacher=WORKDIR")
         shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                         state.params)
         # read on the host, also when init is traced by jit (the loop creates states sharded)
         loaded = lambda: jax.tree_util.tree_map(np.asarray, self.teacher_loader())
         teacher = jax.pure_callback(loaded, shapes)
+        if self.mode == "ect":
+            return state.replace(params=teacher, ema_params=teacher)
         return state.replace(params=teacher, ema_params=teacher, teacher=teacher)
 
     def sample_params(self, state: ConsistencyState):
@@ -129,6 +134,10 @@ class ConsistencyMethod(MethodBase):
                 return C.distillation_loss(self.function(p), self.function(state.ema_params),
                                            teacher, self.process, x0, ts, key, self.solver,
                                            self.loss)
+        elif self.mode == "ect":
+            def loss_fn(p):
+                return C.ect_loss(self.function(p), self.process, x0, state.step, key,
+                                  self.total_steps, self.loss, self.ect_q, self.ect_stages)
         else:
             def loss_fn(p):
                 return C.training_loss(self.function(p), self.process, x0, state.step, key,
@@ -137,8 +146,8 @@ class ConsistencyMethod(MethodBase):
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         params, opt_state, ema = apply_gradients(self.tx, state.params, state.opt_state, grads,
                                                  state.ema_params, self.ema_decay)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                   ("mean_pair" if self.mode == "cd" else "num_scales"): aux}
+        aux_name = {"cd": "mean_pair", "ct": "num_scales", "ect": "gap_ratio"}[self.mode]
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), aux_name: aux}
         return ConsistencyState(state.step + 1, params, ema, opt_state, state.teacher), metrics
 
     # -- sampling ----------------------------------------------------------------------------
@@ -175,7 +184,8 @@ def _sampler(method: ConsistencyMethod, steps: int):
 
 @dataclasses.dataclass(frozen=True)
 class ConsistencySpec:
-    mode: str = "cd"             # cd (distillation from a teacher workdir) | ct (no teacher)
+    mode: str = "cd"             # cd (distillation from a teacher workdir) | ct (no teacher) |
+                                 # ect (consistency tuning, initialised from the teacher)
     teacher: str = ""            # CD: a trained diffusion workdir (its model, process and
                                  # parameterization are used; the experiment need not repeat them)
     solver: str = "heun"         # CD: the project sampler taking the teacher's one ODE step
@@ -184,6 +194,8 @@ class ConsistencySpec:
     s0: int = 10                 # CT curriculum: scales at the start ...
     s1: int = 1280               # ... and at the end
     sample_steps: int = 1        # evaluations of `sample` (CLI: sample --steps)
+    ect_q: float = 2.0           # ECT: the gap s_t - s_r shrinks by q per stage ...
+    ect_stages: int = 8          # ... over this many stages of train.steps
 
 
 def _settings(ctx: BuildContext) -> tuple[ConsistencySpec, str]:
@@ -192,6 +204,9 @@ def _settings(ctx: BuildContext) -> tuple[ConsistencySpec, str]:
         raise ConfigError(f"unknown consistency.mode={c.mode!r}; valid: "
                           f"{', '.join(CONSISTENCY_MODES)}")
     loss = c.loss or ("l2" if c.mode == "cd" else "pseudo_huber")
+    if c.ect_q <= 1:
+        raise ConfigError(f"consistency.ect_q={c.ect_q} must be > 1 (the gap's shrink factor "
+                          "per stage)")
     if loss not in C.CONSISTENCY_LOSSES:
         raise ConfigError(f"unknown consistency.loss={loss!r}; valid: "
                           f"{', '.join(C.CONSISTENCY_LOSSES)}")
@@ -203,9 +218,9 @@ def _settings(ctx: BuildContext) -> tuple[ConsistencySpec, str]:
 def build(ctx: BuildContext) -> ConsistencyMethod:
     c, loss = _settings(ctx)
     loader = None
-    if c.mode == "cd":
+    if c.mode in ("cd", "ect"):
         if not c.teacher:
-            raise ConfigError("consistency.mode='cd' needs consistency.teacher=WORKDIR (a "
+            raise ConfigError(f"consistency.mode={c.mode!r} needs consistency.teacher=WORKDIR (a "
                               "trained diffusion model), or use consistency.mode='ct'")
         teacher = diffusion.teacher_run(ctx, c.teacher, "consistency.teacher")
         t = teacher.experiment.method
@@ -222,4 +237,4 @@ def build(ctx: BuildContext) -> ConsistencyMethod:
         process, par = diffusion.process_and_parameterization(ctx)
     return ConsistencyMethod(model, process, par, ctx.tx, ctx.data.shape, c.mode, loader, c.solver,
                              c.num_scales, loss, c.s0, c.s1, ctx.train.steps, c.sample_steps,
-                             ctx.train.ema_decay)
+                             ctx.train.ema_decay, c.ect_q, c.ect_stages)
