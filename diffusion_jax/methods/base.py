@@ -257,6 +257,26 @@ class MethodBase:
         return {}
 
 
+class StepsSampling:
+    """For few-step families whose ``sample(params, key, n, steps=None)`` takes ``steps`` network
+    evaluations (``sample_steps`` by default): ``sample --steps N`` is NFE N, and ``eval`` makes
+    one row per NFE. Mix in before ``MethodBase``."""
+    sample_options = frozenset({"steps"})
+
+    def sample_controls(self, req: SampleRequest) -> dict:
+        return {"steps": req.steps} if req.steps else {}
+
+    def nfe(self, req: SampleRequest) -> int:
+        return req.steps or self.sample_steps
+
+    def eval_requests(self, samplers, nfes, grids, guidance):
+        if guidance is not None:
+            raise ValueError(f"--guidance is for class-conditional diffusion models; this is a "
+                             f"{self.name}")
+        return [({"sampler": self.name, "nfe": nfe, "steps": nfe, "grid": "-"},
+                 SampleRequest(steps=nfe)) for nfe in nfes]
+
+
 def slerp_rows(za, zb, steps: int):
     """``rows x steps`` latents along slerp paths from ``za`` to ``zb`` (``[rows, ...]`` each),
     flattened to ``[rows * steps, ...]``."""

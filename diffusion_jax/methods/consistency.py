@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from diffusion_jax import consistency_math as C
 from diffusion_jax.methods import diffusion
-from diffusion_jax.methods.base import MethodBase, SampleRequest
+from diffusion_jax.methods.base import MethodBase, SampleRequest, StepsSampling
 from diffusion_jax.methods.state import (apply_gradients, opt_shardings, param_shardings, replicated,
                                          with_shardings)
 from diffusion_jax.parameterization import Parameterization, make_denoiser
@@ -166,11 +166,7 @@ class ConsistencyMethod(MethodBase):
     def nfe(self, req: SampleRequest) -> int:
         return req.steps or self.sample_steps
 
-    def eval_requests(self, samplers, nfes, grids, guidance):
-        """One row per NFE: ``steps = nfe`` evaluations."""
-        super().eval_requests(samplers, nfes, grids, guidance)  # refuses guidance
-        return [({"sampler": self.name, "nfe": nfe, "steps": nfe, "grid": "-"},
-                 SampleRequest(steps=nfe)) for nfe in nfes]
+    eval_requests = StepsSampling.eval_requests
 
 
 @functools.lru_cache(maxsize=16)

@@ -36,7 +36,7 @@ import optax
 
 from diffusion_jax.conditioning import Conditioning
 from diffusion_jax.methods import diffusion
-from diffusion_jax.methods.base import MethodBase, SampleRequest
+from diffusion_jax.methods.base import MethodBase, StepsSampling
 from diffusion_jax.methods.state import SingleNetwork, TrainState, apply_gradients, ema_decay_at
 from diffusion_jax.models.dit import DiT
 from diffusion_jax.processes import Flow
@@ -149,19 +149,15 @@ class MeanFlow(SingleNetwork, MethodBase):
         e = jax.random.normal(key, (n,) + self.shape)
         return _sampler(self, ts)(params, e, y)
 
-    def sample_controls(self, req: SampleRequest) -> dict:
-        return {"steps": req.steps} if req.steps else {}
-
-    def nfe(self, req: SampleRequest) -> int:
-        return req.steps or self.sample_steps
+    sample_controls = StepsSampling.sample_controls
+    nfe = StepsSampling.nfe
 
     def eval_requests(self, samplers, nfes, grids, guidance):
         """One row per NFE (``steps = nfe``); guidance is folded into the weights."""
         if guidance is not None:
             raise ValueError("--guidance: a MeanFlow model's guidance is folded into training "
                              f"(meanflow.omega={self.omega}); sample without it")
-        return [({"sampler": self.name, "nfe": nfe, "steps": nfe, "grid": "-"},
-                 SampleRequest(steps=nfe)) for nfe in nfes]
+        return StepsSampling.eval_requests(self, samplers, nfes, grids, None)
 
     def preview(self, params, key, n: int, test_images):
         k = self.num_classes

@@ -27,18 +27,13 @@ import functools
 import sys
 from typing import Any, Callable
 
-import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import Mesh
 
 from diffusion_jax.methods import diffusion
-from diffusion_jax.methods.base import MethodBase, SampleRequest
-from diffusion_jax.methods.state import (apply_gradients, opt_shardings, param_shardings, replicated,
-                                         with_shardings)
+from diffusion_jax.methods.base import MethodBase, SampleRequest, StepsSampling
+from diffusion_jax.methods.state import StudentOfTeacher, TeacherState, apply_gradients
 from diffusion_jax.parameterization import Parameterization, make_denoiser
 from diffusion_jax.processes import Process, _bcast
 from diffusion_jax.samplers.few_step import ddim, time_of
@@ -47,17 +42,8 @@ from diffusion_jax.settings import BuildContext, ConfigError
 SECTIONS = ("progressive", "process", "parameterization")
 
 
-@flax.struct.dataclass
-class PDState:
-    step: jax.Array
-    params: Any
-    ema_params: Any
-    opt_state: Any
-    teacher: Any   # this round's teacher (the previous round's student EMA)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
-class ProgressiveDistillation(MethodBase):
+class ProgressiveDistillation(StudentOfTeacher, StepsSampling, MethodBase):
     """``start_steps``: the teacher's DDIM step count; ``rounds``: halvings (the final student
     takes ``start_steps / 2^rounds`` steps); ``round_steps``: training steps per round."""
     model: Any
@@ -71,41 +57,18 @@ class ProgressiveDistillation(MethodBase):
     round_steps: int = 1000
     ema_decay: float = 0.999
     name: str = "progressive_distillation"
-    sample_options = frozenset({"steps"})
 
     @property
     def final_steps(self) -> int:
         return self.start_steps // 2 ** self.rounds
 
-    # -- state -------------------------------------------------------------------------------
-    def _init(self, key):
-        x, t = jnp.zeros((1,) + self.shape), jnp.zeros((1,))
-        params = self.model.init({"params": key}, x, t)["params"]
-        return PDState(jnp.zeros((), jnp.int32), params, params,
-                       self.tx.init(nn.meta.unbox(params)), params)
-
-    def abstract_state(self, mesh: Mesh, rules):
-        abstract = jax.eval_shape(self._init, jax.random.key(0))
-        p_sh = param_shardings(abstract.params, mesh, rules)
-        rep = replicated(mesh)
-        shardings = PDState(rep, p_sh, p_sh, opt_shardings(self.tx, abstract.opt_state, p_sh, rep),
-                            p_sh)
-        return with_shardings(abstract, shardings), shardings
-
-    def init(self, key) -> PDState:
-        """The student, its EMA and the teacher all start as the teacher's parameters (read on
-        the host, also when the loop traces ``init`` under jit)."""
-        state = nn.meta.unbox(self._init(key))
-        shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                        state.params)
-        loaded = lambda: jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32),
-                                                self.teacher_loader())
-        teacher = jax.pure_callback(loaded, shapes)
-        return state.replace(params=teacher, ema_params=teacher, teacher=teacher)
+    @property
+    def sample_steps(self) -> int:
+        return self.final_steps
 
     sample_fields = ("ema_params", "teacher")
 
-    def sample_params(self, state: PDState):
+    def sample_params(self, state: TeacherState):
         """``{"student", "previous"}``: the student's EMA, and the last round's teacher (after
         the final round: the student of ``2 * final_steps`` steps, which ``sample`` uses for that
         step count)."""
@@ -143,7 +106,7 @@ class ProgressiveDistillation(MethodBase):
         err = jnp.mean(jnp.reshape((pred - target) ** 2, (b, -1)), axis=1)
         return jnp.mean(w * err)
 
-    def train_step(self, state: PDState, batch: dict, key: jax.Array):
+    def train_step(self, state: TeacherState, batch: dict, key: jax.Array):
         key = jax.random.fold_in(key, state.step)
         rnd = state.step // self.round_steps
         new_round = (state.step > 0) & (state.step % self.round_steps == 0) & (rnd < self.rounds)
@@ -156,7 +119,7 @@ class ProgressiveDistillation(MethodBase):
                                                  ema, self.ema_decay)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                    "student_steps": n.astype(jnp.float32)}
-        return PDState(state.step + 1, params, ema, opt_state, teacher), metrics
+        return TeacherState(state.step + 1, params, ema, opt_state, teacher), metrics
 
     # -- sampling ----------------------------------------------------------------------------
     def sample(self, params, key, n: int, steps: int | None = None):
@@ -172,15 +135,7 @@ class ProgressiveDistillation(MethodBase):
             print(f"note: --steps {req.steps}: this student was distilled for "
                   f"{self.final_steps} steps (its teacher took {self.start_steps}); more steps "
                   "than it was trained for are not its teacher's", file=sys.stderr)
-        return {"steps": req.steps} if req.steps else {}
-
-    def nfe(self, req: SampleRequest) -> int:
-        return req.steps or self.final_steps
-
-    def eval_requests(self, samplers, nfes, grids, guidance):
-        super().eval_requests(samplers, nfes, grids, guidance)  # refuses guidance
-        return [({"sampler": self.name, "nfe": nfe, "steps": nfe, "grid": "-"},
-                 SampleRequest(steps=nfe)) for nfe in nfes]
+        return StepsSampling.sample_controls(self, req)
 
 
 @functools.lru_cache(maxsize=16)

@@ -23,20 +23,14 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
-import flax.linen as nn
-import flax.struct
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import Mesh
 
 from diffusion_jax.losses import LossConfig, denoising_loss
 from diffusion_jax.methods import diffusion
-from diffusion_jax.methods.base import MethodBase, SampleRequest
+from diffusion_jax.methods.base import MethodBase, StepsSampling
 from diffusion_jax.methods.diffusion_sampling import model_denoiser
-from diffusion_jax.methods.state import (apply_gradients, opt_shardings, param_shardings, replicated,
-                                         with_shardings)
+from diffusion_jax.methods.state import StudentOfTeacher, TeacherState, apply_gradients
 from diffusion_jax.parameterization import Parameterization, VelocityPrediction
 from diffusion_jax.processes import Flow, Process
 from diffusion_jax.samplers import resolve_sampler, sample as run_sampler, total_nfe
@@ -46,17 +40,8 @@ from diffusion_jax.settings import BuildContext, ConfigError
 SECTIONS = ("reflow", "loss")
 
 
-@flax.struct.dataclass
-class ReflowState:
-    step: jax.Array
-    params: Any
-    ema_params: Any
-    opt_state: Any
-    teacher: Any  # frozen: the flow whose couplings are learned
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
-class Reflow(MethodBase):
+class Reflow(StudentOfTeacher, StepsSampling, MethodBase):
     """``teacher_sampler``/``teacher_steps``: how couplings are made (``teacher_nfe`` network
     evaluations per pair); ``sample_steps``: the default Euler steps of ``sample``."""
     model: Any
@@ -71,36 +56,10 @@ class Reflow(MethodBase):
     ema_decay: float = 0.999
     sample_steps: int = 1
     name: str = "reflow"
-    sample_options = frozenset({"steps"})
 
     @property
     def teacher_nfe(self) -> int:
         return total_nfe(self.teacher_sampler, self.teacher_steps)
-
-    # -- state -------------------------------------------------------------------------------
-    def _init(self, key):
-        x, t = jnp.zeros((1,) + self.shape), jnp.zeros((1,))
-        params = self.model.init({"params": key}, x, t)["params"]
-        return ReflowState(jnp.zeros((), jnp.int32), params, params,
-                           self.tx.init(nn.meta.unbox(params)), params)
-
-    def abstract_state(self, mesh: Mesh, rules):
-        abstract = jax.eval_shape(self._init, jax.random.key(0))
-        p_sh = param_shardings(abstract.params, mesh, rules)
-        rep = replicated(mesh)
-        sh = ReflowState(rep, p_sh, p_sh, opt_shardings(self.tx, abstract.opt_state, p_sh, rep),
-                         p_sh)
-        return with_shardings(abstract, sh), sh
-
-    def init(self, key) -> ReflowState:
-        """Student, EMA and teacher all start as the teacher's parameters (read on the host)."""
-        state = nn.meta.unbox(self._init(key))
-        shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                        state.params)
-        loaded = lambda: jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32),
-                                                self.teacher_loader())
-        teacher = jax.pure_callback(loaded, shapes)
-        return state.replace(params=teacher, ema_params=teacher, teacher=teacher)
 
     def denoiser(self, params) -> Callable:
         return model_denoiser(self.model, self.process, self.parameterization, params)
@@ -113,7 +72,7 @@ class Reflow(MethodBase):
         return run_sampler(self.denoiser(teacher), self.process, x_T,
                            sampler=self.teacher_sampler, num_steps=self.teacher_steps, key=key)
 
-    def train_step(self, state: ReflowState, batch: dict, key: jax.Array):
+    def train_step(self, state: TeacherState, batch: dict, key: jax.Array):
         key = jax.random.fold_in(key, state.step)
         k_z, k_s, k_loss = jax.random.split(key, 3)
         z = jax.random.normal(k_z, batch["image"].shape, batch["image"].dtype)
@@ -128,7 +87,7 @@ class Reflow(MethodBase):
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         params, opt_state, ema = apply_gradients(self.tx, state.params, state.opt_state, grads,
                                                  state.ema_params, self.ema_decay)
-        return (ReflowState(state.step + 1, params, ema, opt_state, state.teacher),
+        return (TeacherState(state.step + 1, params, ema, opt_state, state.teacher),
                 {"loss": loss, "grad_norm": optax.tree.norm(grads)})
 
     # -- sampling ----------------------------------------------------------------------------
@@ -136,17 +95,6 @@ class Reflow(MethodBase):
         """``n`` samples in ``steps`` Euler steps (default ``sample_steps``): NFE ``steps``."""
         x_T = self.process.prior_sample(key, (n,) + self.shape)
         return _sampler(self, steps or self.sample_steps)(params, x_T)
-
-    def sample_controls(self, req: SampleRequest) -> dict:
-        return {"steps": req.steps} if req.steps else {}
-
-    def nfe(self, req: SampleRequest) -> int:
-        return req.steps or self.sample_steps
-
-    def eval_requests(self, samplers, nfes, grids, guidance):
-        super().eval_requests(samplers, nfes, grids, guidance)  # refuses guidance
-        return [({"sampler": self.name, "nfe": nfe, "steps": nfe, "grid": "-"},
-                 SampleRequest(steps=nfe)) for nfe in nfes]
 
 
 @functools.lru_cache(maxsize=16)

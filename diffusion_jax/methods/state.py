@@ -10,6 +10,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
@@ -112,6 +113,50 @@ def apply_gradients(tx: optax.GradientTransformation, params, opt_state, grads, 
 def ema_decay_at(step, decay: float, start: int = 0):
     """The EMA decay at ``step``: 0 (copy the parameters) before ``start``."""
     return jnp.where(step < start, 0.0, decay)
+
+
+@flax.struct.dataclass
+class TeacherState:
+    """A student trained against a teacher's parameters (distillation, reflow)."""
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    teacher: Any
+
+
+class StudentOfTeacher:
+    """``abstract_state`` and ``init`` of a student that starts as its teacher, the teacher's
+    parameters kept in the state (frozen, or swapped by the step): the subclass has ``model``,
+    ``tx``, ``shape`` and ``teacher_loader() -> params`` (host arrays)."""
+
+    def _fresh(self, key) -> TeacherState:
+        x, t = jnp.zeros((1,) + tuple(self.shape)), jnp.zeros((1,))
+        params = self.model.init({"params": key}, x, t)["params"]
+        return TeacherState(jnp.zeros((), jnp.int32), params, params,
+                            self.tx.init(nn.meta.unbox(params)), params)
+
+    def abstract_state(self, mesh: Mesh, rules):
+        abstract = jax.eval_shape(self._fresh, jax.random.key(0))
+        p_sh = param_shardings(abstract.params, mesh, rules)
+        rep = replicated(mesh)
+        sh = TeacherState(rep, p_sh, p_sh, opt_shardings(self.tx, abstract.opt_state, p_sh, rep),
+                          p_sh)
+        return with_shardings(abstract, sh), sh
+
+    def init(self, key) -> TeacherState:
+        """Student, EMA and teacher all start as the teacher's parameters, read on the host
+        (also when the loop traces ``init`` under jit)."""
+        state = nn.meta.unbox(self._fresh(key))
+        teacher = load_on_host(self.teacher_loader, state.params)
+        return state.replace(params=teacher, ema_params=teacher, teacher=teacher)
+
+
+def load_on_host(loader, like):
+    """``loader()``'s parameters (float32 host arrays) as a traced value shaped as ``like``."""
+    shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
+    return jax.pure_callback(
+        lambda: jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), loader()), shapes)
 
 
 class SingleNetwork:
