@@ -250,6 +250,7 @@ def test_pd_bad_schedules_are_one_line(configs, tmp_path):
         from_config(cfg)
 
 
+@pytest.mark.slow  # 60-70 s: two consistency models and a teacher (the suite's time budget)
 def test_ect_from_the_teacher_beats_ct_from_scratch_at_the_same_budget():
     """Consistency tuning (ECT) initialised from the diffusion teacher against consistency
     training from scratch, 1000 steps each, same network and optimizer: the 1-step map against

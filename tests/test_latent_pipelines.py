@@ -399,6 +399,7 @@ def _state(workdir):
         state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
 
 
+@pytest.mark.slow  # ~50 s of compiling the SD step (the suite's time budget)
 def test_sd_fine_tuning_step_reads_the_captions_and_fits_a_pair(tmp_path):
     """The jitted step on real computation: the loss depends on the caption (the frozen text
     encoder's context reaches the U-Net), caption dropout with probability ~1 makes every

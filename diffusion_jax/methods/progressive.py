@@ -131,7 +131,7 @@ class ProgressiveDistillation(StudentOfTeacher, StepsSampling, MethodBase):
         return _sampler(self, steps)(params[which], x_T)
 
     def sample_controls(self, req: SampleRequest) -> dict:
-        if req.steps and req.steps > self.final_steps:
+        if req.steps and req.steps > self.final_steps and req.steps != 2 * self.final_steps:
             print(f"note: --steps {req.steps}: this student was distilled for "
                   f"{self.final_steps} steps (its teacher took {self.start_steps}); more steps "
                   "than it was trained for are not its teacher's", file=sys.stderr)

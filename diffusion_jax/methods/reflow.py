@@ -33,7 +33,7 @@ from diffusion_jax.methods.diffusion_sampling import model_denoiser
 from diffusion_jax.methods.state import StudentOfTeacher, TeacherState, apply_gradients
 from diffusion_jax.parameterization import Parameterization, VelocityPrediction
 from diffusion_jax.processes import Flow, Process
-from diffusion_jax.samplers import resolve_sampler, sample as run_sampler, total_nfe
+from diffusion_jax.samplers import resolve_sampler, sample as run_sampler
 from diffusion_jax.samplers.few_step import ddim
 from diffusion_jax.settings import BuildContext, ConfigError
 
@@ -42,8 +42,8 @@ SECTIONS = ("reflow", "loss")
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Reflow(StudentOfTeacher, StepsSampling, MethodBase):
-    """``teacher_sampler``/``teacher_steps``: how couplings are made (``teacher_nfe`` network
-    evaluations per pair); ``sample_steps``: the default Euler steps of ``sample``."""
+    """``teacher_sampler``/``teacher_steps``: how couplings are made (``total_nfe`` of them:
+    network evaluations per pair); ``sample_steps``: the default Euler steps of ``sample``."""
     model: Any
     process: Process
     parameterization: Parameterization
@@ -56,10 +56,6 @@ class Reflow(StudentOfTeacher, StepsSampling, MethodBase):
     ema_decay: float = 0.999
     sample_steps: int = 1
     name: str = "reflow"
-
-    @property
-    def teacher_nfe(self) -> int:
-        return total_nfe(self.teacher_sampler, self.teacher_steps)
 
     def denoiser(self, params) -> Callable:
         return model_denoiser(self.model, self.process, self.parameterization, params)
