@@ -45,6 +45,7 @@ from diffusion_jax.bench.sampler_bench import (CASES, MODEL_NFES, MODEL_SAMPLERS
                                                run_benchmark)
 from diffusion_jax.bench.network_speed import network_speed
 from diffusion_jax.bench.train import PEERS, bench_train
+from diffusion_jax.compress import MODES as COMPRESS_MODES
 from diffusion_jax.config import describe_experiments, load_config
 from diffusion_jax.eval.bpd import workdir_bits_per_dim
 from diffusion_jax.eval.compare import compare
@@ -207,6 +208,7 @@ def _eval_parser(ev) -> None:
                     help="text-to-image: the prompts samples are made from (one per line, "
                          "cycled over --num; e.g. MS-COCO captions beside their reference stats)")
     ev.add_argument("--out", default=None)
+    _compression_args(ev)
 
 
 def _likelihood_parser(lk) -> None:
@@ -297,6 +299,23 @@ def _sample_parser(s) -> None:
     s.add_argument("--interpolate", type=integer(0), default=0,
                    help="GAN / VAE / flow: --num rows of this many images along slerp paths in "
                         "latent space (VAE/flow: between test images; GAN: random latents)")
+    _compression_args(s)
+
+
+def _compression_args(s) -> None:
+    s.add_argument("--quantize", type=choice(tuple(COMPRESS_MODES), "--quantize mode"), default=None,
+                   help="diffusion: sample with int8 or int4 weights (per output channel), or "
+                        "int8 weights and activations (int8-act, emulated)")
+    s.add_argument("--prune", type=number(), default=None,
+                   metavar="SPARSITY", help="diffusion: zero this fraction of each conv/dense "
+                                            "kernel's weights, the smallest first")
+    s.add_argument("--low-rank", type=number(), default=None,
+                   metavar="RATIO", help="diffusion: dense and 1x1 conv kernels as truncated-SVD "
+                                         "factors keeping this fraction of their rank")
+
+
+def _compression(args) -> dict:
+    return dict(quantize=args.quantize, prune=args.prune, low_rank=args.low_rank)
 
 
 def _prompt_args(s) -> None:
@@ -333,7 +352,7 @@ def _sample(args, overrides) -> int:
         negative_prompt=args.negative_prompt, guidance=args.guidance, classifier=args.classifier,
         classifier_scale=args.classifier_scale, init_image=args.init_image, mask=args.mask,
         resample=args.resample, strength=args.strength, low_res=args.low_res, invert=args.invert,
-        temperature=args.temperature, interpolate=args.interpolate)
+        temperature=args.temperature, interpolate=args.interpolate, **_compression(args))
     g = generate(args.workdir, req, out=args.out)
     out = {"step": g.step, "out": args.out, "num": len(g.images)}
     out.update(save_output(args.out, g.images, g.inputs, g.nrow, g.labels))
@@ -380,7 +399,8 @@ def _eval(args, overrides) -> int:
         raise ValueError("eval needs a feature extractor: --classifier DIR or --inception W.npz")
     evaluate(args.workdir, args.classifier, args.samplers, args.nfe, args.num, out=args.out,
              inception=args.inception, guidance=args.guidance, grids=args.grids,
-             ref_stats=args.ref_stats, prompts=read_prompts(None, args.prompts))
+             ref_stats=args.ref_stats, prompts=read_prompts(None, args.prompts),
+             compression=_compression(args))
     return 0
 
 

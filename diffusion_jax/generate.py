@@ -29,6 +29,7 @@ from diffusion_jax.workdir import load, load_classifier, read_experiment
 from diffusion_jax.workdir_grids import load_grid_file, load_learned
 
 __all__ = ["SampleRequest", "Generated", "generate", "check_request", "check_options",
+           "check_compression",
            "sampling_env", "run_chunks", "parse_labels"]
 
 
@@ -77,9 +78,21 @@ def _flag(name: str) -> str:
     return "--prompt" if name == "prompts" else "--" + name.replace("_", "-")
 
 
+def check_compression(method, req: SampleRequest, workdir) -> None:
+    """``--quantize``/``--prune``/``--low-rank`` on a family whose sampling network cannot take
+    them, refused naming the ones that can."""
+    given = vars(req)
+    for name in ("quantize", "prune", "low_rank"):
+        if given[name] is not None and name not in method.sample_options:
+            raise ValueError(f"{_flag(name)} compresses a diffusion model's denoiser (pixel "
+                             f"diffusion runs and pretrained DDPM/EDM folders); {workdir} holds "
+                             f"a {method.name} model")
+
+
 def check_options(exp: Experiment, req: SampleRequest, workdir) -> None:
     """Flags the workdir's family does not read are refused, with the ones it does named."""
     method = exp.method
+    check_compression(method, req, workdir)
     for name in changed_options(req):
         if name not in method.sample_options:
             valid = " ".join(_flag(o) for o in (*COMMON_OPTIONS, *sorted(method.sample_options)))
@@ -160,6 +173,8 @@ def run_chunks(plan: Sampling, params, seed: int, out: str | None = None,
     chunk goes to ``on_chunk(start, chunk)`` and nothing is kept (returns ``None``): evaluation
     streams any number of samples through its feature extractor this way."""
     n, b = plan.n, plan.batch
+    if plan.prepare is not None:
+        params = plan.prepare(params)
     partial, images, done = None, None, 0
     key = jax.random.key(seed)
     bar = tqdm(range(0, n, b), desc="sample", disable=n <= b)

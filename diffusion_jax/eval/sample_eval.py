@@ -22,7 +22,7 @@ from diffusion_jax.eval import metrics as M
 from diffusion_jax.eval.features import Extractor, classifier_extractor, make_extractor
 from diffusion_jax.eval.reference_stats import read_stats
 from diffusion_jax.experiment import Experiment
-from diffusion_jax.generate import run_chunks, sampling_env
+from diffusion_jax.generate import SampleRequest, check_compression, run_chunks, sampling_env
 from diffusion_jax.utils.atomic import atomic_path, write_json, write_text
 from diffusion_jax.utils.images import save_figure
 from diffusion_jax.utils.memory import check_fits
@@ -109,7 +109,8 @@ def _settings(method, samplers, nfes, grids, guidance, prompts, num: int) -> lis
 def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int, batch: int = 500,
              out: str | None = None, inception: str | None = None,
              guidance: float | None = None, grids=("default",),
-             ref_stats: str | None = None, prompts=None) -> list[dict]:
+             ref_stats: str | None = None, prompts=None,
+             compression: dict | None = None) -> list[dict]:
     """The method's eval rows (diffusion: samplers x NFE x grids; a consistency model: one row
     per NFE; a one-call family: one row) -> FD, KID, precision/recall, class score (and, for
     class-conditional models, the fraction of samples the classifier assigns to the requested
@@ -117,7 +118,8 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
     a sampler x NFE without one is skipped with a note). ``ref_stats``: an ``.npz`` of ``mu``/
     ``sigma`` (EDM's ``fid.py ref``, pytorch-fid, clean-fid): FID against it, reported with the
     sample count and the file's SHA-256, instead of FD/KID/precision/recall against the test
-    split."""
+    split. ``compression``: ``{"quantize", "prune", "low_rank"}`` request fields applied to
+    every row (the rows name them)."""
     exp = read_experiment(workdir)
     stats = read_stats(ref_stats) if ref_stats else None
     if stats is None and not exp.data.dataset:
@@ -128,6 +130,11 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
     if not method.generates:
         raise ValueError(f"{workdir} holds a {exp.method_name!r} run, which makes no samples")
     settings = _settings(method, samplers, nfes, grids, guidance, prompts, num)
+    if compression and any(v is not None for v in compression.values()):
+        check_compression(method, SampleRequest(**compression), workdir)
+        tag = {k: v for k, v in compression.items() if v is not None}
+        settings = [({**row, **tag}, dataclasses.replace(req, **compression))
+                    for row, req in settings]
     check_fits(min(num, batch), method.sample_shape, f"--num {num}", copies=2)  # one chunk: streamed
     k = method.num_classes
     if k and not classifier_dir:

@@ -63,6 +63,9 @@ class SampleRequest:
     low_res: str | None = None         # super-resolution input: file or "test"
     temperature: float | None = None   # flow / VAE / autoregressive: the sampling temperature
     interpolate: int = 0               # > 0: ``num`` rows of this many slerp steps
+    quantize: str | None = None        # compress.MODES: int8 / int4 weights, int8-act
+    prune: float | None = None         # magnitude pruning to this sparsity
+    low_rank: float | None = None      # dense / 1x1 kernels at this fraction of their rank
 
 
 COMMON_OPTIONS = ("num", "batch", "seed")
@@ -97,6 +100,8 @@ class Sampling:
     inputs: np.ndarray | None = None   # what the samples were made from (masked / low-res)
     nrow: int | None = None
     labels: np.ndarray | None = None
+    # the loaded sampling parameters -> what ``draw`` takes (e.g. quantised kernels)
+    prepare: Callable[[Any], Any] | None = None
 
 
 def parse_labels(spec: str, num_classes: int, n: int) -> tuple[np.ndarray, int | None]:

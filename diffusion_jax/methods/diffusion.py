@@ -22,6 +22,7 @@ import optax
 from diffusion_jax import parameterization as parameterizations
 from diffusion_jax import processes
 from diffusion_jax.conditioning import Conditioning, downsample
+from diffusion_jax.compress import Compression
 from diffusion_jax.likelihood import bits_per_dim, dequantize, log_likelihood, to_integers
 from diffusion_jax.losses import LossConfig, denoising_loss
 from diffusion_jax.methods.base import MethodBase, SampleRequest, Sampling, SamplingEnv, balanced_labels
@@ -38,7 +39,7 @@ from diffusion_jax.settings import BuildContext, ConfigError, DataSpec, check_ru
 SECTIONS = ("process", "parameterization", "loss", "latent")
 SAMPLE_OPTIONS = frozenset({"sampler", "steps", "grid", "labels", "guidance", "classifier",
                             "classifier_scale", "init_image", "mask", "resample", "strength",
-                            "low_res", "invert"})
+                            "low_res", "invert", "quantize", "prune", "low_rank"})
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -182,7 +183,14 @@ class Diffusion(SingleNetwork, MethodBase):
 
     # -- the capabilities callers ask for ----------------------------------------------------
     def sampling(self, req: SampleRequest, env: SamplingEnv) -> Sampling:
-        return plan(self, req, env)
+        """``--quantize``/``--prune``/``--low-rank``: the network takes the compressed tree,
+        which ``prepare`` makes from the loaded parameters."""
+        comp = Compression(req.quantize, req.prune, req.low_rank)
+        if not comp.active:
+            return plan(self, req, env)
+        method = dataclasses.replace(self, model=comp.model(self.model))
+        bare = dataclasses.replace(req, quantize=None, prune=None, low_rank=None)
+        return dataclasses.replace(plan(method, bare, env), prepare=comp.params)
 
     def nfe(self, req: SampleRequest) -> int:
         return total_nfe(req.sampler or self.sampler, req.steps or self.num_steps)

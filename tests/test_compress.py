@@ -1,0 +1,194 @@
+"""Compression for sampling (``diffusion_jax.compress``): quantised layers within the bound their
+bit width implies, exact sparsity, the SVD's error, and the sample/eval path through them."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion_jax.compress import (Compression, CompressedModel, lowrank_params, materialize,
+                                    param_bytes, param_count, prune_params, quantize_params)
+from diffusion_jax.compress.lowrank import LowRank
+from diffusion_jax.compress.quantize import (QTensor, fake_quantize_rows, pack_int4,
+                                             quantize_inputs, unpack_int4)
+
+RNG = np.random.default_rng(0)
+# float32 evaluation of the same sums in another order: a few ulps of the sum of |terms|
+F32 = 1e-5
+
+
+def _dense(features=24, fan_in=40, bias=True):
+    layer = nn.Dense(features, use_bias=bias)
+    x = jnp.asarray(RNG.normal(size=(6, fan_in)).astype(np.float32))
+    params = layer.init(jax.random.key(0), x)["params"]
+    params = {"kernel": jnp.asarray(RNG.normal(size=(fan_in, features)).astype(np.float32)),
+              **({"bias": params["bias"]} if bias else {})}
+    return layer, {"params": params}, x
+
+
+@pytest.mark.parametrize("bits,mode", [(8, "int8"), (4, "int4")])
+def test_weight_only_dense_error_is_within_half_a_step_per_channel(bits, mode):
+    layer, v, x = _dense()
+    q = quantize_params(v["params"], mode)
+    k = q["kernel"]
+    assert isinstance(k, QTensor) and k.q.dtype == (np.int8 if bits == 8 else np.uint8)
+    w, w_hat = np.asarray(v["params"]["kernel"]), np.asarray(k.materialize())
+    s = np.asarray(k.scale).reshape(-1)
+    # rounding to nearest: every weight within half a step of its channel's grid
+    assert np.all(np.abs(w - w_hat) <= s / 2 * (1 + 1e-6))
+    stored = np.asarray(unpack_int4(k.q, w.size)) if bits == 4 else np.asarray(k.q)
+    assert np.abs(stored).max() == 2 ** (bits - 1) - 1   # each channel's largest on the grid's end
+    y = layer.apply(v, x)
+    y_hat = CompressedModel(layer).apply({"params": q}, x)
+    bound = (s / 2) * np.abs(np.asarray(x)).sum(1, keepdims=True)   # [B, out]
+    err = np.abs(np.asarray(y - y_hat))
+    assert np.all(err <= bound + F32 * np.abs(np.asarray(x)) @ np.abs(w)), err.max()
+    assert err.max() > 0  # it did quantise
+
+
+def test_weight_only_conv_error_is_within_the_receptive_fields_bound():
+    conv = nn.Conv(16, (3, 3), padding="SAME")
+    x = jnp.asarray(RNG.normal(size=(2, 8, 8, 6)).astype(np.float32))
+    v = conv.init(jax.random.key(1), x)
+    q = quantize_params(v["params"], "int4")
+    y, y_hat = conv.apply(v, x), CompressedModel(conv).apply({"params": q}, x)
+    s = np.asarray(q["kernel"].scale).reshape(-1)
+    # sum of |x| over each output's 3x3x6 receptive field (zero padding as the layer's)
+    field = jax.lax.conv_general_dilated(jnp.abs(x), jnp.ones((3, 3, 6, 1)), (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    bound = np.asarray(field) * s / 2
+    assert np.all(np.abs(np.asarray(y - y_hat)) <= bound * (1 + 1e-5) + 1e-6)
+
+
+def test_int8_activations_add_their_own_half_step_and_no_more():
+    layer, v, x = _dense()
+    q = quantize_params(v["params"], "int8")
+    model = CompressedModel(layer, quantize_inputs)
+    y, y_hat = layer.apply(v, x), model.apply({"params": q}, x)
+    w_hat = np.abs(np.asarray(q["kernel"].materialize()))
+    s_w = np.asarray(q["kernel"].scale).reshape(-1)
+    s_x = np.abs(np.asarray(x)).max(1, keepdims=True) / 127
+    bound = (s_x / 2) * w_hat.sum(0) + (s_w / 2) * np.abs(np.asarray(x)).sum(1, keepdims=True)
+    err = np.abs(np.asarray(y - y_hat))
+    assert np.all(err <= bound * (1 + 1e-5) + 1e-6)
+    # activations rounded too: more error than the weights alone in the same layer
+    assert err.max() > np.abs(np.asarray(y - CompressedModel(layer).apply({"params": q}, x))).max()
+    r = np.asarray(fake_quantize_rows(x))
+    assert np.all(np.abs(r - np.asarray(x)) <= s_x / 2 * (1 + 1e-6))
+    assert len(np.unique(np.round(r / s_x).astype(int))) <= 255
+
+
+def test_int4_packing_round_trips_every_value():
+    vals = np.tile(np.arange(-7, 8, dtype=np.int8), 4)[:-2]   # an even count, every value
+    assert np.array_equal(np.asarray(unpack_int4(pack_int4(vals), vals.size)), vals)
+
+
+def test_stored_bytes_are_a_quarter_and_an_eighth_plus_the_scales():
+    params = {"a": {"kernel": RNG.normal(size=(3, 3, 16, 32)).astype(np.float32),
+                    "bias": np.zeros(32, np.float32)},
+              "b": {"kernel": RNG.normal(size=(64, 32)).astype(np.float32)}}
+    kernels = 3 * 3 * 16 * 32 + 64 * 32
+    scales, bias = 2 * 32 * 4, 32 * 4
+    assert param_bytes(params) == 4 * kernels + bias
+    assert param_bytes(quantize_params(params, "int8")) == kernels + scales + bias
+    assert param_bytes(quantize_params(params, "int4")) == kernels // 2 + scales + bias
+
+
+def test_quantize_refusals_name_the_layer_or_the_supported_ones():
+    odd = {"conv_out": {"kernel": np.ones((3, 3, 1, 1), np.float32)},
+           "conv_in": {"kernel": np.ones((3, 3, 2, 4), np.float32)}}
+    with pytest.raises(ValueError, match="layer conv_out/kernel has 9 weights"):
+        quantize_params(odd, "int4")
+    quantize_params(odd, "int8")  # int8 needs no packing
+    with pytest.raises(ValueError, match="no kernel to quantize.*Conv, Dense"):
+        quantize_params({"norm": {"scale": np.ones(4, np.float32)}}, "int8")
+    with pytest.raises(ValueError, match="--quantize 'int2'.*int8, int4, int8-act"):
+        Compression(quantize="int2")
+    for bad in (0.0, 1.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match=r"--prune .*\(0, 1\)"):
+            Compression(prune=bad)
+        with pytest.raises(ValueError, match=r"--low-rank .*\(0, 1\)"):
+            Compression(low_rank=bad)
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.8])
+def test_pruning_zeroes_exactly_the_requested_fraction_smallest_first(sparsity):
+    params = {"c": {"kernel": RNG.normal(size=(3, 3, 8, 16)).astype(np.float32),
+                    "bias": RNG.normal(size=16).astype(np.float32)},
+              "d": {"kernel": RNG.normal(size=(33, 7)).astype(np.float32)}}
+    out = prune_params(params, sparsity)
+    for name in ("c", "d"):
+        w, p = params[name]["kernel"], out[name]["kernel"]
+        zeros = np.count_nonzero(p == 0)
+        assert zeros == round(sparsity * w.size)
+        kept = p != 0
+        assert np.all(p[kept] == w[kept])                       # survivors untouched
+        assert np.abs(w[~kept]).max() <= np.abs(w[kept]).min()  # the smallest went
+    assert np.array_equal(out["c"]["bias"], params["c"]["bias"])  # biases are not pruned
+    total, nonzero = param_count(out)
+    assert total == param_count(params)[0]
+    assert nonzero == total - sum(round(sparsity * params[n]["kernel"].size) for n in "cd")
+
+
+def test_low_rank_error_is_the_norm_of_the_discarded_singular_values():
+    w = RNG.normal(size=(48, 40)).astype(np.float32)
+    conv1 = RNG.normal(size=(1, 1, 32, 24)).astype(np.float32)
+    conv3 = RNG.normal(size=(3, 3, 8, 8)).astype(np.float32)
+    out = lowrank_params({"d": {"kernel": w}, "p": {"kernel": conv1}, "s": {"kernel": conv3}},
+                         0.25)
+    for name, full in (("d", w), ("p", conv1)):
+        lr = out[name]["kernel"]
+        assert isinstance(lr, LowRank)
+        m2 = full.reshape(-1, full.shape[-1]).astype(np.float64)
+        sv = np.linalg.svd(m2, compute_uv=False)
+        r = lr.a.shape[1]
+        assert r == int(np.ceil(0.25 * min(m2.shape)))
+        err = np.linalg.norm(m2 - np.asarray(lr.materialize(), np.float64).reshape(m2.shape))
+        np.testing.assert_allclose(err, np.sqrt(np.sum(sv[r:] ** 2)), rtol=1e-4)
+    assert out["s"]["kernel"] is conv3            # a 3x3 convolution is kept whole
+    # a kernel whose factors would be larger stays whole
+    tall = RNG.normal(size=(64, 2)).astype(np.float32)
+    assert lowrank_params({"k": {"kernel": tall}}, 0.9)["k"]["kernel"] is tall
+    assert param_bytes(out) < param_bytes({"d": {"kernel": w}, "p": {"kernel": conv1},
+                                           "s": {"kernel": conv3}})
+
+
+def test_materialize_turns_every_packed_kernel_back():
+    params = {"a": {"kernel": RNG.normal(size=(40, 24)).astype(np.float32)},
+              "b": {"kernel": RNG.normal(size=(1, 1, 24, 24)).astype(np.float32)}}
+    both = Compression(quantize="int8", low_rank=0.25).params(params)
+    assert isinstance(both["a"]["kernel"], LowRank)  # factored first, the factors kept float
+    dense = materialize(both)
+    assert jax.tree_util.tree_structure(dense) == jax.tree_util.tree_structure(params)
+    q = quantize_params(params, "int8")
+    assert isinstance(q["a"]["kernel"], QTensor)
+
+
+def test_sample_and_eval_paths_take_the_compressed_network(tmp_path, configs, capsys):
+    """A trained (tiny) workdir sampled through ``generate``: int8 lands nearer the float32
+    samples than int4 (same seed and sampler), the CLI's flags reach it, and a family without a
+    denoiser is refused in one line naming the ones that compress."""
+    from diffusion_jax.cli import main
+    from diffusion_jax.generate import SampleRequest, check_compression, generate
+    from diffusion_jax.train.loop import train
+
+    wd = str(tmp_path / "wd")
+    assert train(configs.experiment(configs.tiny_image(tmp_path)), wd)["status"] == "done"
+    req = SampleRequest(num=8, sampler="ddim", steps=3)
+    ref = np.asarray(generate(wd, req).images)
+    err = {}
+    for name, extra in (("int8", dict(quantize="int8")), ("int4", dict(quantize="int4"))):
+        out = np.asarray(generate(wd, SampleRequest(num=8, sampler="ddim", steps=3, **extra)).images)
+        assert out.shape == ref.shape and np.all(np.isfinite(out))
+        err[name] = np.abs(out - ref).max()
+    assert 0 < err["int8"] < err["int4"]
+    out = tmp_path / "q.npz"
+    assert main(["sample", "--workdir", wd, "--quantize", "int4", "--low-rank", "0.5",
+                 "--num", "4", "--steps", "2", "--out", str(out)]) == 0
+    assert np.load(out)["images"].shape[0] == 4
+    gan = configs.experiment(configs.family("gan", tmp_path)).method
+    with pytest.raises(ValueError, match="--quantize compresses a diffusion model's denoiser"):
+        check_compression(gan, SampleRequest(quantize="int8"), "runs/gan")
+    assert "--prune 1.5: the sparsity must be in (0, 1)" in configs.cli_error(
+        capsys, ["sample", "--workdir", wd, "--prune", "1.5"])
