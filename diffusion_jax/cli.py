@@ -312,10 +312,14 @@ def _compression_args(s) -> None:
     s.add_argument("--low-rank", type=number(), default=None,
                    metavar="RATIO", help="diffusion: dense and 1x1 conv kernels as truncated-SVD "
                                          "factors keeping this fraction of their rank")
+    s.add_argument("--cache-every", type=integer(1), default=None, metavar="K",
+                   help="diffusion: step caching, the network at every K-th step (the others "
+                        "reuse its last noise prediction); NFE counts the calls made")
 
 
 def _compression(args) -> dict:
-    return dict(quantize=args.quantize, prune=args.prune, low_rank=args.low_rank)
+    return dict(quantize=args.quantize, prune=args.prune, low_rank=args.low_rank,
+                cache_every=args.cache_every)
 
 
 def _prompt_args(s) -> None:

@@ -82,11 +82,12 @@ def check_compression(method, req: SampleRequest, workdir) -> None:
     """``--quantize``/``--prune``/``--low-rank`` on a family whose sampling network cannot take
     them, refused naming the ones that can."""
     given = vars(req)
-    for name in ("quantize", "prune", "low_rank"):
+    for name in ("quantize", "prune", "low_rank", "cache_every"):
         if given[name] is not None and name not in method.sample_options:
-            raise ValueError(f"{_flag(name)} compresses a diffusion model's denoiser (pixel "
-                             f"diffusion runs and pretrained DDPM/EDM folders); {workdir} holds "
-                             f"a {method.name} model")
+            raise ValueError(f"{_flag(name)} works on a diffusion model's denoiser (pixel "
+                             f"diffusion runs and pretrained DDPM/EDM folders"
+                             f"{', latent pipelines' if name == 'cache_every' else ''}); "
+                             f"{workdir} holds a {method.name} model")
 
 
 def check_options(exp: Experiment, req: SampleRequest, workdir) -> None:

@@ -185,10 +185,12 @@ def test_sample_and_eval_paths_take_the_compressed_network(tmp_path, configs, ca
     assert 0 < err["int8"] < err["int4"]
     out = tmp_path / "q.npz"
     assert main(["sample", "--workdir", wd, "--quantize", "int4", "--low-rank", "0.5",
-                 "--num", "4", "--steps", "2", "--out", str(out)]) == 0
+                 "--cache-every", "2", "--num", "4", "--steps", "4", "--out", str(out)]) == 0
     assert np.load(out)["images"].shape[0] == 4
+    method = configs.experiment(configs.tiny_image(tmp_path)).method
+    assert method.nfe(SampleRequest(steps=4, cache_every=2)) == 3   # steps 0 and 2, the final
     gan = configs.experiment(configs.family("gan", tmp_path)).method
-    with pytest.raises(ValueError, match="--quantize compresses a diffusion model's denoiser"):
+    with pytest.raises(ValueError, match="--quantize works on a diffusion model's denoiser"):
         check_compression(gan, SampleRequest(quantize="int8"), "runs/gan")
     assert "--prune 1.5: the sparsity must be in (0, 1)" in configs.cli_error(
         capsys, ["sample", "--workdir", wd, "--prune", "1.5"])

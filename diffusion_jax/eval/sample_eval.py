@@ -118,8 +118,8 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
     a sampler x NFE without one is skipped with a note). ``ref_stats``: an ``.npz`` of ``mu``/
     ``sigma`` (EDM's ``fid.py ref``, pytorch-fid, clean-fid): FID against it, reported with the
     sample count and the file's SHA-256, instead of FD/KID/precision/recall against the test
-    split. ``compression``: ``{"quantize", "prune", "low_rank"}`` request fields applied to
-    every row (the rows name them)."""
+    split. ``compression``: ``{"quantize", "prune", "low_rank", "cache_every"}`` request
+    fields applied to every row (the rows name them; a cached row's ``nfe`` is the calls made)."""
     exp = read_experiment(workdir)
     stats = read_stats(ref_stats) if ref_stats else None
     if stats is None and not exp.data.dataset:
@@ -133,8 +133,8 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
     if compression and any(v is not None for v in compression.values()):
         check_compression(method, SampleRequest(**compression), workdir)
         tag = {k: v for k, v in compression.items() if v is not None}
-        settings = [({**row, **tag}, dataclasses.replace(req, **compression))
-                    for row, req in settings]
+        settings = [({**row, **tag, "nfe": method.nfe(dataclasses.replace(req, **compression))},
+                     dataclasses.replace(req, **compression)) for row, req in settings]
     check_fits(min(num, batch), method.sample_shape, f"--num {num}", copies=2)  # one chunk: streamed
     k = method.num_classes
     if k and not classifier_dir:

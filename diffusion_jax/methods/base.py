@@ -66,6 +66,7 @@ class SampleRequest:
     quantize: str | None = None        # compress.MODES: int8 / int4 weights, int8-act
     prune: float | None = None         # magnitude pruning to this sparsity
     low_rank: float | None = None      # dense / 1x1 kernels at this fraction of their rank
+    cache_every: int | None = None     # step caching: the network at every k-th step
 
 
 COMMON_OPTIONS = ("num", "batch", "seed")

@@ -39,7 +39,8 @@ from diffusion_jax.settings import BuildContext, ConfigError, DataSpec, check_ru
 SECTIONS = ("process", "parameterization", "loss", "latent")
 SAMPLE_OPTIONS = frozenset({"sampler", "steps", "grid", "labels", "guidance", "classifier",
                             "classifier_scale", "init_image", "mask", "resample", "strength",
-                            "low_res", "invert", "quantize", "prune", "low_rank"})
+                            "low_res", "invert", "quantize", "prune", "low_rank",
+                            "cache_every"})
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -120,11 +121,11 @@ class Diffusion(SingleNetwork, MethodBase):
     # -- sampling ----------------------------------------------------------------------------
     def sample_fn(self, sampler: str | None = None, num_steps: int | None = None,
                   grid: str | None = None, guidance_scale: float | None = None,
-                  classifier: tuple | None = None) -> Callable:
+                  classifier: tuple | None = None, cache_every: int = 1) -> Callable:
         """The jitted ``fn(params, x_T, key, cond=None, known=None, mask=None)`` (cached)."""
         return make_sample_fn(self.model, self.process, self.parameterization,
                               sampler or self.sampler, num_steps or self.num_steps,
-                              grid or self.grid, guidance_scale, classifier)
+                              grid or self.grid, guidance_scale, classifier, cache_every)
 
     def prompt_ids(self, prompts, negative: str | None, n: int) -> dict:
         """Token ids of a text-to-image model's prompts (``{"ids", "null_ids"}``)."""
@@ -193,7 +194,8 @@ class Diffusion(SingleNetwork, MethodBase):
         return dataclasses.replace(plan(method, bare, env), prepare=comp.params)
 
     def nfe(self, req: SampleRequest) -> int:
-        return total_nfe(req.sampler or self.sampler, req.steps or self.num_steps)
+        return total_nfe(req.sampler or self.sampler, req.steps or self.num_steps,
+                         cache_every=req.cache_every or 1)
 
     def eval_requests(self, samplers, nfes, grids, guidance):
         """Samplers x NFE budgets x grids; class-balanced labels for class-conditional models."""

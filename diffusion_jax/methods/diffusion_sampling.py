@@ -25,7 +25,7 @@ from diffusion_jax.conditioning import downsample
 from diffusion_jax.methods.base import Sampling, SampleRequest, SamplingEnv, parse_labels, take
 from diffusion_jax.parallel import batch_sharding, make_mesh
 from diffusion_jax.parameterization import make_denoiser
-from diffusion_jax.samplers import default_grid, resolve_sampler
+from diffusion_jax.samplers import check_cacheable, default_grid, resolve_sampler
 from diffusion_jax.samplers import invert as run_invert
 from diffusion_jax.samplers import sample as run_sampler
 from diffusion_jax.utils.images import load_images, make_mask
@@ -131,11 +131,13 @@ def shard_batch(args: tuple, batch: int) -> tuple:
 
 @functools.lru_cache(maxsize=64)
 def make_sample_fn(model, process, par, sampler, num_steps: int, grid,
-                   guidance_scale: float | None = None, classifier: tuple | None = None):
+                   guidance_scale: float | None = None, classifier: tuple | None = None,
+                   cache_every: int = 1):
     """``fn(params, x_T, key, cond=None, known=None, mask=None) -> images``, jitted whole (one
     XLA program per shape). ``grid``: a grid name, or the times themselves (a tuple: a learned
     grid). ``known``/``mask`` (1 = known): inpainting by replacement.
-    ``classifier = (log_prob, scale, num_classes)`` adds classifier guidance."""
+    ``classifier = (log_prob, scale, num_classes)`` adds classifier guidance; ``cache_every``:
+    the driver's step caching."""
     clf = None if classifier is None else classifier[:2]
 
     def fn(params, x_T, key, known, mask, cond):
@@ -145,7 +147,8 @@ def make_sample_fn(model, process, par, sampler, num_steps: int, grid,
         # inpainting's output is its last denoised estimate, whose known part is exact
         where = dict(ts=np.asarray(grid)) if isinstance(grid, tuple) else dict(grid=grid)
         return run_sampler(denoise, process, x_T, sampler=sampler, num_steps=num_steps, key=key,
-                           final="ode" if known is None else "denoise", **where)
+                           final="ode" if known is None else "denoise", cache_every=cache_every,
+                           **where)
 
     def prepare(params, x_T, key, known, mask, cond):
         mask = None if known is None else guidance.broadcast_mask(mask, known)
@@ -223,6 +226,7 @@ def plan(method, req: SampleRequest, env: SamplingEnv) -> Sampling:
     if req.guidance is not None and not method.null_class and not text:
         raise ValueError("--guidance (classifier-free) needs an unconditional (null) class, and "
                          "this model was trained without one: sample with --labels alone")
+    _check_cache(req, method)
     learned_grid = req.grid == "learned" or str(req.grid).endswith(".json")
     if req.invert and (resolve_sampler(req.sampler or method.sampler).stochastic or learned_grid):
         raise ValueError(f"--invert runs the sampler up its grid: it needs a deterministic sampler "
@@ -261,6 +265,20 @@ def plan(method, req: SampleRequest, env: SamplingEnv) -> Sampling:
     return Sampling(n, b, draw, inputs, nrow, y)
 
 
+def _check_cache(req: SampleRequest, method) -> None:
+    """``--cache-every``: a sampler with one network call per step, and plain sampling or
+    replacement inpainting (not SDEdit, RePaint or inversion)."""
+    if req.cache_every is None:
+        return
+    if req.cache_every < 1:
+        raise ValueError(f"--cache-every must be >= 1 (1: no caching), got {req.cache_every}")
+    if req.strength is not None or req.resample > 1 or req.invert:
+        raise ValueError("--cache-every works with plain sampling and --mask inpainting, not "
+                         "with --strength, --resample or --invert")
+    sampler = req.sampler or method.sampler
+    check_cacheable(resolve_sampler(sampler), sampler)
+
+
 def _learned(req: SampleRequest, method, env: SamplingEnv) -> SampleRequest:
     """``--grid learned``: the stored grid (and, for ``learned_pc``, its solver) in the request;
     ``--grid FILE.json``: a grid file's (its sampler and steps unless the request names them)."""
@@ -297,11 +315,12 @@ def _runner(method, req: SampleRequest, mask, classifier, b: int) -> Callable:
         return edit(lambda params, cond, init, key: fn(params, init, key, cond))
     if req.mask and method.sample_shape != tuple(method.shape):  # latent inpainting
         raw = make_sample_fn(method.model, method.process, method.parameterization, sampler,
-                             steps, grid, req.guidance, classifier)
+                             steps, grid, req.guidance, classifier, req.cache_every or 1)
         return edit(lambda params, cond, init, key: raw(
             params, method.process.prior_sample(key, (b,) + tuple(method.shape)), key, cond,
             init, jnp.asarray(mask)))
-    fn = method.sample_fn(req.sampler, steps, grid, req.guidance, classifier)
+    fn = method.sample_fn(req.sampler, steps, grid, req.guidance, classifier,
+                          cache_every=req.cache_every or 1)
     inverse = make_invert_fn(method.model, method.process, method.parameterization, sampler,
                              steps, grid, req.guidance) if req.invert else None
 

@@ -48,7 +48,7 @@ class LatentDiffusion(Diffusion):
     pixel_shape: tuple[int, ...] = ()
     name: str = "latent_diffusion"
     sample_options = frozenset({"sampler", "steps", "grid", "labels", "guidance", "init_image",
-                                "mask", "resample", "strength", "invert"})
+                                "mask", "resample", "strength", "invert", "cache_every"})
     likelihood = None
     no_likelihood = ("this is a latent diffusion model: the PF-ODE gives the density of latents, "
                      "not of pixels, so it has no bits/dim of the images")

@@ -152,7 +152,7 @@ class PretrainedLatent(LatentDiffusion):
     @property
     def sample_options(self) -> frozenset:
         base = {"sampler", "steps", "grid", "guidance", "init_image", "mask", "resample",
-                "strength", "invert"}
+                "strength", "invert", "cache_every"}
         return frozenset(base | ({"prompts", "negative_prompt"} if self.text is not None else
                                  {"labels"} if self.conditioning.num_classes else set()))
 

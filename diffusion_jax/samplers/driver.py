@@ -20,7 +20,7 @@ Array = jax.Array
 
 def run(sampler: Sampler, denoise: Callable, process: Process, x_T: Array, ts, key: Array,
         final_denoise: bool = True, final: str = "ode", unroll: int | bool = 1,
-        callback: Callable | None = None) -> tuple[Array, Array]:
+        callback: Callable | None = None, calls=None) -> tuple[Array, Array]:
     """Run ``sampler`` over the grid ``ts`` (length ``N+1``) from ``x_T``: one ``lax.scan``.
 
     Returns ``(x, nan_step)``: the sample (with ``final_denoise``, one more network call at
@@ -34,7 +34,16 @@ def run(sampler: Sampler, denoise: Callable, process: Process, x_T: Array, ts, k
     every network evaluation, with the step index ``i`` (``N`` for the final call), the time and
     the denoiser's input and output: for trajectory plots and debugging. Absent, nothing is
     added to the program.
+
+    ``calls`` (a boolean per step, see ``cache_schedule``): step caching. At a step marked
+    False the network is not called: the step reuses the noise prediction of the last call,
+    ``eps = (x - alpha x0_hat) / sigma``, at its own ``x`` and ``t`` (TeaCache/MagCache's
+    reuse of the model output, on a fixed schedule); the rest of the sampler runs as usual.
+    The choice is a ``lax.cond`` inside the one scan, so a skipped step costs no network call.
     """
+    if calls is not None:
+        return _run_cached(sampler, denoise, process, x_T, ts, key, final_denoise, final, calls,
+                           callback)
     if sampler.adaptive:  # adaptive solvers choose their own grid
         watched = _watched(denoise, callback, jnp.int32(0))
         x, nan_step = sampler.solve(watched, process, x_T, float(ts[0]), float(ts[-1]))
@@ -70,6 +79,66 @@ def run(sampler: Sampler, denoise: Callable, process: Process, x_T: Array, ts, k
     return x, nan_step
 
 
+def cache_schedule(num_steps: int, every: int) -> tuple[bool, ...]:
+    """Where the network runs with step caching: steps ``0, every, 2 every, ...`` (the first
+    always); the final denoising call always runs."""
+    if every < 1:
+        raise ValueError(f"cache_every must be >= 1 (1: no caching), got {every}")
+    return tuple(bool(i % every == 0) for i in range(num_steps))
+
+
+def check_cacheable(sampler: Sampler, name) -> None:
+    """Step caching replaces a step's one network call: samplers with several per step (Heun,
+    DPM-Solver-2/3, Restart) or their own grid (dopri5) are refused."""
+    if sampler.adaptive or sampler.expands_grid or sampler.nfe_per_step != 1:
+        raise ValueError(f"--cache-every reuses a step's one network call; sampler {name} makes "
+                         f"{'its own grid' if sampler.adaptive or sampler.expands_grid else f'{sampler.nfe_per_step} calls per step'}: "
+                         "use a one-call sampler (ddim, dpmpp_2m, unipc, deis, plms, ...)")
+
+
+def _run_cached(sampler, denoise, process, x_T, ts, key, final_denoise, final, calls, callback):
+    """``run`` with step caching (``calls[i]``: the network runs at step ``i``)."""
+    check_cacheable(sampler, type(sampler).__name__)
+    ts = jnp.asarray(ts, dtype=x_T.dtype)
+    n = ts.shape[0] - 1
+    if len(calls) != n or not calls[0]:
+        raise ValueError(f"a cache schedule has one entry per step ({n}) and calls the network at "
+                         f"the first step; got {tuple(calls)}")
+
+    def body(state, inp):
+        carry, nan_step, eps_last = state
+        i, t, t_next, k, call = inp
+        made = []
+
+        def cached(x, t_):
+            a, s = process.alpha(t_), process.sigma(t_)
+
+            def fresh(_):
+                x0 = _watched(denoise, callback, i)(x, t_)
+                return x0, (x - a * x0) / s
+
+            x0, eps = jax.lax.cond(call, fresh, lambda _: ((x - s * eps_last) / a, eps_last), None)
+            made.append(eps)
+            return x0
+
+        carry = sampler.step(Context(cached, process, n), carry, i, t, t_next, k)
+        bad = jnp.any(jnp.isnan(carry.x))
+        return (carry, jnp.where((nan_step < 0) & bad, i.astype(jnp.int32), nan_step),
+                made[-1]), None
+
+    keys = jax.random.split(key, n)
+    init = (sampler.init(Context(denoise, process, n), x_T), jnp.int32(-1), jnp.zeros_like(x_T))
+    (carry, nan_step, _), _ = jax.lax.scan(
+        body, init, (jnp.arange(n), ts[:-1], ts[1:], keys, jnp.asarray(calls)))
+    x = carry.x
+    if final_denoise:
+        t_end = ts[-1]
+        x0 = _watched(denoise, callback, jnp.int32(n))(x, t_end)
+        x = sampler.finish(Context(denoise, process, n), carry, x0, t_end, final)
+        nan_step = jnp.where((nan_step < 0) & jnp.any(jnp.isnan(x)), n, nan_step)
+    return x, nan_step
+
+
 def _watched(denoise: Callable, callback: Callable | None, i) -> Callable:
     """``denoise`` that also reports ``(i, t, x, x0_hat)`` to ``callback`` on the host."""
     if callback is None:
@@ -99,7 +168,8 @@ def resolve_sampler(sampler: str | Sampler, **kwargs) -> Sampler:
 def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sampler = "dpmpp_2m",
            num_steps: int = 20, key: Array | None = None, grid: str = "default",
            ts=None, final_denoise: bool = True, final: str = "ode",
-           sampler_kwargs: dict | None = None, callback: Callable | None = None) -> Array:
+           sampler_kwargs: dict | None = None, callback: Callable | None = None,
+           cache_every: int = 1) -> Array:
     """Draw samples by integrating from ``x_T`` (at ``t_max``) down to ``t_min``.
 
     Args:
@@ -115,6 +185,9 @@ def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sa
       final: the step from ``t_min`` to the data end: ``"ode"`` (second order in
         ``(sigma/alpha)^2``, the default) or ``"denoise"`` (the first-order jump ``x0_hat``).
       callback: ``callback(i, t, x, x0_hat)`` at every network evaluation (see ``run``).
+      cache_every: step caching (see ``run``): the network runs at every ``cache_every``-th
+        step, the others reuse its last noise prediction; NFE = ``ceil(num_steps /
+        cache_every) + final_denoise`` (``total_nfe(..., cache_every=)``). 1: no caching.
 
     Jittable as a whole (``jax.jit(partial(sample, ...))``). Called outside ``jit`` it compiles
     once per (denoiser, process, sampler, grid, shape) and raises ``FloatingPointError`` naming
@@ -124,10 +197,15 @@ def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sa
     if final not in FINAL_STEPS:
         raise ValueError(f"unknown final step {final!r}; valid: {', '.join(FINAL_STEPS)}")
     ts = _checked_grid(obj, process, sampler, num_steps, grid, ts)
+    calls = None
+    if cache_every != 1:
+        check_cacheable(obj, sampler if isinstance(sampler, str) else type(obj).__name__)
+        calls = cache_schedule(len(ts) - 1, cache_every)
     # Restart's cycles join the grid (a grid it cannot restart on fails here, before compiling);
     # NaN steps are reported on the grid the scan runs
     run_ts = obj.expand_grid(process, ts)
-    nfe = None if obj.adaptive else obj.nfe(len(ts) - 1) + int(final_denoise)
+    nfe = (None if obj.adaptive else obj.nfe(len(ts) - 1) + int(final_denoise) if calls is None
+           else sum(calls) + int(final_denoise))
     warning = None if nfe is None else obj.low_nfe_warning(nfe)
     if warning:
         warnings.warn(warning, stacklevel=2)
@@ -137,9 +215,10 @@ def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sa
         raise ValueError(f"the denoiser maps x_T of shape {x_T.shape} to {out.shape}; "
                          "it must return x0_hat with the shape of its input")
     if isinstance(x_T, jax.core.Tracer) or isinstance(key, jax.core.Tracer):
-        return run(obj, denoise, process, x_T, ts, key, final_denoise, final, callback=callback)[0]
+        return run(obj, denoise, process, x_T, ts, key, final_denoise, final, callback=callback,
+                   calls=calls)[0]
     x, nan_step = _run_jit(obj, denoise, process, x_T, tuple(float(v) for v in ts), key,
-                           final_denoise, final, callback)
+                           final_denoise, final, callback, calls)
     nan_step = int(nan_step)
     if nan_step >= 0:
         m = len(run_ts) - 1
@@ -185,13 +264,18 @@ def _checked_grid(obj: Sampler, process: Process, sampler, num_steps: int, grid,
     return ts
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 4, 6, 7, 8))
-def _run_jit(sampler, denoise, process, x_T, ts, key, final_denoise, final, callback):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 4, 6, 7, 8, 9))
+def _run_jit(sampler, denoise, process, x_T, ts, key, final_denoise, final, callback, calls):
     return run(sampler, denoise, process, x_T, np.asarray(ts), key, final_denoise, final,
-               callback=callback)
+               callback=callback, calls=calls)
 
 
-def total_nfe(sampler: str | Sampler, num_steps: int, final_denoise: bool = True) -> int:
+def total_nfe(sampler: str | Sampler, num_steps: int, final_denoise: bool = True,
+              cache_every: int = 1) -> int:
+    """Network evaluations of ``num_steps`` steps, the final denoising call included; with
+    step caching, the calls ``cache_schedule`` makes (a skipped step costs none)."""
+    if cache_every != 1:
+        return sum(cache_schedule(num_steps, cache_every)) + int(final_denoise)
     return resolve_sampler(sampler).nfe(num_steps) + int(final_denoise)
 
 
