@@ -17,6 +17,7 @@ Verbs:
   optimize-grid   learn a sampler's time grid for a trained workdir (``sample --grid learned``)
   bench-samplers  sampler accuracy vs NFE on exact-score Gaussian mixtures
   bench-train     train-step throughput, FLOPs and memory of an experiment
+  bench-compress  bytes, img/s and FD of quantised / pruned / low-rank / cached sampling
 
 ``sample``, ``eval``, ``likelihood``, ``optimize-grid`` and ``bench-samplers`` take
 ``--pretrained DIR`` (a diffusers folder or an EDM export, ``dj.load_pretrained``) in place of
@@ -43,6 +44,7 @@ import jax
 
 from diffusion_jax.bench.sampler_bench import (CASES, MODEL_NFES, MODEL_SAMPLERS, model_pass,
                                                run_benchmark)
+from diffusion_jax.bench.compress import bench_compress
 from diffusion_jax.bench.network_speed import network_speed
 from diffusion_jax.bench.train import PEERS, bench_train
 from diffusion_jax.compress import MODES as COMPRESS_MODES
@@ -110,7 +112,20 @@ def _parser() -> argparse.ArgumentParser:
         "bench-samplers", help="sampler accuracy vs NFE on exact-score problems"))
     _bench_train_parser(sub.add_parser("bench-train",
                                        help="train-step throughput and FLOP utilisation"))
+    _bench_compress_parser(sub.add_parser(
+        "bench-compress", help="bytes, img/s and FD of quantised, pruned, low-rank and cached "
+                               "sampling on a trained diffusion workdir"))
     return ap
+
+
+def _bench_compress_parser(b) -> None:
+    b.add_argument("--workdir", required=True)
+    b.add_argument("--classifier", required=True, help="classifier workdir (FD's features)")
+    b.add_argument("--num", type=integer(MIN_SAMPLES), default=1000)
+    b.add_argument("--nfe", type=integer(2), default=10)
+    b.add_argument("--sampler", type=choice(SAMPLERS, "sampler"), default="unipc")
+    b.add_argument("--batch", type=integer(1), default=64, help="the batch img/s is timed at")
+    b.add_argument("--out", default="bench_out/compress")
 
 
 def _grid_or_file(v: str) -> str:
@@ -516,6 +531,14 @@ def _bench_samplers(args, overrides) -> int:
     return 0
 
 
+def _bench_compress(args, overrides) -> int:
+    _no_overrides(overrides, "bench-compress")
+    check_writable(args.out, "--out", folder=True)
+    bench_compress(args.workdir, args.classifier, Path(args.out), num=args.num, nfe=args.nfe,
+                   sampler=args.sampler, batch=args.batch)
+    return 0
+
+
 def _no_overrides(overrides, verb: str) -> None:
     if overrides:
         raise ValueError(f"{overrides[0]}: {verb} reads the workdir's stored experiment; "
@@ -525,6 +548,7 @@ def _no_overrides(overrides, verb: str) -> None:
 VERBS = {"train": _train, "train-classifier": _train, "sample": _sample, "eval": _eval,
          "likelihood": _likelihood, "compare": _compare, "optimize-grid": _optimize_grid,
          "bench-train": _bench_train, "bench-samplers": _bench_samplers,
+         "bench-compress": _bench_compress,
          "ref-stats": _ref_stats, "export": _export, "experiments": _experiments}
 
 

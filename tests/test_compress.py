@@ -93,6 +93,10 @@ def test_stored_bytes_are_a_quarter_and_an_eighth_plus_the_scales():
     assert param_bytes(params) == 4 * kernels + bias
     assert param_bytes(quantize_params(params, "int8")) == kernels + scales + bias
     assert param_bytes(quantize_params(params, "int4")) == kernels // 2 + scales + bias
+    half = quantize_params(params, "bf16")
+    assert param_bytes(half) == 2 * kernels + bias
+    w, w_hat = params["b"]["kernel"], np.asarray(materialize(half)["b"]["kernel"])
+    assert np.all(np.abs(w_hat - w) <= np.abs(w) * 2.0 ** -8)   # 8 mantissa bits, rounded
 
 
 def test_quantize_refusals_name_the_layer_or_the_supported_ones():
@@ -103,7 +107,7 @@ def test_quantize_refusals_name_the_layer_or_the_supported_ones():
     quantize_params(odd, "int8")  # int8 needs no packing
     with pytest.raises(ValueError, match="no kernel to quantize.*Conv, Dense"):
         quantize_params({"norm": {"scale": np.ones(4, np.float32)}}, "int8")
-    with pytest.raises(ValueError, match="--quantize 'int2'.*int8, int4, int8-act"):
+    with pytest.raises(ValueError, match="--quantize 'int2'.*bf16, int8, int4, int8-act"):
         Compression(quantize="int2")
     for bad in (0.0, 1.0, -0.5, 1.5):
         with pytest.raises(ValueError, match=r"--prune .*\(0, 1\)"):

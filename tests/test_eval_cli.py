@@ -3,6 +3,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +100,26 @@ def test_optimize_grid_then_sample_with_the_learned_grid(tmp_path, configs, caps
                  "learned", "--num", "4", "--out", str(out)]) == 0
     with np.load(out) as f:
         assert all(np.all(np.isfinite(f[k])) for k in f.files)
+
+
+@pytest.mark.slow
+def test_bench_compress_rows_on_a_trained_model(tmp_path):
+    """bench-compress: float32, int8 and step caching (with the plain sampler at the cached NFE
+    beside it); at batch = num each setting compiles once for speed and FD."""
+    from diffusion_jax.bench.compress import SETTINGS, bench_compress
+    root = Path(__file__).resolve().parent.parent
+    wd, clf = str(tmp_path / "fm"), str(tmp_path / "clf")
+    assert main(["train", "--config", str(root / "experiments/fashion_mnist_classifier.py"),
+                 "--workdir", clf, "--config.train.steps=2", "--config.train.batch_size=8"]) == 0
+    assert main(["train", "--config", str(root / "experiments/fashion_mnist_ddpm.py"),
+                 "--workdir", wd, "--config.train.steps=2", "--config.model.channels=8",
+                 "--config.model.attn_resolutions=()", "--config.train.batch_size=8",
+                 "--config.sample.num=4", "--config.sample.num_steps=2"]) == 0
+    chosen = [s for s in SETTINGS if s[1] in ({}, {"quantize": "int8"}, {"cache_every": 2})]
+    rows = bench_compress(wd, clf, tmp_path / "bc", num=32, nfe=3, sampler="ddim", batch=32,
+                          rounds=1, settings=chosen)
+    assert [(r["steps"], r["nfe"]) for r in rows] == [(2, 3), (2, 3), (2, 2), (1, 2)]
+    assert rows[1]["weight_bytes"] < 0.3 * rows[0]["weight_bytes"]   # int8: ~1/4 plus scales
+    assert all(r["fd"] > 0 and r["img_per_s"] > 0 for r in rows)
+    table = (tmp_path / "bc" / "compress.md").read_text()
+    assert "| float32 at NFE 2 (the cached NFE) | 1 |" in table

@@ -216,8 +216,8 @@ def _damage(step_dir: Path, how: str):
     if how == "truncated":  # a write cut short
         for f in files:
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    elif how == "file_deleted":
-        for f in copies:
+    elif how == "file_deleted":  # every array file: which one a restore reads is orbax's choice
+        for f in files:
             f.unlink()
     elif how == "bytes_flipped":  # one byte in the middle of the largest array file
         data = bytearray(largest)

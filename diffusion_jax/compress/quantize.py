@@ -7,6 +7,8 @@ model wrapper that samples with the quantised tree.
 
 Modes (``MODES``):
 
+* ``bf16``: every conv/dense kernel stored as bfloat16 (half the bytes; 8 bits of mantissa,
+  relative error <= 2**-8 per weight), computed in float32.
 * ``int8``: weight-only. Every conv/dense kernel (a ``kernel`` leaf with 2+ dimensions) is stored
   as int8 ``q`` with one float32 scale per output channel, ``s = max|w| / 127`` over the channel's
   inputs (symmetric absmax, round to nearest). Biases, norms and embeddings stay float32.
@@ -44,7 +46,8 @@ class Mode(NamedTuple):
     activations: bool
 
 
-MODES = {"int8": Mode(8, False), "int4": Mode(4, False), "int8-act": Mode(8, True)}
+MODES = {"bf16": Mode(16, False), "int8": Mode(8, False), "int4": Mode(4, False),
+         "int8-act": Mode(8, True)}
 QUANTIZED_LAYERS = (nn.Conv, nn.Dense, nn.DenseGeneral, nn.ConvTranspose)
 
 
@@ -68,6 +71,15 @@ class QTensor(Packed):
         if self.bits == 4:
             q = unpack_int4(q, int(np.prod(self.shape)))
         return q.reshape(self.shape).astype(jnp.float32) * self.scale
+
+
+@struct.dataclass
+class Cast(Packed):
+    """A kernel stored in a narrower float type (bfloat16), widened to float32 to compute."""
+    value: Any
+
+    def materialize(self):
+        return jnp.asarray(self.value).astype(jnp.float32)
 
 
 def qmax(bits: int) -> int:
@@ -109,6 +121,8 @@ def quantize_params(params, mode: str):
             raise ValueError(f"--quantize int4 packs two weights per byte; layer {name} has "
                              f"{np.size(leaf)} weights (shape {tuple(np.shape(leaf))}, odd): "
                              "use --quantize int8")
+        if bits == 16:
+            return Cast(np.asarray(leaf, np.float32).astype(jnp.bfloat16))
         return quantize_array(leaf, bits)
 
     out = map_kernels(one, params)

@@ -1,0 +1,103 @@
+"""``bench-compress``: one table of the sampling-time compressions on a trained diffusion
+workdir. Per setting: the bytes of the sampling network's weights (what the compressed tree
+stores), its nonzero values, img/s of the sampler at ``batch`` on this machine (one warm-up
+chunk, then ``rounds`` timed chunks), and FD at the NFE budget (``eval``'s rows: ``num``
+samples, the classifier's features). Settings run one after another in one process; each
+row's speed is the median of its rounds.
+
+    python -m diffusion_jax bench-compress --workdir runs/fm --classifier runs/clf --num 1000
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from diffusion_jax.compress import param_bytes, param_count
+from diffusion_jax.eval.sample_eval import evaluate
+from diffusion_jax.generate import SampleRequest, check_compression, sampling_env
+from diffusion_jax.samplers import steps_for_budget, total_nfe
+from diffusion_jax.utils.atomic import write_json, write_text
+from diffusion_jax.workdir import load
+
+SETTINGS = (
+    ("float32", {}),
+    ("bf16 weights", {"quantize": "bf16"}),
+    ("int8 weights", {"quantize": "int8"}),
+    ("int4 weights", {"quantize": "int4"}),
+    ("int8 weights + activations (emulated)", {"quantize": "int8-act"}),
+    ("pruned 50% (no fine-tune)", {"prune": 0.5}),
+    ("pruned 80% (no fine-tune)", {"prune": 0.8}),
+    ("low rank 1/4 (dense, 1x1)", {"low_rank": 0.25}),
+    ("cached: network every 2nd step", {"cache_every": 2}),
+)
+
+
+def _speed(method, exp, workdir, params, opts: dict, sampler: str, steps: int, batch: int,
+            rounds: int) -> tuple[float, int, int]:
+    """``(img/s, bytes, nonzero)`` of one setting: the prepared tree's size and the sampler's
+    median chunk time."""
+    req = SampleRequest(num=batch, batch=batch, sampler=sampler, steps=steps, **opts)
+    plan = method.sampling(req, sampling_env(exp, workdir))
+    prepared = plan.prepare(params) if plan.prepare is not None else params
+    key = jax.random.key(0)
+    np.asarray(plan.draw(prepared, key, 0))  # compile
+    times = []
+    for i in range(rounds):
+        t0 = time.perf_counter()
+        np.asarray(plan.draw(prepared, jax.random.fold_in(key, i + 1), 0))
+        times.append(time.perf_counter() - t0)
+    return batch / float(np.median(times)), param_bytes(prepared), param_count(prepared)[1]
+
+
+def bench_compress(workdir, classifier: str, out: Path, num: int = 1000, nfe: int = 10,
+                   sampler: str = "unipc", batch: int = 64, rounds: int = 3,
+                   settings=SETTINGS, log=print) -> list[dict]:
+    exp, params, step = load(workdir)
+    method = exp.method
+    steps = steps_for_budget(sampler, nfe)
+    if steps is None or total_nfe(sampler, steps) != nfe:
+        raise ValueError(f"--nfe {nfe} is not reachable with {sampler}")
+    for _, opts in settings:
+        check_compression(method, SampleRequest(**opts), workdir)
+    rows, out = [], Path(out)
+    plan = [(label, opts, steps, nfe) for label, opts in settings]
+    cached = sorted({method.nfe(SampleRequest(sampler=sampler, steps=steps, **o))
+                     for _, o in settings if o.get("cache_every")})
+    # caching's honest baseline: the plain sampler at the NFE the cached run spends
+    plan += [(f"float32 at NFE {c} (the cached NFE)", {}, steps_for_budget(sampler, c), c)
+             for c in cached if steps_for_budget(sampler, c)]
+    for label, opts, n_steps, budget in plan:
+        speed, nbytes, nonzero = _speed(method, exp, workdir, params, opts, sampler, n_steps,
+                                        batch, rounds)
+        ev = evaluate(str(workdir), classifier, [sampler], [budget], num,
+                      out=str(out / _slug(label)), compression=opts)[0]
+        row = {"setting": label, **opts, "steps": n_steps, "weight_bytes": nbytes,
+               "nonzero": nonzero, "img_per_s": speed, "nfe": ev["nfe"], "fd": ev["fd"],
+               "recall": ev.get("recall"), "checkpoint_step": step}
+        rows.append(row)
+        log(f"{label}: {nbytes / 1e6:.3f} MB, {speed:.1f} img/s, NFE {ev['nfe']}, FD {ev['fd']:.2f}")
+    write_json(out / "compress.json", rows)
+    write_text(out / "compress.md", _markdown(rows, sampler, steps, batch, num))
+    return rows
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label).strip("_")[:40]
+
+
+def _markdown(rows, sampler, steps, batch, num) -> str:
+    base = rows[0]
+    lines = [f"{sampler}, {steps} steps unless the row says; img/s at batch {batch}; FD of {num} "
+             "samples.", "",
+             "| setting | steps | weight bytes | x float32 | nonzero | img/s | x float32 | NFE | "
+             "FD | x float32 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {r['steps']} | {r['weight_bytes']:,} | "
+                     f"{r['weight_bytes'] / base['weight_bytes']:.3f} | {r['nonzero']:,} | "
+                     f"{r['img_per_s']:.1f} | {r['img_per_s'] / base['img_per_s']:.2f} | "
+                     f"{r['nfe']} | {r['fd']:.2f} | {r['fd'] / base['fd']:.3f} |")
+    return "\n".join(lines) + "\n"
