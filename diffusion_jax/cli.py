@@ -53,6 +53,7 @@ from diffusion_jax.eval.bpd import workdir_bits_per_dim
 from diffusion_jax.eval.compare import compare
 from diffusion_jax.eval.reference_stats import reference_stats, sha256
 from diffusion_jax.eval.sample_eval import evaluate, training_fd
+from diffusion_jax.deploy import FORMATS, export_network
 from diffusion_jax.experiment import from_config
 from diffusion_jax.generate import SampleRequest, generate
 from diffusion_jax.pretrained import check_pretrained
@@ -446,14 +447,25 @@ def _experiments(args, overrides) -> int:
 
 def _export(args, overrides) -> int:
     _no_overrides(overrides, "export")
+    if args.format:
+        check_writable(args.out, "--out")
+        print(json.dumps(export_network(args.workdir, args.out, args.format, args.batch)))
+        return 0
     print(json.dumps(export_workdir(args.workdir, args.out)))
     return 0
 
 
 def _export_parser(e) -> None:
     e.add_argument("--workdir", required=True,
-                   help="a run started with --config.init_from=DIR (a pretrained folder)")
-    e.add_argument("--out", required=True, help="the new folder (DIR's format; must not exist)")
+                   help="a run started with --config.init_from=DIR (a pretrained folder); with "
+                        "--format, any diffusion run")
+    e.add_argument("--out", required=True, help="the new folder (DIR's format; must not exist), "
+                                                "or with --format the file to write")
+    e.add_argument("--format", choices=FORMATS, default=None,
+                   help="the denoiser network alone, for deployment: stablehlo (jax.export) or "
+                        "onnx (jax2onnx, installed beside: see the README); any diffusion run")
+    e.add_argument("--batch", type=integer(1), default=1,
+                   help="with --format: the batch the graph takes (fixed)")
 
 
 def _ref_stats_parser(r) -> None:

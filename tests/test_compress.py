@@ -169,16 +169,23 @@ def test_materialize_turns_every_packed_kernel_back():
     assert isinstance(q["a"]["kernel"], QTensor)
 
 
-def test_sample_and_eval_paths_take_the_compressed_network(tmp_path, configs, capsys):
+@pytest.fixture(scope="module")
+def tiny_wd(tmp_path_factory, configs):
+    """A 2-step 8x8 diffusion run trained by the loop."""
+    from diffusion_jax.train.loop import train
+    tmp = tmp_path_factory.mktemp("compress")
+    assert train(configs.experiment(configs.tiny_image(tmp)), str(tmp / "wd"))["status"] == "done"
+    return str(tmp / "wd")
+
+
+def test_sample_and_eval_paths_take_the_compressed_network(tiny_wd, tmp_path, configs, capsys):
     """A trained (tiny) workdir sampled through ``generate``: int8 lands nearer the float32
     samples than int4 (same seed and sampler), the CLI's flags reach it, and a family without a
     denoiser is refused in one line naming the ones that compress."""
     from diffusion_jax.cli import main
     from diffusion_jax.generate import SampleRequest, check_compression, generate
-    from diffusion_jax.train.loop import train
 
-    wd = str(tmp_path / "wd")
-    assert train(configs.experiment(configs.tiny_image(tmp_path)), wd)["status"] == "done"
+    wd = tiny_wd
     req = SampleRequest(num=8, sampler="ddim", steps=3)
     ref = np.asarray(generate(wd, req).images)
     err = {}
@@ -198,3 +205,52 @@ def test_sample_and_eval_paths_take_the_compressed_network(tmp_path, configs, ca
         check_compression(gan, SampleRequest(quantize="int8"), "runs/gan")
     assert "--prune 1.5: the sparsity must be in (0, 1)" in configs.cli_error(
         capsys, ["sample", "--workdir", wd, "--prune", "1.5"])
+
+
+def _perturbed_unet():
+    """A small U-Net with every parameter moved off its initial value (the zero-initialised
+    output layer included), so the network's output is far from zero."""
+    from diffusion_jax.models.unet import UNet, UNetConfig
+    net = UNet(UNetConfig(channels=8, channel_mult=(1, 2), attn_resolutions=(4,)))
+    x, t = jnp.ones((3, 8, 8, 1)), jnp.full((3,), 0.5)
+    params = nn.unbox(net.init(jax.random.key(0), x, t))["params"]
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = tree.unflatten([a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+    return (lambda x, t: net.apply({"params": params}, x, t)), (x, t)
+
+
+def test_the_exported_network_equals_ours(tiny_wd, tmp_path, configs, capsys):
+    """``export --format stablehlo`` (jax.export) always; ``--format onnx`` where jax2onnx and
+    ONNX Runtime are installed (``.ci/run`` installs them): ONNX Runtime within 1e-4."""
+    import importlib.util
+    import json
+
+    from diffusion_jax.cli import main
+    from diffusion_jax.deploy import export_fn, export_network
+
+    fn, args = _perturbed_unet()
+    out = tmp_path / "net.stablehlo"
+    res = export_fn(fn, args, out, "stablehlo")
+    assert res["max_abs_diff"] <= 1e-6 and res["max_abs_output"] > 0.1
+    loaded = jax.export.deserialize(out.read_bytes())   # read back from the file alone
+    x = jnp.asarray(RNG.normal(size=(3, 8, 8, 1)).astype(np.float32))
+    t = jnp.asarray([0.2, 0.5, 0.9], jnp.float32)
+    np.testing.assert_allclose(np.asarray(loaded.call(x, t)), np.asarray(fn(x, t)), atol=1e-6)
+    res = export_network(tiny_wd, tmp_path / "wd.stablehlo", "stablehlo", batch=2)
+    assert res["inputs"] == ["float32[2, 8, 8, 1]", "float32[2]"] and res["max_abs_diff"] <= 1e-6
+    gan = configs.experiment(configs.family("gan", tmp_path)).method
+    with pytest.raises(ValueError, match="a gan has no denoiser network to export"):
+        gan.network_fn({}, 1)
+    assert "'png'" in configs.cli_error(
+        capsys, ["export", "--workdir", tiny_wd, "--format", "png", "--out", "x"])
+    if importlib.util.find_spec("jax2onnx") is None or importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("jax2onnx / onnxruntime not installed (pip install onnx onnx-ir onnxruntime "
+                    "&& pip install --no-deps jax2onnx)")
+    res = export_fn(fn, args, tmp_path / "net.onnx", "onnx")
+    assert res["max_abs_diff"] <= 1e-4 and res["max_abs_output"] > 0.1
+    onnx_out = tmp_path / "wd.onnx"
+    assert main(["export", "--workdir", tiny_wd, "--format", "onnx", "--batch", "4",
+                 "--out", str(onnx_out)]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["max_abs_diff"] <= 1e-4 and onnx_out.is_file() and res["onnxruntime_img_per_s"] > 0

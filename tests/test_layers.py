@@ -10,7 +10,7 @@ LAYER = {"processes": 0, "parameterization": 0, "losses": 0, "guidance": 0, "lik
          "samplers": 0, "gmm": 0, "conditioning": 0, "cpu_flags": 0, "utils": 0, "consistency_math": 0,
          "models": 1, "optim": 1, "compress": 1,
          "methods": 2, "data": 2, "parallel": 2, "checkpoint": 2, "pretrained": 2,
-         "experiment": 3, "generate": 3, "workdir": 3, "config": 3, "workdir_grids": 3, "settings": 1,
+         "experiment": 3, "generate": 3, "workdir": 3, "config": 3, "workdir_grids": 3, "deploy": 3, "settings": 1,
          "train": 4, "eval": 4, "bench": 4,
          "cli": 5, "__main__": 5, "experiments": 5}
 

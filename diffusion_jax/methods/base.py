@@ -253,6 +253,12 @@ class MethodBase:
     def bits_per_dim(self, params, x, key, **options) -> dict:
         raise ValueError(self.no_likelihood)
 
+    def network_fn(self, params, batch: int) -> tuple[Callable, tuple]:
+        """``(fn, example_args)``: the network that sampling calls, as a pure function of
+        arrays with the parameters bound (what ``export --format onnx|stablehlo`` writes)."""
+        raise ValueError(f"a {self.name} has no denoiser network to export: export --format "
+                         "onnx/stablehlo works on diffusion models")
+
     def interpolate(self, params, key, rows: int, steps: int, test_images, labels):
         raise ValueError(f"--interpolate is not an option of a {self.name}")
 

@@ -197,6 +197,18 @@ class Diffusion(SingleNetwork, MethodBase):
         return total_nfe(req.sampler or self.sampler, req.steps or self.num_steps,
                          cache_every=req.cache_every or 1)
 
+    def network_fn(self, params, batch: int):
+        """The network as the denoiser calls it, ``(x_t [B, ...], t [B][, y [B]]) -> output``
+        (class labels for class-conditional models), with example arrays at ``batch``."""
+        c = self.conditioning
+        if c.context_dim or c.low_res_size:
+            raise ValueError("export writes unconditional and class-conditional networks; this "
+                             "one also takes a context or a low-resolution image")
+        x = jnp.zeros((batch,) + tuple(self.shape), jnp.float32)
+        t = jnp.full((batch,), 0.5 * (self.process.t_min + self.process.t_max), jnp.float32)
+        apply = lambda x, t, *y: self.model.apply({"params": params}, x, t, *y)
+        return apply, ((x, t, jnp.zeros((batch,), jnp.int32)) if c.num_classes else (x, t))
+
     def eval_requests(self, samplers, nfes, grids, guidance):
         """Samplers x NFE budgets x grids; class-balanced labels for class-conditional models."""
         k, rows = self.num_classes, []
