@@ -24,7 +24,7 @@ from ml_collections import ConfigDict
 
 from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.methods import (autoregressive, classifier, consistency, diffusion, flow, gan,
-                                   meanflow, progressive, reflow, vae)
+                                   meanflow, progressive, reflow, student, vae)
 from diffusion_jax.methods.base import Method
 from diffusion_jax.parallel import DEFAULT_RULES, make_mesh
 from diffusion_jax.pretrained import is_pretrained, load_pretrained, read_method
@@ -50,6 +50,7 @@ METHODS: dict[str, Any] = {
     "meanflow": meanflow,
     "progressive": progressive,
     "reflow": reflow,
+    "student": student,
 }
 
 

@@ -1,6 +1,8 @@
 """Compression for sampling (``diffusion_jax.compress``): quantised layers within the bound their
 bit width implies, exact sparsity, the SVD's error, and the sample/eval path through them."""
 
+from pathlib import Path
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -171,11 +173,51 @@ def test_materialize_turns_every_packed_kernel_back():
 
 @pytest.fixture(scope="module")
 def tiny_wd(tmp_path_factory, configs):
-    """A 2-step 8x8 diffusion run trained by the loop."""
+    """A 30-step 8x8 diffusion run trained by the loop (long enough for its zero-initialised
+    output layer to give outputs well away from zero)."""
     from diffusion_jax.train.loop import train
     tmp = tmp_path_factory.mktemp("compress")
-    assert train(configs.experiment(configs.tiny_image(tmp)), str(tmp / "wd"))["status"] == "done"
+    exp = configs.experiment(configs.tiny_image(tmp, steps=30))
+    assert train(exp, str(tmp / "wd"))["status"] == "done"
     return str(tmp / "wd")
+
+
+def test_a_smaller_student_learns_its_teachers_outputs(tiny_wd):
+    """Knowledge distillation (``method="student"``): the state holds the teacher's (EMA)
+    parameters as trained, the student has a quarter of its parameters, and on a fixed batch the
+    student's output moves towards the teacher's at held-out noisy inputs."""
+    from diffusion_jax.config import apply_override, load_config
+    from diffusion_jax.experiment import from_config
+    from diffusion_jax.workdir import load
+
+    root = Path(tiny_wd).parent
+    cfg = load_config(str(Path(__file__).resolve().parent.parent
+                          / "experiments/fashion_mnist_student.py"))
+    for o in (f"student.teacher='{tiny_wd}'", f"data.dataset='npz:{root / 'tiny.npz'}'",
+              "data.image_size=8", "model.channels=4", "model.channel_mult=(1, 2)",
+              "model.attn_resolutions=()", "optimizer.warmup_steps=1", "train.ema_start=0"):
+        apply_override(cfg, o)
+    method = from_config(cfg).method
+    state = jax.jit(method.init)(jax.random.key(0))
+    _, teacher, _ = load(tiny_wd)
+    for a, b in zip(jax.tree_util.tree_leaves(state.teacher), jax.tree_util.tree_leaves(teacher)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    sizes = lambda p: sum(np.size(x) for x in jax.tree_util.tree_leaves(p))
+    assert sizes(state.params) < 0.4 * sizes(state.teacher)   # 4 channels against 8
+    x = jnp.asarray(RNG.normal(size=(16, 8, 8, 1)).astype(np.float32))
+    t = jnp.asarray(RNG.uniform(0.05, 0.95, 16).astype(np.float32))
+    gap = lambda p: float(jnp.mean(jnp.square(method.model.apply({"params": p}, x, t)
+                                              - method.teacher_model.apply({"params": teacher}, x, t))))
+    before = gap(state.params)
+    batch = {"image": jnp.asarray(np.load(root / "tiny.npz")["images"][:16] / 127.5 - 1,
+                                  jnp.float32)}
+    step = jax.jit(method.train_step)
+    losses = []
+    for i in range(40):
+        state, m = step(state, batch, jax.random.key(1))
+        losses.append(float(m["loss"]))
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    assert gap(state.params) < 0.5 * before
 
 
 def test_sample_and_eval_paths_take_the_compressed_network(tiny_wd, tmp_path, configs, capsys):

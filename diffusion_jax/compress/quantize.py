@@ -144,6 +144,7 @@ def fake_quantize_rows(x, bits: int = 8):
 def quantize_inputs(next_fun, args, kwargs, context):
     """A flax interceptor: the first argument of a conv/dense layer's ``__call__`` rounded to
     int8 per example."""
-    if context.method_name == "__call__" and isinstance(context.module, QUANTIZED_LAYERS) and args:
+    called = context.method_name
+    if called == "__call__" and isinstance(context.module, QUANTIZED_LAYERS) and args:
         args = (fake_quantize_rows(args[0]),) + tuple(args[1:])
     return next_fun(*args, **kwargs)

@@ -129,12 +129,8 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
     method = exp.method
     if not method.generates:
         raise ValueError(f"{workdir} holds a {exp.method_name!r} run, which makes no samples")
-    settings = _settings(method, samplers, nfes, grids, guidance, prompts, num)
-    if compression and any(v is not None for v in compression.values()):
-        check_compression(method, SampleRequest(**compression), workdir)
-        tag = {k: v for k, v in compression.items() if v is not None}
-        settings = [({**row, **tag, "nfe": method.nfe(dataclasses.replace(req, **compression))},
-                     dataclasses.replace(req, **compression)) for row, req in settings]
+    settings = _compressed(method, _settings(method, samplers, nfes, grids, guidance, prompts,
+                                             num), compression, workdir)
     check_fits(min(num, batch), method.sample_shape, f"--num {num}", copies=2)  # one chunk: streamed
     k = method.num_classes
     if k and not classifier_dir:
@@ -169,6 +165,17 @@ def evaluate(workdir: str, classifier_dir: str | None, samplers, nfes, num: int,
                           for k_, v in row.items()}))
     _write(rows, out, extractor, num, stats or len(real_feats), step, guidance if k else None)
     return rows
+
+
+def _compressed(method, settings: list, compression: dict | None, workdir) -> list:
+    """The rows with the compression request fields set (named in each row; a cached row's
+    ``nfe`` is the calls it makes)."""
+    if not compression or all(v is None for v in compression.values()):
+        return settings
+    check_compression(method, SampleRequest(**compression), workdir)
+    tag = {k: v for k, v in compression.items() if v is not None}
+    return [({**row, **tag, "nfe": method.nfe(dataclasses.replace(req, **compression))},
+             dataclasses.replace(req, **compression)) for row, req in settings]
 
 
 def _eval_row(plan, params, extractor, judge, real_feats, stats=None) -> dict:

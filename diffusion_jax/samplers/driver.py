@@ -96,6 +96,14 @@ def check_cacheable(sampler: Sampler, name) -> None:
                          "use a one-call sampler (ddim, dpmpp_2m, unipc, deis, plms, ...)")
 
 
+def _calls(obj: Sampler, sampler, num_steps: int, cache_every: int):
+    """``sample``'s cache schedule (``None``: no caching), the sampler checked for it."""
+    if cache_every == 1:
+        return None
+    check_cacheable(obj, sampler if isinstance(sampler, str) else type(obj).__name__)
+    return cache_schedule(num_steps, cache_every)
+
+
 def _run_cached(sampler, denoise, process, x_T, ts, key, final_denoise, final, calls, callback):
     """``run`` with step caching (``calls[i]``: the network runs at step ``i``)."""
     check_cacheable(sampler, type(sampler).__name__)
@@ -197,10 +205,7 @@ def sample(denoise: Callable, process: Process, x_T: Array, *, sampler: str | Sa
     if final not in FINAL_STEPS:
         raise ValueError(f"unknown final step {final!r}; valid: {', '.join(FINAL_STEPS)}")
     ts = _checked_grid(obj, process, sampler, num_steps, grid, ts)
-    calls = None
-    if cache_every != 1:
-        check_cacheable(obj, sampler if isinstance(sampler, str) else type(obj).__name__)
-        calls = cache_schedule(len(ts) - 1, cache_every)
+    calls = _calls(obj, sampler, len(ts) - 1, cache_every)
     # Restart's cycles join the grid (a grid it cannot restart on fails here, before compiling);
     # NaN steps are reported on the grid the scan runs
     run_ts = obj.expand_grid(process, ts)
