@@ -296,3 +296,44 @@ def test_the_exported_network_equals_ours(tiny_wd, tmp_path, configs, capsys):
                  "--out", str(onnx_out)]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["max_abs_diff"] <= 1e-4 and onnx_out.is_file() and res["onnxruntime_img_per_s"] > 0
+
+
+def test_compression_aware_training_sees_exactly_the_sampled_weights(configs):
+    """QAT / pruning-aware training: the forward pass uses the kernels exactly as ``sample
+    --quantize/--prune`` stores them, and the gradient passes straight through."""
+    from diffusion_jax.compress.prune import fake_prune_kernel, prune_array
+    from diffusion_jax.compress.quantize import fake_quantize_kernel, quantize_array
+    from ml_collections import ConfigDict
+
+    w = jnp.asarray(RNG.normal(size=(3, 3, 4, 6)).astype(np.float32))
+    c = jnp.asarray(RNG.normal(size=w.shape).astype(np.float32))
+    for bits in (8, 4):
+        # w + (rounded - w): the rounded value up to one float32 rounding
+        np.testing.assert_allclose(np.asarray(fake_quantize_kernel(w, bits)),
+                                   np.asarray(quantize_array(w, bits).materialize()), atol=1e-6)
+        g = jax.grad(lambda v: jnp.sum(fake_quantize_kernel(v, bits) * c))(w)
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(c))
+    np.testing.assert_allclose(np.asarray(fake_prune_kernel(w, 0.8)), prune_array(w, 0.8),
+                               atol=1e-6)
+    g = jax.grad(lambda v: jnp.sum(fake_prune_kernel(v, 0.8) * c))(w)
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(c))
+    # one training step's loss under QAT int4 = the plain step's loss at the int4 weights
+    plain = configs.experiment(configs.toy()).method
+    cfg = configs.toy()
+    cfg.compress = ConfigDict({"quantize": "int4"})
+    qat = configs.experiment(cfg).method
+    state = jax.jit(plain.init)(jax.random.key(0))
+    moved = jax.tree_util.tree_map(  # off the zero-initialised output layer
+        lambda a: a + 0.3 * jnp.asarray(RNG.normal(size=a.shape), a.dtype), state.params)
+    state = state.replace(params=moved)
+    batch = {"image": jnp.asarray(RNG.normal(size=(8, 2)).astype(np.float32))}
+    rounded = materialize(quantize_params(state.params, "int4"))
+    _, m_qat = jax.jit(qat.train_step)(state, batch, jax.random.key(3))
+    _, m_ref = jax.jit(plain.train_step)(state.replace(params=rounded), batch, jax.random.key(3))
+    np.testing.assert_allclose(float(m_qat["loss"]), float(m_ref["loss"]), rtol=1e-6)
+    _, m_f32 = jax.jit(plain.train_step)(state, batch, jax.random.key(3))
+    assert float(m_f32["loss"]) != float(m_qat["loss"])
+    bad = configs.toy()
+    bad.compress = ConfigDict({"prune": 1.5})
+    with pytest.raises(Exception, match=r"compress: --prune 1.5: the sparsity must be in \(0, 1\)"):
+        configs.experiment(bad)

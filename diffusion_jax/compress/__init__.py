@@ -8,10 +8,11 @@ from __future__ import annotations
 import dataclasses
 
 from diffusion_jax.compress.lowrank import check_ratio, lowrank_params
-from diffusion_jax.compress.packed import (CompressedModel, Packed, materialize, param_bytes,
-                                           param_count)
-from diffusion_jax.compress.prune import check_sparsity, prune_params
-from diffusion_jax.compress.quantize import MODES, QTensor, check_mode, quantize_inputs, quantize_params
+from diffusion_jax.compress.packed import (CompressedModel, Packed, map_kernels, materialize,
+                                           param_bytes, param_count)
+from diffusion_jax.compress.prune import check_sparsity, fake_prune_kernel, prune_params
+from diffusion_jax.compress.quantize import (MODES, QTensor, check_mode, fake_quantize_kernel,
+                                             quantize_inputs, quantize_params)
 
 __all__ = ["MODES", "Compression", "CompressedModel", "Packed", "QTensor", "materialize",
            "param_bytes", "param_count", "prune_params", "lowrank_params", "quantize_params"]
@@ -46,6 +47,21 @@ class Compression:
         if self.quantize is not None:
             params = quantize_params(params, self.quantize)
         return params
+
+    def fake(self, params):
+        """Compression-aware training (jittable): the kernels as ``params`` would compress them
+        (pruned, then rounded), gradients passed straight through. Low rank is not trained
+        this way (its factors are not the trained parameters)."""
+        if self.low_rank is not None:
+            raise ValueError("compress.low_rank is applied after training (sample --low-rank); "
+                             "compression-aware training takes quantize and prune")
+        def one(name, w):
+            if self.prune is not None:
+                w = fake_prune_kernel(w, self.prune)
+            if self.quantize is not None:
+                w = fake_quantize_kernel(w, MODES[self.quantize].bits)
+            return w
+        return map_kernels(one, params)
 
     def model(self, model) -> CompressedModel:
         acts = self.quantize is not None and MODES[self.quantize].activations

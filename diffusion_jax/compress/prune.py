@@ -6,6 +6,8 @@ and time."""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.compress.packed import map_kernels
@@ -30,3 +32,13 @@ def prune_params(params, sparsity: float):
     """``params`` with every conv/dense kernel pruned to ``sparsity`` (host numpy arrays)."""
     sparsity = check_sparsity(sparsity)
     return map_kernels(lambda name, w: prune_array(w, sparsity), params)
+
+
+def fake_prune_kernel(w, sparsity: float):
+    """Pruning-aware training's weights: the ``round(sparsity * size)`` smallest magnitudes zeroed
+    in the forward pass (the mask recomputed from the current weights), the gradient passed
+    straight through to every weight, so a pruned weight can grow back."""
+    k = int(round(sparsity * w.size))
+    order = jnp.argsort(jnp.abs(w).reshape(-1), stable=True)
+    mask = jnp.ones(w.size, w.dtype).at[order[:k]].set(0.0).reshape(w.shape)
+    return w + jax.lax.stop_gradient(w * mask - w)

@@ -133,6 +133,18 @@ def quantize_params(params, mode: str):
     return out
 
 
+def fake_quantize_kernel(w, bits: int):
+    """Quantisation-aware training's weights: ``w`` rounded as ``quantize_array`` rounds it in the
+    forward pass, the gradient passed straight through (Bengio et al. 2013's estimator)."""
+    if bits == 16:
+        rounded = w.astype(jnp.bfloat16).astype(w.dtype)
+    else:
+        top = jnp.max(jnp.abs(w), axis=tuple(range(w.ndim - 1)), keepdims=True)
+        s = jax.lax.stop_gradient(jnp.where(top > 0, top / qmax(bits), 1.0))
+        rounded = jnp.clip(jnp.round(w / s), -qmax(bits), qmax(bits)) * s
+    return w + jax.lax.stop_gradient(rounded - w)
+
+
 def fake_quantize_rows(x, bits: int = 8):
     """``x`` rounded to ``bits`` with one absmax scale per example (leading axis)."""
     axes = tuple(range(1, x.ndim))

@@ -36,7 +36,7 @@ from diffusion_jax.processes import Process
 from diffusion_jax.samplers import steps_for_budget, total_nfe
 from diffusion_jax.settings import BuildContext, ConfigError, DataSpec, check_rule, split, typed
 
-SECTIONS = ("process", "parameterization", "loss", "latent")
+SECTIONS = ("process", "parameterization", "loss", "latent", "compress")
 SAMPLE_OPTIONS = frozenset({"sampler", "steps", "grid", "labels", "guidance", "classifier",
                             "classifier_scale", "init_image", "mask", "resample", "strength",
                             "low_res", "invert", "quantize", "prune", "low_rank",
@@ -63,6 +63,8 @@ class Diffusion(SingleNetwork, MethodBase):
     null_class: bool = True   # label num_classes is the unconditional one (CFG needs it)
     params_loader: Callable | None = None  # () -> starting parameters (init_from), host arrays
     name: str = "diffusion"
+    # compression-aware training (QAT, pruning): the loss sees the compressed kernels
+    train_compression: Compression | None = None
     sample_options = SAMPLE_OPTIONS
     likelihood = "pf_ode"
     likelihood_options = frozenset({"trace", "rtol", "atol"})
@@ -104,8 +106,9 @@ class Diffusion(SingleNetwork, MethodBase):
         key = jax.random.fold_in(key, state.step)
         # the conditioning's dropout has its own stream: the loss's noise does not depend on it
         cond = self.conditioning(batch, jax.random.fold_in(key, 0x7FFFFFFF))
+        seen = (lambda p: p) if self.train_compression is None else self.train_compression.fake
         apply = lambda p, x, t, c, train, rngs: self.model.apply(
-            {"params": p}, x, t, train=train, rngs=rngs, **(c or {}))
+            {"params": seen(p)}, x, t, train=train, rngs=rngs, **(c or {}))
 
         def loss_fn(params):
             return denoising_loss(apply, params, batch["image"], key, self.process,
@@ -355,8 +358,23 @@ def build(ctx: BuildContext, data: DataSpec | None = None, cls=None, **extra) ->
     else:
         model, cond = denoiser_network(ctx.section("model"), data)
         process, par = process_and_parameterization(ctx)
+    comp = ctx.typed(CompressSpec, "compress", required=False)
+    if comp is not None and (comp.quantize or comp.prune):
+        try:
+            extra = {**extra, "train_compression": Compression(comp.quantize or None,
+                                                                comp.prune or None)}
+        except ValueError as e:
+            raise ConfigError(f"compress: {e}") from None
     return (cls or Diffusion)(model, process, par, loss, ctx.tx, data.shape, cond, t.ema_decay,
                               t.ema_start, s.sampler, s.num_steps, s.grid, s.guidance, **extra)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressSpec:
+    """Compression-aware training: the loss sees the kernels as ``sample --quantize/--prune``
+    will compress them (straight-through gradients); e.g. int4 QAT from a trained run."""
+    quantize: str = ""       # "" or a compress.MODES name
+    prune: float = 0.0       # 0 or a sparsity in (0, 1)
 
 
 def teacher_run(ctx: BuildContext, path: str, field: str):

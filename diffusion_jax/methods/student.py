@@ -71,11 +71,15 @@ class Student(Diffusion):
         t = sample_t(k_t, x0.shape[0], self.process, self.loss.t_sampler, self.loss.p_mean,
                      self.loss.p_std)
         x_t = self.process.marginal(x0, t, jax.random.normal(k_eps, x0.shape, x0.dtype))
+        col = (-1,) + (1,) * (x0.ndim - 1)
+        net_x, net_t = self.parameterization.inputs(
+            x_t, t, self.process.alpha(t).reshape(col), self.process.sigma(t).reshape(col))
+        net_t = jnp.reshape(net_t, t.shape)
         target = jax.lax.stop_gradient(
-            self.teacher_model.apply({"params": state.teacher}, x_t, t))
+            self.teacher_model.apply({"params": state.teacher}, net_x, net_t))
 
         def loss_fn(params):
-            out = self.model.apply({"params": params}, x_t, t, train=True,
+            out = self.model.apply({"params": params}, net_x, net_t, train=True,
                                    rngs={"dropout": jax.random.fold_in(key, 2)})
             return jnp.mean(jnp.square(out - target))
 
