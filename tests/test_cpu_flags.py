@@ -51,6 +51,7 @@ def _run(*env_changes):
     return results
 
 
+@pytest.mark.slow  # three subprocesses, each compiling the demo step (~70 s): -m slow
 @pytest.mark.skipif(not cpu_flags._jaxlib_knows(cpu_flags.FLAG), reason="jaxlib lacks the flag")
 def test_cpu_setting_keeps_numerics_and_respects_the_user():
     auto, off, mine = _run({}, {cpu_flags.ENV_SWITCH: "0"},

@@ -336,6 +336,8 @@ def test_bench_samplers_speed_on_a_pretrained_folder(tmp_path):
     assert row["sampler_overhead"] == pytest.approx(row["sampler_s"] / (4 * row["one_call_s"]))
 
 
+@pytest.mark.slow  # a grid calibration through the CLI on a folder (~100 s); test_eval_cli
+# calibrates and samples with a learned grid on a workdir in the default suite
 def test_optimize_grid_out_file_and_sample_with_it_leave_the_folder_untouched(tmp_path, capsys,
                                                                              configs):
     """A read-only pretrained folder: ``optimize-grid --out FILE`` writes the grid there, and
