@@ -9,7 +9,8 @@ Verbs:
   eval            FD / KID / precision / recall of samplers x NFE budgets (one row for a GAN,
                   VAE or flow); FID against ``--ref-stats`` (mu/sigma .npz)
   experiments     the packaged experiments, by name (``--config NAME``), with one line each
-  export          a run started from ``--config.init_from=DIR`` written back as DIR's format
+  export          a run started from ``--config.init_from=DIR`` written back as DIR's format;
+                  ``--format onnx|stablehlo``: a diffusion run's network, for deployment
   ref-stats       FID reference statistics of a test split or images (the .npz eval reads)
   likelihood      bits/dim on the test split (diffusion: PF-ODE; flow: exact; VAE: ELBO, IWAE)
   compare         the families side by side: FD, KID, precision/recall, class coverage,
@@ -101,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
                                             "--ref-stats) of samplers x NFE"))
     sub.add_parser("experiments", help="the packaged experiments (--config NAME) and what each is")
     _export_parser(sub.add_parser("export", help="a run fine-tuned from a pretrained folder, "
-                                                 "written back in that folder's format"))
+                                                 "written back in that folder's format; with "
+                                                 "--format, the network as ONNX or StableHLO"))
     _ref_stats_parser(sub.add_parser("ref-stats", help="FID reference statistics (mu, sigma) of "
                                                        "a dataset's test split or images"))
     _likelihood_parser(sub.add_parser("likelihood", help="bits/dim on the test split"))
@@ -456,9 +458,8 @@ def _export(args, overrides) -> int:
 
 
 def _export_parser(e) -> None:
-    e.add_argument("--workdir", required=True,
-                   help="a run started with --config.init_from=DIR (a pretrained folder); with "
-                        "--format, any diffusion run")
+    _source(e, help="a run started with --config.init_from=DIR (a pretrained folder); with "
+                    "--format, any diffusion run (or --pretrained DIR)")
     e.add_argument("--out", required=True, help="the new folder (DIR's format; must not exist), "
                                                 "or with --format the file to write")
     e.add_argument("--format", choices=FORMATS, default=None,
