@@ -2,8 +2,9 @@
 workdir. Per setting: the bytes of the sampling network's weights (what the compressed tree
 stores), its nonzero values, img/s of the sampler at ``batch`` on this machine (one warm-up
 chunk, then ``rounds`` timed chunks), and FD at the NFE budget (``eval``'s rows: ``num``
-samples, the classifier's features). Settings run one after another in one process; each
-row's speed is the median of its rounds.
+samples, the classifier's features). Each row's speed is the median of its rounds, the
+settings timed in turn (alternated) after all are compiled, so every one sees the same machine
+load.
 
     python -m diffusion_jax bench-compress --workdir runs/fm --classifier runs/clf --num 1000
 """
@@ -36,25 +37,34 @@ SETTINGS = (
 )
 
 
-def _speed(method, exp, workdir, params, opts: dict, sampler: str, steps: int, batch: int,
-            rounds: int) -> tuple[float, int, int]:
-    """``(img/s, bytes, nonzero)`` of one setting: the prepared tree's size and the sampler's
-    median chunk time."""
+def _timer(method, exp, workdir, params, opts: dict, sampler: str, steps: int, batch: int):
+    """One setting compiled: ``(time_one_chunk, bytes, nonzero)``."""
     req = SampleRequest(num=batch, batch=batch, sampler=sampler, steps=steps, **opts)
     plan = method.sampling(req, sampling_env(exp, workdir))
     prepared = plan.prepare(params) if plan.prepare is not None else params
     key = jax.random.key(0)
     np.asarray(plan.draw(prepared, key, 0))  # compile
-    times = []
-    for i in range(rounds):
+
+    def once(i: int) -> float:
         t0 = time.perf_counter()
         np.asarray(plan.draw(prepared, jax.random.fold_in(key, i + 1), 0))
-        times.append(time.perf_counter() - t0)
-    return batch / float(np.median(times)), param_bytes(prepared), param_count(prepared)[1]
+        return time.perf_counter() - t0
+
+    return once, param_bytes(prepared), param_count(prepared)[1]
+
+
+def alternated_speeds(timers: list, batch: int, rounds: int) -> list[float]:
+    """img/s of each timer, timed in turn ``rounds`` times (every setting sees the same machine
+    load), medians."""
+    times = [[] for _ in timers]
+    for r in range(rounds):
+        for i, once in enumerate(timers):
+            times[i].append(once(r))
+    return [batch / float(np.median(t)) for t in times]
 
 
 def bench_compress(workdir, classifier: str, out: Path, num: int = 1000, nfe: int = 10,
-                   sampler: str = "unipc", batch: int = 64, rounds: int = 3,
+                   sampler: str = "unipc", batch: int = 64, rounds: int = 5,
                    settings=SETTINGS, log=print) -> list[dict]:
     exp, params, step = load(workdir)
     method = exp.method
@@ -70,9 +80,10 @@ def bench_compress(workdir, classifier: str, out: Path, num: int = 1000, nfe: in
     # caching's honest baseline: the plain sampler at the NFE the cached run spends
     plan += [(f"float32 at NFE {c} (the cached NFE)", {}, steps_for_budget(sampler, c), c)
              for c in cached if steps_for_budget(sampler, c)]
-    for label, opts, n_steps, budget in plan:
-        speed, nbytes, nonzero = _speed(method, exp, workdir, params, opts, sampler, n_steps,
-                                        batch, rounds)
+    timed = [_timer(method, exp, workdir, params, opts, sampler, n_steps, batch)
+             for _, opts, n_steps, _ in plan]
+    speeds = alternated_speeds([t[0] for t in timed], batch, rounds)
+    for (label, opts, n_steps, budget), (_, nbytes, nonzero), speed in zip(plan, timed, speeds):
         ev = evaluate(str(workdir), classifier, [sampler], [budget], num,
                       out=str(out / _slug(label)), compression=opts)[0]
         row = {"setting": label, **opts, "steps": n_steps, "weight_bytes": nbytes,
