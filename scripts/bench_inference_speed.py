@@ -48,7 +48,8 @@ def main():
     speeds = alternated_speeds(timers, args.batch, args.rounds)
     for (label, nbytes, nonzero, steps), v in zip(labels, speeds):
         print(json.dumps({"setting": label, "steps": steps, "weight_bytes": nbytes,
-                          "nonzero": nonzero, "img_per_s": round(v, 1)}))
+                          "stored_values": nonzero[0], "nonzero": nonzero[1],
+                          "img_per_s": round(v, 1)}))
 
 
 if __name__ == "__main__":

@@ -120,6 +120,7 @@ def test_bench_compress_rows_on_a_trained_model(tmp_path):
                           rounds=1, settings=chosen)
     assert [(r["steps"], r["nfe"]) for r in rows] == [(2, 3), (2, 3), (2, 2), (1, 2)]
     assert rows[1]["weight_bytes"] < 0.3 * rows[0]["weight_bytes"]   # int8: ~1/4 plus scales
+    assert rows[0]["nonzero"] <= rows[0]["stored_values"]
     assert all(r["fd"] > 0 and r["img_per_s"] > 0 for r in rows)
     table = (tmp_path / "bc" / "compress.md").read_text()
     assert "| float32 at NFE 2 (the cached NFE) | 1 |" in table
