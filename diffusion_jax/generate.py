@@ -79,8 +79,8 @@ def _flag(name: str) -> str:
 
 
 def check_compression(method, req: SampleRequest, workdir) -> None:
-    """``--quantize``/``--prune``/``--low-rank`` on a family whose sampling network cannot take
-    them, refused naming the ones that can."""
+    """``--quantize``/``--prune``/``--low-rank``/``--cache-every`` on a family whose sampling
+    network cannot take them, refused naming the ones that can."""
     given = vars(req)
     for name in ("quantize", "prune", "low_rank", "cache_every"):
         if given[name] is not None and name not in method.sample_options:

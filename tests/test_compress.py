@@ -182,6 +182,7 @@ def tiny_wd(tmp_path_factory, configs):
     return str(tmp / "wd")
 
 
+@pytest.mark.slow  # two U-Nets compiled and 40 steps (~65 s): -m slow
 def test_a_smaller_student_learns_its_teachers_outputs(tiny_wd):
     """Knowledge distillation (``method="student"``): the state holds the teacher's (EMA)
     parameters as trained, the student has a quarter of its parameters, and on a fixed batch the
@@ -278,7 +279,9 @@ def test_the_exported_network_equals_ours(tiny_wd, tmp_path, configs, capsys):
     loaded = jax.export.deserialize(out.read_bytes())   # read back from the file alone
     x = jnp.asarray(RNG.normal(size=(3, 8, 8, 1)).astype(np.float32))
     t = jnp.asarray([0.2, 0.5, 0.9], jnp.float32)
-    np.testing.assert_allclose(np.asarray(loaded.call(x, t)), np.asarray(fn(x, t)), atol=1e-6)
+    # the same program compiled again: equal up to float32 reassociation
+    np.testing.assert_allclose(np.asarray(loaded.call(x, t)), np.asarray(jax.jit(fn)(x, t)),
+                               atol=1e-5)
     res = export_network(tiny_wd, tmp_path / "wd.stablehlo", "stablehlo", batch=2)
     assert res["inputs"] == ["float32[2, 8, 8, 1]", "float32[2]"] and res["max_abs_diff"] <= 1e-6
     gan = configs.experiment(configs.family("gan", tmp_path)).method

@@ -174,6 +174,8 @@ def test_every_experiment_builds_and_its_step_lowers(path):
     cfg = load_config(str(EXPERIMENTS / path))
     needs = [f"{k}.{f}" for k, v in cfg.items() if isinstance(v, ConfigDict)
              for f in ("teacher", "autoencoder") if v.get(f)]
+    if str(cfg.get("init_from", "")).startswith("runs/"):  # fine-tunes a trained workdir
+        needs.append("init_from")
     if needs:  # built on another workdir (test_consistency, test_families, test_few_step)
         apply_override(cfg, f"{needs[0]}='/nonexistent/run'")
         with pytest.raises(ConfigError, match="'/nonexistent/run' holds no checkpoint"):

@@ -358,8 +358,8 @@ def build(ctx: BuildContext, data: DataSpec | None = None, cls=None, **extra) ->
     else:
         model, cond = denoiser_network(ctx.section("model"), data)
         process, par = process_and_parameterization(ctx)
-    comp = ctx.typed(CompressSpec, "compress", required=False)
-    if comp is not None and (comp.quantize or comp.prune):
+    comp = ctx.typed(CompressSpec, "compress")
+    if comp.quantize or comp.prune:
         try:
             extra = {**extra, "train_compression": Compression(comp.quantize or None,
                                                                 comp.prune or None)}

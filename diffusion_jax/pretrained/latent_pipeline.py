@@ -242,8 +242,9 @@ class PretrainedLatent(LatentDiffusion):
     # -- sampling: ids -> context once per chunk, latents -> pixels ------------------------------
     def sample_fn(self, sampler: str | None = None, num_steps: int | None = None,
                   grid: str | None = None, guidance_scale: float | None = None,
-                  classifier: tuple | None = None) -> Callable:
-        inner = Diffusion.sample_fn(self, sampler, num_steps, grid, guidance_scale, classifier)
+                  classifier: tuple | None = None, cache_every: int = 1) -> Callable:
+        inner = Diffusion.sample_fn(self, sampler, num_steps, grid, guidance_scale, classifier,
+                                    cache_every)
 
         def fn(params, x_T, key, cond=None, known=None, mask=None):
             if known is not None:
