@@ -74,8 +74,9 @@ def test_int8_activations_add_their_own_half_step_and_no_more():
     bound = (s_x / 2) * w_hat.sum(0) + (s_w / 2) * np.abs(np.asarray(x)).sum(1, keepdims=True)
     err = np.abs(np.asarray(y - y_hat))
     assert np.all(err <= bound * (1 + 1e-5) + 1e-6)
-    # activations rounded too: more error than the weights alone in the same layer
-    assert err.max() > np.abs(np.asarray(y - CompressedModel(layer).apply({"params": q}, x))).max()
+    # the activations were rounded too: the output is not the weight-only one (the two errors
+    # may cancel, so no ordering of their sizes is implied)
+    assert np.abs(np.asarray(y_hat - CompressedModel(layer).apply({"params": q}, x))).max() > 0
     r = np.asarray(fake_quantize_rows(x))
     assert np.all(np.abs(r - np.asarray(x)) <= s_x / 2 * (1 + 1e-6))
     assert len(np.unique(np.round(r / s_x).astype(int))) <= 255
