@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import guidance
+from diffusion_jax.compress import materialize
 from diffusion_jax.conditioning import downsample
 from diffusion_jax.methods.base import Sampling, SampleRequest, SamplingEnv, parse_labels, take
 from diffusion_jax.parallel import batch_sharding, make_mesh
@@ -43,6 +44,9 @@ def model_denoiser(model, process, par, params, cond: dict | None = None,
     ``classifier=(log_prob, scale)``: classifier guidance with ``log_prob(x_t, t) -> [B, K]`` and
     labels ``cond["y"]`` (for an unconditional model the labels are not passed to the network)."""
     cond = dict(cond or {})
+    # compressed kernels (int8/int4, low-rank) become dense here, once per compiled call, outside
+    # the sampler's loop: XLA does not hoist a size-increasing dequantisation out of a while loop
+    params = materialize(params)
     net = lambda x, t, **c: model.apply({"params": params}, x, t, **c)
     denoise = make_denoiser(net, process, par)
     k = _num_classes(model)
