@@ -95,12 +95,14 @@ def distance(a, b, kind: str = "l2", c: float | None = None):
 
 
 def distillation_loss(f_student: Callable, f_target: Callable, teacher_denoise: Callable,
-                      process: Process, x0, ts, key, solver: str = "heun", kind: str = "l2"):
+                      process: Process, x0, ts, key, solver: str = "heun", kind: str = "l2",
+                      args: tuple = ()):
     """Consistency distillation on the grid ``ts`` (decreasing, ``ts[-1] = t_min``): for each
     example a random adjacent pair ``t_n > t_{n+1}``, ``x_{t_n} ~ q(x_t | x0)``, the teacher's
     one ODE step to ``t_{n+1}`` with the project sampler ``solver`` (vmapped over examples, so
     every example has its own pair), and the distance between ``f_student(x_{t_n}, t_n)`` and
-    the stop-gradient ``f_target(x_{t_{n+1}}, t_{n+1})``. Returns ``(loss, mean n)``."""
+    the stop-gradient ``f_target(x_{t_{n+1}}, t_{n+1})``. ``args``: per-example arrays (class
+    labels) every network call takes after ``(x, t)``. Returns ``(loss, mean n)``."""
     ts = jnp.asarray(ts, x0.dtype)
     k_n, k_e, k_s = jax.random.split(key, 3)
     b = x0.shape[0]
@@ -110,13 +112,15 @@ def distillation_loss(f_student: Callable, f_target: Callable, teacher_denoise: 
     x_t = _b(process.alpha(t), x0) * x0 + _b(process.sigma(t), x0) * noise
     obj = resolve_sampler(solver)
 
-    def one_step(x, t0, t1, k):
-        return run_sampler(obj, teacher_denoise, process, x[None], jnp.stack([t0, t1]), k,
+    def one_step(x, t0, t1, k, *a):
+        denoise = lambda x_, t_: teacher_denoise(x_, t_, *(v[None] for v in a))
+        return run_sampler(obj, denoise, process, x[None], jnp.stack([t0, t1]), k,
                            final_denoise=False)[0][0]
 
-    x_next = jax.vmap(one_step)(x_t, t, t_next, jax.random.split(k_s, b))
-    target = jax.lax.stop_gradient(f_target(jax.lax.stop_gradient(x_next), t_next))
-    return jnp.mean(distance(f_student(x_t, t), target, kind)), jnp.mean(n.astype(x0.dtype))
+    x_next = jax.vmap(one_step)(x_t, t, t_next, jax.random.split(k_s, b), *args)
+    target = jax.lax.stop_gradient(f_target(jax.lax.stop_gradient(x_next), t_next, *args))
+    return (jnp.mean(distance(f_student(x_t, t, *args), target, kind)),
+            jnp.mean(n.astype(x0.dtype)))
 
 
 def ct_num_scales(step, total_steps: int, s0: int = 10, s1: int = 1280):
@@ -137,7 +141,7 @@ def karras_sigmas(num, s_min, s_max, rho: float = 7.0, size: int | None = None):
 
 def training_loss(f_student: Callable, process: Process, x0, step, key, total_steps: int,
                   s0: int = 10, s1: int = 1280, kind: str = "pseudo_huber",
-                  p_mean: float = -1.1, p_std: float = 2.0):
+                  p_mean: float = -1.1, p_std: float = 2.0, args: tuple = ()):
     """Consistency training (iCT, no teacher): ``N(step)`` Karras levels, a pair ``n`` drawn with
     lognormal weight, ``x0 + s eps`` at both levels with the same ``eps``, the target
     ``f(x_{s_n})`` with the current parameters under ``stop_gradient``, weight ``1/(s_{n+1} -
@@ -157,8 +161,8 @@ def training_loss(f_student: Callable, process: Process, x0, step, key, total_st
     eps = jax.random.normal(k_e, x0.shape, x0.dtype)
     x_hi = process.alpha(t_hi) * (x0 + s_hi * eps)
     x_lo = process.alpha(t_lo) * (x0 + s_lo * eps)
-    target = jax.lax.stop_gradient(f_student(x_lo, t_lo))
-    d = distance(f_student(x_hi, t_hi), target, kind)
+    target = jax.lax.stop_gradient(f_student(x_lo, t_lo, *args))
+    d = distance(f_student(x_hi, t_hi, *args), target, kind)
     return jnp.mean(d / (s_hi - s_lo)), num
 
 
@@ -173,7 +177,7 @@ def ect_gap(s_t, step, total_steps: int, q: float = 2.0, stages: int = 8):
 
 def ect_loss(f_student: Callable, process: Process, x0, step, key, total_steps: int,
              kind: str = "pseudo_huber", q: float = 2.0, stages: int = 8,
-             p_mean: float = -1.1, p_std: float = 2.0):
+             p_mean: float = -1.1, p_std: float = 2.0, args: tuple = ()):
     """Easy consistency tuning (ECT, Geng et al. 2024), for a student initialised from a
     diffusion model: ``s_t`` lognormal, ``s_r = ect_gap(s_t)``, both levels with the same
     ``eps``, the target ``f(x_r)`` under ``stop_gradient`` (the data itself where ``s_r`` is
@@ -190,8 +194,8 @@ def ect_loss(f_student: Callable, process: Process, x0, step, key, total_steps: 
     eps = jax.random.normal(k_e, x0.shape, x0.dtype)
     x_t = _b(process.alpha(t_t), x0) * (x0 + _b(s_t, x0) * eps)
     x_r = _b(process.alpha(t_r), x0) * (x0 + _b(s_r_in, x0) * eps)
-    target = jax.lax.stop_gradient(jnp.where(_b(at_data, x0), x0, f_student(x_r, t_r)))
-    d = distance(f_student(x_t, t_t), target, kind)
+    target = jax.lax.stop_gradient(jnp.where(_b(at_data, x0), x0, f_student(x_r, t_r, *args)))
+    d = distance(f_student(x_t, t_t, *args), target, kind)
     return jnp.mean(d / (s_t - jnp.where(at_data, 0.0, s_r_in))), jnp.mean(s_r / s_t)
 
 
@@ -214,12 +218,12 @@ def sample_times(process: Process, steps: int, s_first: float = 0.4, s_last: flo
     return np.array([process.t_max] + ts)
 
 
-def multistep_sample(f: Callable, process: Process, x_T, ts, key):
+def multistep_sample(f: Callable, process: Process, x_T, ts, key, args: tuple = ()):
     """``x = f(x_T, ts[0])``, then for each later ``t``: re-noise ``x`` to ``t`` and map back
-    (Song et al. 2023, Algorithm 1). ``len(ts)`` network evaluations."""
+    (Song et al. 2023, Algorithm 1). ``len(ts)`` network evaluations (each takes ``args``)."""
     ts = np.asarray(ts)
-    x = f(x_T, ts[0])
+    x = f(x_T, ts[0], *args)
     for i, t in enumerate(ts[1:]):
         z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-        x = f(process.alpha(t) * x + process.sigma(t) * z, t)
+        x = f(process.alpha(t) * x + process.sigma(t) * z, t, *args)
     return x

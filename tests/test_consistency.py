@@ -11,9 +11,14 @@ import pytest
 
 from diffusion_jax import consistency_math as C
 from diffusion_jax import gmm, processes
+from diffusion_jax.conditioning import Conditioning
+from diffusion_jax.methods.consistency import ConsistencyMethod
 from diffusion_jax.models import MLP
 from diffusion_jax.parameterization import make_denoiser, make_parameterization
 from diffusion_jax.samplers import make_grid, sample
+
+# its module-scoped trained fixtures are built once: every test here on one xdist worker
+pytestmark = pytest.mark.xdist_group("consistency")
 
 
 def test_the_boundary_condition_holds_exactly_for_any_network():
@@ -108,6 +113,75 @@ def _distill(steps=1500, batch=256, num_scales=18, target_decay=0.95, hidden=128
 @pytest.fixture(scope="module")
 def distilled():
     return _distill(steps=4000, hidden=128, lr=3e-3, num_scales=18)
+
+
+GUIDANCE = 1.5
+
+
+@pytest.fixture(scope="module")
+def distilled_guided():
+    """Class-conditional CD of the ring's exact guided teacher ``D(x, null) + w (D(x, y) -
+    D(x, null))`` (labels = the 8 modes, 10% dropped to the null label 8), through the method's
+    own functions (``ConsistencyMethod.guide`` combines the two calls)."""
+    mix, process = gmm.ring(), processes.make_process("vp_linear")
+    k = mix.num_components
+    exact = gmm.labelled_denoiser(mix, process)
+    model, par = MLP(hidden=128, depth=3, num_classes=k), make_parameterization("v")
+    steps, batch = 3000, 256
+    tx = optax.adam(optax.cosine_decay_schedule(3e-3, steps))
+    method = ConsistencyMethod(model, process, par, tx, (2,), conditioning=Conditioning(
+        num_classes=k, drop_prob=0.1), guidance=GUIDANCE)
+    teacher = method.guide(exact)
+    ts = make_grid(process, 18, "karras")
+    params = method._init(jax.random.key(0)).params
+
+    @jax.jit
+    def step(carry, key):
+        p, target, opt = carry
+        x0, labels = mix.sample(jax.random.fold_in(key, 1), batch)
+        y = method.conditioning({"image": x0, "label": labels}, jax.random.fold_in(key, 2))["y"]
+        loss_fn = lambda q: C.distillation_loss(method.function(q), method.function(target),
+                                                teacher, process, x0, ts, key, "heun", "l2",
+                                                (y,))[0]
+        loss, g = jax.value_and_grad(loss_fn)(p)
+        upd, opt = tx.update(g, opt, p)
+        p = optax.apply_updates(p, upd)
+        target = jax.tree_util.tree_map(lambda a, b: 0.95 * a + 0.05 * b, target, p)
+        return (p, target, opt), loss
+
+    carry = (params, params, tx.init(params))
+    carry, _ = jax.lax.scan(step, carry, jax.random.split(jax.random.key(1), steps))
+    return mix, process, teacher, method, carry[0]
+
+
+def test_conditional_distillation_of_a_guided_teacher_lands_on_its_ode_endpoint_per_class(
+        distilled_guided):
+    """For each label, one evaluation of the student against the exact endpoint of the guided
+    teacher's ODE (dopri5) from the same noise: the same derived bar as the unconditional test
+    (a quarter of the teacher's own one-step jump's error), and >= 90% of the samples in their
+    label's mode (the exact posterior at t_min). The null label samples every mode."""
+    mix, process, teacher, method, params = distilled_guided
+    k, n = mix.num_components, 100
+    x_T = jnp.tile(process.prior_sample(jax.random.key(7), (n, 2)), (k, 1))
+    y = jnp.repeat(jnp.arange(k), n)  # every label from the same n noises
+    endpoint = sample(lambda x, t: teacher(x, t, y), process, x_T, sampler="ode_dopri5",
+                      num_steps=1, final="ode")
+    one = C.multistep_sample(method.function(params), process, x_T, C.sample_times(process, 1),
+                             jax.random.key(8), (y,))
+    err = jnp.sum((one - endpoint) ** 2, -1).reshape(k, n)
+    jump = jnp.sum((teacher(x_T, process.t_max, y) - endpoint) ** 2, -1).reshape(k, n)
+    rmse, rmse_jump = np.sqrt(np.mean(err, axis=1)), np.sqrt(np.mean(jump, axis=1))
+    label = jnp.argmax(mix.class_posterior(process, one, process.t_min), axis=-1).reshape(k, n)
+    accuracy = np.mean(np.asarray(label) == np.arange(k)[:, None], axis=1)
+    print(f"guided CD, per label: 1-step RMSE to the guided ODE endpoint {np.round(rmse, 3)}, "
+          f"the teacher's jump {np.round(rmse_jump, 3)}; in the label's mode {accuracy}")
+    assert np.all(rmse < 0.25 * rmse_jump) and np.all(accuracy >= 0.9)
+    x_T = x_T[:n]
+    null = C.multistep_sample(method.function(params), process, x_T, C.sample_times(process, 1),
+                              jax.random.key(8), (jnp.full((n,), k),))
+    counts = np.bincount(np.asarray(jnp.argmax(mix.class_posterior(process, null, process.t_min),
+                                               axis=-1)), minlength=k)
+    assert counts.min() >= 0.25 * n / k, counts  # every mode, none starved
 
 
 def test_distillation_reaches_the_ode_endpoint_in_one_step(distilled):
@@ -245,3 +319,49 @@ def test_a_teacher_of_other_data_or_process_is_refused_before_compiling(configs,
         from_config(cfg)
     with pytest.raises(ConfigError, match="holds no checkpoint"):
         from_config(_consistency_config(configs, tmp_path / "nothing"))
+
+
+def test_class_conditional_distillation_on_the_engine_takes_labels_from_the_cli(
+        configs, toy_teacher, tmp_path, capsys):
+    """A class-conditional toy teacher (the ring's 8 modes as labels) distilled with guidance:
+    the student starts as the teacher (its label embedding included), the CLI's ``--labels``
+    reach the network (two labels, same seed: different samples), and the settings a
+    conditional distillation refuses are one line each, before compiling."""
+    from diffusion_jax.cli import main
+    from diffusion_jax.experiment import from_config
+    from diffusion_jax.settings import ConfigError
+    from diffusion_jax.train.loop import train
+    from diffusion_jax.workdir import load
+
+    cfg = configs.toy(4)
+    cfg.model.conditional = True
+    teacher = tmp_path / "teacher"
+    train(from_config(cfg), str(teacher))
+    _, tp, _ = load(str(teacher))
+    assert "label_embed" in tp
+    out = train(from_config(_consistency_config(configs, teacher, guidance=2.0)),
+                str(tmp_path / "cd"))
+    assert out["status"] == "done"
+    np.testing.assert_array_equal(out["state"].teacher["label_embed"]["embedding"],
+                                  tp["label_embed"]["embedding"])
+    got = {}
+    for labels in ("0", "4"):
+        path = tmp_path / f"y{labels}.npz"
+        assert main(["sample", "--workdir", str(tmp_path / "cd"), "--num", "8", "--labels",
+                     labels, "--seed", "3", "--out", str(path)]) == 0
+        with np.load(path) as f:
+            got[labels] = f["images"]
+    assert got["0"].shape == (8, 2) and np.abs(got["0"] - got["4"]).max() > 1e-4
+    # consistency tuning from the conditional teacher and training from scratch take labels too
+    ect = train(from_config(_consistency_config(configs, teacher, mode="ect")),
+                str(tmp_path / "ect"))
+    ct_cfg = _consistency_config(configs)
+    ct_cfg.model.conditional = True
+    ct = train(from_config(ct_cfg), str(tmp_path / "ct"))
+    for run in (ect, ct):
+        assert run["status"] == "done" and "label_embed" in run["state"].params
+    with pytest.raises(ConfigError, match="consistency.guidance=2.0 needs a class-conditional"):
+        from_config(_consistency_config(configs, toy_teacher, guidance=2.0))
+    with pytest.raises(ConfigError, match="consistency.guidance=2.0 distils a teacher's guided"):
+        from_config(_consistency_config(configs, None, guidance=2.0))
+    capsys.readouterr()

@@ -30,6 +30,9 @@ from diffusion_jax.models.gan import SPECTRAL, Discriminator, Generator, SNLayer
 from diffusion_jax.train.loop import train
 from diffusion_jax.train.logger import read_history
 
+# its module-scoped trained fixtures are built once: every test here on one xdist worker
+pytestmark = pytest.mark.xdist_group("families")
+
 HERE = Path(__file__).resolve().parent
 
 

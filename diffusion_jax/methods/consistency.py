@@ -7,6 +7,12 @@ training from data alone (CT, iCT's recipe), sampled in 1, 2, 4, ... network eva
 The train state holds the student, its EMA (CD's target network and the sampling parameters)
 and, for CD, the frozen teacher's parameters (the student starts as a copy of them). The
 functions themselves live in ``diffusion_jax.consistency_math``.
+
+Class-conditional models (a class-conditional teacher for CD/ECT, ``model.conditional=True`` for
+CT) take the labels in every network call; labels are dropped to the null class with the
+conditioning's probability, so the model is also unconditional. CD with ``guidance=w`` distils
+the teacher's classifier-free guided ODE (``D(x, null) + w (D(x, y) - D(x, null))``): the
+student samples guided in one evaluation, with no guidance at sampling time.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import optax
 from jax.sharding import Mesh
 
 from diffusion_jax import consistency_math as C
+from diffusion_jax.conditioning import Conditioning
 from diffusion_jax.methods import diffusion
 from diffusion_jax.methods.base import MethodBase, SampleRequest, StepsSampling
 from diffusion_jax.methods.state import (apply_gradients, opt_shardings, param_shardings, replicated,
@@ -67,8 +74,17 @@ class ConsistencyMethod(MethodBase):
     ema_decay: float = 0.95
     ect_q: float = 2.0
     ect_stages: int = 8
+    conditioning: Conditioning = Conditioning()
+    guidance: float = 0.0                    # CD: the teacher's CFG scale (0: unguided)
     name: str = "consistency"
-    sample_options = frozenset({"steps"})
+
+    @property
+    def num_classes(self) -> int:
+        return self.conditioning.num_classes
+
+    @property
+    def sample_options(self) -> frozenset:
+        return frozenset({"steps", "labels"} if self.num_classes else {"steps"})
 
     @property
     def max_steps(self) -> int:
@@ -78,7 +94,8 @@ class ConsistencyMethod(MethodBase):
     # -- state -------------------------------------------------------------------------------
     def _init(self, key):
         x, t = jnp.zeros((1,) + self.shape), jnp.zeros((1,))
-        params = self.model.init({"params": key}, x, t)["params"]
+        y = (jnp.zeros((1,), jnp.int32),) if self.num_classes else ()
+        params = self.model.init({"params": key}, x, t, *y)["params"]
         return ConsistencyState(jnp.zeros((), jnp.int32), params, params,
                                 self.tx.init(nn.meta.unbox(params)),
                                 params if self.mode == "cd" else {})
@@ -116,32 +133,51 @@ class ConsistencyMethod(MethodBase):
 
     # -- the functions -----------------------------------------------------------------------
     def denoiser(self, params) -> Callable:
-        net = lambda x, t: self.model.apply({"params": params}, x, t)
+        """``denoise(x, t[, y])``: labels ``y`` for a class-conditional model."""
+        net = lambda x, t, *y: self.model.apply({"params": params}, x, t, *y)
         return make_denoiser(net, self.process, self.parameterization)
 
+    def teacher_denoiser(self, params) -> Callable:
+        """CD's teacher: the frozen network, guided where ``guidance`` is set."""
+        return self.guide(self.denoiser(params))
+
+    def guide(self, denoise: Callable) -> Callable:
+        """``denoise(x, t, y)`` with classifier-free guidance at scale ``guidance`` (the null
+        label's call and the labelled one combined); unchanged where it is not set."""
+        if not (self.num_classes and self.guidance):
+            return denoise
+
+        def guided(x, t, y):
+            null = denoise(x, t, jnp.full_like(y, self.num_classes))
+            return null + self.guidance * (denoise(x, t, y) - null)
+        return guided
+
     def function(self, params) -> Callable:
-        """The consistency function ``f(x, t) -> x0`` of ``params``."""
+        """The consistency function ``f(x, t[, y]) -> x0`` of ``params``."""
         return C.consistency_function(self.denoiser(params), self.process)
 
     def train_step(self, state: ConsistencyState, batch: dict, key: jax.Array):
         key = jax.random.fold_in(key, state.step)
         x0 = batch["image"]
+        cond = self.conditioning(batch, jax.random.fold_in(key, 0x7FFFFFFF))
+        args = (cond["y"],) if cond else ()  # labels, some dropped to the null class
         if self.mode == "cd":
             ts = make_grid(self.process, self.num_scales, "karras")
-            teacher = self.denoiser(state.teacher)
+            teacher = self.teacher_denoiser(state.teacher)
 
             def loss_fn(p):
                 return C.distillation_loss(self.function(p), self.function(state.ema_params),
                                            teacher, self.process, x0, ts, key, self.solver,
-                                           self.loss)
+                                           self.loss, args)
         elif self.mode == "ect":
             def loss_fn(p):
                 return C.ect_loss(self.function(p), self.process, x0, state.step, key,
-                                  self.total_steps, self.loss, self.ect_q, self.ect_stages)
+                                  self.total_steps, self.loss, self.ect_q, self.ect_stages,
+                                  args=args)
         else:
             def loss_fn(p):
                 return C.training_loss(self.function(p), self.process, x0, state.step, key,
-                                       self.total_steps, self.s0, self.s1, self.loss)
+                                       self.total_steps, self.s0, self.s1, self.loss, args=args)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         params, opt_state, ema = apply_gradients(self.tx, state.params, state.opt_state, grads,
@@ -151,17 +187,31 @@ class ConsistencyMethod(MethodBase):
         return ConsistencyState(state.step + 1, params, ema, opt_state, state.teacher), metrics
 
     # -- sampling ----------------------------------------------------------------------------
-    def sample(self, params, key, n: int, steps: int | None = None):
-        """``n`` samples in ``steps`` network evaluations (default ``sample_steps``)."""
+    def sample(self, params, key, n: int, steps: int | None = None, cond: dict | None = None):
+        """``n`` samples in ``steps`` network evaluations (default ``sample_steps``);
+        class-conditional models get balanced labels unless ``cond={"y": ...}`` gives them (the
+        null label ``num_classes``: unconditional)."""
         steps = steps or self.sample_steps
         x_T = self.process.prior_sample(key, (n,) + self.shape)
-        return _sampler(self, steps)(params, x_T, jax.random.fold_in(key, 1))
+        args = ()
+        if self.num_classes:
+            y = (cond or {}).get("y")
+            args = (jnp.arange(n) % self.num_classes if y is None else jnp.asarray(y),)
+        return _sampler(self, steps)(params, x_T, jax.random.fold_in(key, 1), *args)
 
     def sample_controls(self, req: SampleRequest) -> dict:
         if req.steps and req.steps > self.max_steps:
             print(f"warning: --steps {req.steps} is more than the {self.max_steps} scales this "
                   f"consistency model was trained on; more steps than that do not help")
         return {"steps": req.steps} if req.steps else {}
+
+    def preview(self, params, key, n: int, test_images):
+        k = self.num_classes
+        if not k:
+            return np.asarray(self.sample(params, key, n)), None
+        per = max(n // k, 1)
+        y = jnp.repeat(jnp.arange(k), per)
+        return np.asarray(self.sample(params, key, per * k, cond={"y": y})), per
 
     def nfe(self, req: SampleRequest) -> int:
         return req.steps or self.sample_steps
@@ -172,8 +222,8 @@ class ConsistencyMethod(MethodBase):
 @functools.lru_cache(maxsize=16)
 def _sampler(method: ConsistencyMethod, steps: int):
     ts = C.sample_times(method.process, steps)
-    return jax.jit(lambda p, x_T, key: C.multistep_sample(method.function(p), method.process,
-                                                          x_T, ts, key))
+    return jax.jit(lambda p, x_T, key, *y: C.multistep_sample(method.function(p), method.process,
+                                                              x_T, ts, key, y))
 
 
 # -- settings and build ------------------------------------------------------------------------
@@ -192,6 +242,8 @@ class ConsistencySpec:
     sample_steps: int = 1        # evaluations of `sample` (CLI: sample --steps)
     ect_q: float = 2.0           # ECT: the gap s_t - s_r shrinks by q per stage ...
     ect_stages: int = 8          # ... over this many stages of train.steps
+    guidance: float = 0.0        # CD of a class-conditional teacher: distil its classifier-free
+                                 # guided ODE at this scale (0: unguided)
 
 
 def _settings(ctx: BuildContext) -> tuple[ConsistencySpec, str]:
@@ -218,19 +270,28 @@ def build(ctx: BuildContext) -> ConsistencyMethod:
         if not c.teacher:
             raise ConfigError(f"consistency.mode={c.mode!r} needs consistency.teacher=WORKDIR (a "
                               "trained diffusion model), or use consistency.mode='ct'")
-        teacher = diffusion.teacher_run(ctx, c.teacher, "consistency.teacher")
+        teacher = diffusion.teacher_run(ctx, c.teacher, "consistency.teacher", labels=True)
         t = teacher.experiment.method
         model, process, par, loader = t.model, t.process, t.parameterization, teacher.load_params
+        cond = t.conditioning
         try:
             resolve_sampler(c.solver)
         except ValueError as e:
             raise ConfigError(f"consistency.solver: {e}") from None
     else:
         model, cond = diffusion.denoiser_network(ctx.section("model"), ctx.data)
-        if cond.active:
-            raise ConfigError("consistency training of conditional models is not supported yet: "
-                              "set model.conditional=False")
+        if cond.context_dim or cond.low_res_size:
+            raise ConfigError("consistency training takes unconditional or class-conditional "
+                              "models (no model.context_dim or low_res_size)")
         process, par = diffusion.process_and_parameterization(ctx)
+    if c.guidance and c.mode != "cd":
+        raise ConfigError(f"consistency.guidance={c.guidance} distils a teacher's guided ODE: "
+                          "it is for consistency.mode='cd'")
+    if c.guidance and not cond.num_classes:
+        raise ConfigError(f"consistency.guidance={c.guidance} needs a class-conditional teacher; "
+                          f"{c.teacher!r} is unconditional")
+    if c.guidance < 0:
+        raise ConfigError(f"consistency.guidance={c.guidance} must be >= 0 (0: unguided)")
     return ConsistencyMethod(model, process, par, ctx.tx, ctx.data.shape, c.mode, loader, c.solver,
                              c.num_scales, loss, c.s0, c.s1, ctx.train.steps, c.sample_steps,
-                             ctx.train.ema_decay, c.ect_q, c.ect_stages)
+                             ctx.train.ema_decay, c.ect_q, c.ect_stages, cond, c.guidance)

@@ -276,10 +276,10 @@ def denoiser_network(section, data: DataSpec):
     num_classes = data.num_classes if conditional else 0
     dtype = jnp.dtype(common.get("dtype", "float32"))
     if name == "mlp":
-        if conditional or arch.get("context_dim") or arch.get("low_res_size"):
-            raise ConfigError("model.name='mlp' is unconditional: set model.conditional=False "
-                              "(or use model.name='unet' / 'dit' for class conditioning)")
-        model = typed(MLP, arch, "model")
+        if arch.get("context_dim") or arch.get("low_res_size"):
+            raise ConfigError("model.name='mlp' is unconditional or class-conditional: remove "
+                              "model.context_dim / model.low_res_size (or use model.name='unet')")
+        model = typed(MLP, arch, "model", num_classes=num_classes)
     elif name == "dit":
         model = DiT(_dit_config(arch, data, num_classes), dtype=dtype)
     elif name == "unet":
@@ -377,10 +377,11 @@ class CompressSpec:
     prune: float = 0.0       # 0 or a sparsity in (0, 1)
 
 
-def teacher_run(ctx: BuildContext, path: str, field: str):
-    """A distillation teacher (``field=WORKDIR``): an unconditional pixel-space diffusion run on
-    this experiment's data; a ``process``/``parameterization`` section that differs from the
-    teacher's is refused (the student uses the teacher's)."""
+def teacher_run(ctx: BuildContext, path: str, field: str, labels: bool = False):
+    """A distillation teacher (``field=WORKDIR``): an unconditional (``labels``: or
+    class-conditional) pixel-space diffusion run on this experiment's data; a
+    ``process``/``parameterization`` section that differs from the teacher's is refused (the
+    student uses the teacher's)."""
     teacher = ctx.stored(path, field)
     exp = teacher.experiment
     if exp.method_name != "diffusion" or exp.method.sample_shape != tuple(exp.method.shape):
@@ -389,9 +390,15 @@ def teacher_run(ctx: BuildContext, path: str, field: str):
     if exp.data.shape != ctx.data.shape:
         raise ConfigError(f"{field}={path!r} was trained on data of shape {exp.data.shape}; this "
                           f"experiment's data has shape {ctx.data.shape}")
-    if exp.method.conditioning.active:
-        raise ConfigError(f"{field}={path!r} is conditional; distillation of conditional "
-                          "teachers is not supported yet")
+    cond = exp.method.conditioning
+    if cond.active and not (labels and cond.num_classes and not cond.context_dim
+                            and not cond.low_res_size):
+        kind = "unconditional or class-conditional" if labels else "unconditional"
+        raise ConfigError(f"{field}={path!r} is conditional; this distillation takes {kind} "
+                          "teachers")
+    if cond.num_classes and ctx.data.num_classes != cond.num_classes:
+        raise ConfigError(f"{field}={path!r} has {cond.num_classes} classes, the data "
+                          f"{ctx.data.num_classes or 'none'}")
     for section in ("process", "parameterization"):
         mine = ctx.section(section, False)
         if mine is not None and mine != exp.config[section]:

@@ -33,7 +33,8 @@ from diffusion_jax.utils.images import load_images, make_mask
 
 
 def _num_classes(model) -> int:
-    return getattr(getattr(model, "config", None), "num_classes", 0)
+    return (getattr(getattr(model, "config", None), "num_classes", 0)
+            or getattr(model, "num_classes", 0))
 
 
 def model_denoiser(model, process, par, params, cond: dict | None = None,

@@ -163,9 +163,10 @@ class DiTTransformer(nn.Module):
         t = jnp.broadcast_to(jnp.asarray(timesteps, jnp.float32).reshape(-1), (b,))
         y = jnp.asarray(class_labels, jnp.int32)
         h = PatchEmbed(d, p, **kw, name="pos_embed")(x.astype(self.dtype))
+        cond = None
         for i in range(cfg.num_layers):
             h, emb = DiTBlock(cfg, **kw, name=f"transformer_blocks_{i}")(h, t, y)
-            cond = emb if i == 0 else cond  # the final layer reuses block 0's embedding
+            cond = emb if cond is None else cond  # the final layer reuses block 0's embedding
         shift, scale = jnp.split(dense(2 * d, name="proj_out_1", **kw)(nn.silu(cond)), 2, -1)
         h = layer_norm("norm_out", eps=1e-6, affine=False)(h) * (1 + scale[:, None]) + shift[:, None]
         out_c = cfg.out_channels or cfg.in_channels
