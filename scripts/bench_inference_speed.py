@@ -7,12 +7,21 @@ times the settings of one workdir; this puts other runs, e.g. distilled students
 
 Each row: ``LABEL=WORKDIR[:field=value,...]`` with ``SampleRequest`` fields (``quantize``,
 ``prune``, ``low_rank``, ``cache_every``, ``steps``); the sampler is ``--sampler`` at ``--steps``.
+``WORKDIR = random`` times ``--config``'s network at random weights (speed only: no training, no
+data), e.g. the 35.7M CIFAR-10 U-Net:
+
+    python scripts/bench_inference_speed.py --config experiments/cifar10_ddpmpp.py --rounds 3 \
+        "float32=random" "bf16=random:quantize=bf16" "int8=random:quantize=int8"
 """
 
 import argparse
 import json
 
+import jax
+
 from diffusion_jax.bench.compress import _timer, alternated_speeds
+from diffusion_jax.config import load_config
+from diffusion_jax.experiment import from_config
 from diffusion_jax.workdir import load
 
 
@@ -32,15 +41,25 @@ def main():
     ap.add_argument("--steps", type=int, default=9)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--config", default=None, help="the experiment of rows at WORKDIR=random")
     args = ap.parse_args()
-    timers, labels = [], []
+    timers, labels, random = [], [], None
     for row in args.rows:
         label, _, spec = row.partition("=")
         wd, _, opts = spec.partition(":")
         opts = dict(kv.split("=", 1) for kv in opts.split(",") if kv)
         opts = {k: _value(v) for k, v in opts.items()}
         steps = opts.pop("steps", args.steps)
-        exp, params, _ = load(wd)
+        if wd == "random":
+            if args.config is None:
+                ap.error(f"row {row!r}: WORKDIR=random needs --config EXPERIMENT")
+            if random is None:
+                exp = from_config(load_config(args.config))
+                random = exp, jax.jit(exp.method.init)(jax.random.key(0)).ema_params
+            exp, params = random
+            wd = None
+        else:
+            exp, params, _ = load(wd)
         once, nbytes, nonzero = _timer(exp.method, exp, wd, params, opts, args.sampler, steps,
                                        args.batch)
         timers.append(once)

@@ -5,6 +5,11 @@ reduction, elementwise), summed per step. Prints the category table and the dear
 
     python scripts/profile_train_step.py --matched               # the speed issue's 3.9M U-Net
     DIFFUSION_JAX_CPU_FLAGS=0 python scripts/profile_train_step.py --matched   # XLA's default
+    python scripts/profile_train_step.py --matched --peer torch  # beside diffusers' UNet2DModel
+
+With ``--peer torch`` the same step of the matched diffusers U-Net (``bench-train --peer torch``'s)
+is profiled with torch.profiler (each aten op's own CPU time) and both are printed in common
+categories, seconds per step side by side.
 
 The trace is also left in --trace-dir for TensorBoard's profile plugin or ui.perfetto.dev.
 """
@@ -92,6 +97,49 @@ def category(name: str, instrs: dict, comps: dict) -> str:
     return "elementwise / other"
 
 
+COMMON = (("conv", "input-grad", "conv backward (input + weight gradients)"),
+          ("conv", "weight-grad", "conv backward (input + weight gradients)"),
+          ("conv", "forward", "conv forward"),
+          ("untraced", "", "convolutions / library calls (untraced, XLA only)"),
+          ("matmul", "", "matmul (dense, attention)"),
+          ("transpose", "", "transpose / copy"),
+          ("reduction", "", "norms and reductions"),
+          ("group norm", "", "norms and reductions"))
+
+
+def common_category(cat: str) -> str:
+    """XLA's and torch's categories on one scale (norms and their reductions together; the
+    optimizer, elementwise work and framework overhead together)."""
+    for a, b, name in COMMON:
+        if cat.startswith(a) and b in cat:
+            return name
+    return "elementwise, optimizer, other"
+
+
+def peer_table(jax_cats: dict, exp, step_s: float, steps: int, n_params: int) -> None:
+    from diffusion_jax.bench.peer_torch import TorchPeer
+
+    m = exp.method
+    peer = TorchPeer(m.model.config, exp.data.image_size, exp.shape[-1], exp.train.batch_size)
+    t0 = time.perf_counter()
+    torch_cats = peer.profile(steps)
+    torch_step = (time.perf_counter() - t0) / (steps + 1)
+    rows = collections.defaultdict(lambda: [0.0, 0.0])
+    for c, v in jax_cats.items():
+        rows[common_category(c)][0] += v
+    for c, v in torch_cats.items():
+        rows[common_category(c)][1] += v
+    print(f"\n# beside torch {peer.torch.__version__} (diffusers UNet2DModel, {peer.params:,} "
+          f"parameters; ours {n_params:,}): step {step_s:.3f} s (JAX) vs {torch_step:.3f} s "
+          "(torch) under the profilers\n")
+    print("| category | JAX s/step | torch s/step | JAX / torch |\n|---|---|---|---|")
+    for name, (a, b) in sorted(rows.items(), key=lambda kv: -max(kv[1])):
+        ratio = f"{a / b:.2f}" if b > 0 else "-"
+        print(f"| {name} | {a:.3f} | {b:.3f} | {ratio} |")
+    tot = [sum(v[0] for v in rows.values()), sum(v[1] for v in rows.values())]
+    print(f"| **total** | {tot[0]:.3f} | {tot[1]:.3f} | {tot[0] / tot[1]:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default=str(ROOT / "experiments" / "fashion_mnist_ddpm.py"))
@@ -100,6 +148,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--trace-dir", default="/tmp/diffusion_jax_profile")
     ap.add_argument("--json", default="")
+    ap.add_argument("--peer", choices=["torch"], default=None)
     args = ap.parse_args()
     cfg = load_config(args.config)
     for o in MATCHED if args.matched else []:
@@ -145,12 +194,15 @@ def main() -> None:
     print("| category | s/step | share |\n|---|---|---|")
     for c, s in cats.most_common():
         print(f"| {c} | {s:.3f} | {100 * s / total:.0f}% |")
-    print(f"\n| top op | category | s/step |\n|---|---|---|")
+    print("\n| top op | category | s/step |\n|---|---|---|")
     for name, s in per_op.most_common(args.top):
         print(f"| {name} | {category(name, instrs, comps)} | {s:.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"step_s": step_s, "ops_s": total,
                                                "categories": dict(cats)}, indent=1))
+    if args.peer:
+        n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+        peer_table(dict(cats), exp, step_s, args.steps, n_params)
 
 
 if __name__ == "__main__":

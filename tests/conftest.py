@@ -76,11 +76,12 @@ FAMILY_OVERRIDES = {
     "vae": ["model.ch=4", "model.latent_dim=4", "vae.iw_samples=4", "vae.kl_warmup=2"],
     "flow": ["model.steps=2", "model.hidden=8"],
     "autoregressive": ["model.channels=4", "model.blocks=1", "model.num_mix=2"],
+    "meanflow": ["model.channels=4", "model.channel_mult=(1, 2)", "model.attn_resolutions=()"],
 }
 
 
 def family_config(family: str, tmp_path, steps: int = 4, extra=()):
-    """A GAN / VAE / flow experiment at smoke size on random 8x8 8-bit images with labels (the
+    """A GAN / VAE / flow / ... experiment at smoke size on random 8x8 8-bit images with labels (the
     same file for the same ``tmp_path``, so a resumed run sees the same data)."""
     path = Path(tmp_path) / "tiny_family.npz"
     if not path.exists():

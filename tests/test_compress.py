@@ -15,9 +15,6 @@ from diffusion_jax.compress.lowrank import LowRank
 from diffusion_jax.compress.quantize import (QTensor, fake_quantize_rows, pack_int4,
                                              quantize_inputs, unpack_int4)
 
-# its module-scoped trained fixtures are built once: every test here on one xdist worker
-pytestmark = pytest.mark.xdist_group("compress")
-
 RNG = np.random.default_rng(0)
 # float32 evaluation of the same sums in another order: a few ulps of the sum of |terms|
 F32 = 1e-5

@@ -17,9 +17,6 @@ from diffusion_jax.models import MLP
 from diffusion_jax.parameterization import make_denoiser, make_parameterization
 from diffusion_jax.samplers import make_grid, sample
 
-# its module-scoped trained fixtures are built once: every test here on one xdist worker
-pytestmark = pytest.mark.xdist_group("consistency")
-
 
 def test_the_boundary_condition_holds_exactly_for_any_network():
     process = processes.make_process("vp_cosine")

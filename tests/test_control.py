@@ -18,9 +18,6 @@ from diffusion_jax.models import UNet, UNetConfig
 from diffusion_jax.train.loop import train
 from diffusion_jax.utils.images import make_mask
 
-# its module-scoped trained fixtures are built once: every test here on one xdist worker
-pytestmark = pytest.mark.xdist_group("control")
-
 X = jnp.zeros((2, 8, 8, 1))
 T = jnp.full((2,), 0.5)
 

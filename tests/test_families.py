@@ -30,9 +30,6 @@ from diffusion_jax.models.gan import SPECTRAL, Discriminator, Generator, SNLayer
 from diffusion_jax.train.loop import train
 from diffusion_jax.train.logger import read_history
 
-# its module-scoped trained fixtures are built once: every test here on one xdist worker
-pytestmark = pytest.mark.xdist_group("families")
-
 HERE = Path(__file__).resolve().parent
 
 
@@ -237,7 +234,7 @@ def test_method_settings_of_another_family_are_refused_with_the_field(configs, t
 def workdirs(configs, tmp_path_factory):
     root = tmp_path_factory.mktemp("families")
     out = {}
-    for fam in ("gan", "vae", "flow"):
+    for fam in ("gan", "vae", "flow", "meanflow"):  # meanflow: a few-step family in compare
         out[fam] = root / fam
         res = train(from_config(configs.family(fam, root, 4)), str(out[fam]))
         assert res["status"] == "done" and Path(res["samples"]).exists()
@@ -301,21 +298,24 @@ def tiny_classifier(configs, workdirs):
 
 def test_compare_writes_the_table_json_and_figure(workdirs, tiny_classifier, tmp_path):
     out = tmp_path / "cmp"
-    wds = ",".join(str(workdirs[f]) for f in ("gan", "vae", "flow"))
+    fams = ("gan", "vae", "flow", "meanflow")
+    wds = ",".join(str(workdirs[f]) for f in fams)
     assert main(["compare", "--workdirs", wds, "--classifier", tiny_classifier, "--num", "32",
                  "--bpd-num", "8", "--out", str(out)]) == 0
     res = json.loads((out / "compare.json").read_text())
     rows = {r["family"]: r for r in res["rows"]}
-    assert list(rows) == ["gan", "vae", "flow"] and res["num"] == 32
-    assert rows["gan"]["bits_per_dim"] is None and "no likelihood" in rows["gan"]["bpd_kind"]
+    assert list(rows) == list(fams) and res["num"] == 32
+    for fam in ("gan", "meanflow"):
+        assert rows[fam]["bits_per_dim"] is None and "no likelihood" in rows[fam]["bpd_kind"]
     assert rows["vae"]["bpd_bounds"]["iwae"] <= rows["vae"]["bpd_bounds"]["elbo"]
     assert set(rows["flow"]["bpd_bounds"]) == {"exact"}
-    for r in rows.values():
+    for r in rows.values():  # MeanFlow samples in its one evaluation (meanflow.sample_steps)
         assert r["train_steps"] == 4 and r["images_per_s"] > 0 and r["nfe_per_sample"] == 1
+        assert r["fd"] > 0 and 0 <= r["recall"] <= 1
         assert 0 <= r["coverage"] <= 1 and 0 <= r["class_entropy"] <= math.log(10) + 1e-9
         assert math.isclose(sum(r["class_histogram"]), 1.0)
     md = (out / "compare.md").read_text()
-    assert md.count("\n| ") == 4 and "no likelihood" in md
+    assert md.count("\n| ") == 5 and "no likelihood" in md
     from PIL import Image
     with Image.open(out / "compare.png") as img:  # 3.2 in per family (at least 4) x 7.2 in
         assert img.size == (round(3.2 * 4 * 90), round(7.2 * 90))

@@ -20,9 +20,6 @@ from diffusion_jax.methods.meanflow import MeanFlow, check_times
 from diffusion_jax.models import MLP
 from diffusion_jax.processes import Flow
 
-# its module-scoped trained fixtures are built once: every test here on one xdist worker
-pytestmark = pytest.mark.xdist_group("few_step")
-
 # three modes of unequal weight, far apart relative to their spread
 MIXTURE = dj.gmm.GaussianMixture(np.array([[-2.0, 0.0], [1.5, 1.5], [1.0, -2.0]]),
                                  np.full((3, 2), 0.3**2), np.array([0.5, 0.3, 0.2]))

@@ -98,6 +98,21 @@ class TorchPeer:
             self.step()
         return (time.perf_counter() - t0) / n
 
+    def profile(self, n: int = 3) -> dict[str, float]:
+        """Seconds per step by op category (``OP_CATEGORIES``), from torch.profiler's self CPU
+        time of every aten op over ``n`` steps (an op's own time, its children's excluded)."""
+        from torch.profiler import ProfilerActivity, profile
+
+        self.step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(n):
+                self.step()
+        out: dict[str, float] = {}
+        for ev in prof.key_averages():
+            cat = op_category(ev.key)
+            out[cat] = out.get(cat, 0.0) + ev.self_cpu_time_total / 1e6 / n
+        return out
+
     def matmul_gflops(self, n: int = 2048, repeats: int = 10) -> float:
         torch = self.torch
         a = torch.randn(n, n)
@@ -106,3 +121,36 @@ class TorchPeer:
         for _ in range(repeats):
             a @ a
         return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+# aten op name fragments -> the categories ``scripts/profile_train_step.py`` prints beside XLA's
+OP_CATEGORIES = (
+    ("convolution_backward", "conv backward (input + weight gradients)"),
+    ("convolution", "conv forward"),
+    ("group_norm", "group norm (forward and backward)"),
+    ("native_layer_norm", "group norm (forward and backward)"),
+    ("mm", "matmul (dense, attention)"),
+    ("matmul", "matmul (dense, attention)"),
+    ("linear", "matmul (dense, attention)"),
+    ("bmm", "matmul (dense, attention)"),
+    ("baddbmm", "matmul (dense, attention)"),
+    ("_foreach", "optimizer (Adam)"),
+    ("adam", "optimizer (Adam)"),
+    ("copy_", "transpose / copy"),
+    ("contiguous", "transpose / copy"),
+    ("clone", "transpose / copy"),
+    ("sum", "reduction (sums, means)"),
+    ("mean", "reduction (sums, means)"),
+)
+
+
+def op_category(name: str) -> str:
+    """The category of a torch.profiler event: aten ops by name; the autograd engine's and the
+    optimizer's wrapper events (their own time only) as framework overhead."""
+    low = name.lower()
+    if low.startswith("autograd::") or low.startswith("optimizer.zero_grad"):
+        return "framework overhead"
+    for fragment, category in OP_CATEGORIES:
+        if fragment in low:
+            return category
+    return "elementwise / other"
