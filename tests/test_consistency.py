@@ -332,6 +332,11 @@ def test_class_conditional_distillation_on_the_engine_takes_labels_from_the_cli(
 
     cfg = configs.toy(4)
     cfg.model.conditional = True
+    no_drop = tmp_path / "teacher_no_drop"
+    train(from_config(cfg), str(no_drop))
+    with pytest.raises(ConfigError, match="trained without label dropout"):
+        from_config(_consistency_config(configs, no_drop, guidance=2.0))
+    cfg.model.cond_drop = 0.2
     teacher = tmp_path / "teacher"
     train(from_config(cfg), str(teacher))
     _, tp, _ = load(str(teacher))

@@ -3,7 +3,6 @@
 import glob
 import json
 import os
-import sys
 
 import pytest
 
@@ -22,10 +21,12 @@ def test_notebook_outputs_are_stripped_and_api_is_public(path):
 
 
 # Notebook 04 trains a classifier and four families at 28x28 (5 min of compiling here); its parts
-# run in tests/test_families.py (the families, dj.compare). Notebook 06 (85 s: three samplers, a
-# prompt-calibrated learned solver and an inversion on the tiny SD fixture) has its parts in
-# tests/test_latent_pipelines.py. Both run with -m slow (the default suite's 20-minute budget)
+# run in tests/test_families.py (the families, dj.compare). Notebook 05 (47 s: the pretrained
+# fixtures loaded and sampled) has its parts in tests/test_pretrained.py, notebook 06 (85 s: three
+# samplers, a prompt-calibrated learned solver and an inversion on the tiny SD fixture) in
+# tests/test_latent_pipelines.py. They run with -m slow (the default suite's 20-minute budget)
 SLOW_NOTEBOOKS = ("notebooks/04_gans_vaes_flows_vs_diffusion.ipynb",
+                  "notebooks/05_pretrained_models.ipynb",
                   "notebooks/06_text_to_image.ipynb")
 
 

@@ -129,6 +129,7 @@ OP_CATEGORIES = (
     ("convolution", "conv forward"),
     ("group_norm", "group norm (forward and backward)"),
     ("native_layer_norm", "group norm (forward and backward)"),
+    ("scaled_dot_product", "matmul (dense, attention)"),
     ("mm", "matmul (dense, attention)"),
     ("matmul", "matmul (dense, attention)"),
     ("linear", "matmul (dense, attention)"),

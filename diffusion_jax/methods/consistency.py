@@ -292,6 +292,10 @@ def build(ctx: BuildContext) -> ConsistencyMethod:
                           f"{c.teacher!r} is unconditional")
     if c.guidance < 0:
         raise ConfigError(f"consistency.guidance={c.guidance} must be >= 0 (0: unguided)")
+    if c.guidance and not cond.drop_prob:
+        raise ConfigError(f"consistency.guidance={c.guidance}: {c.teacher!r} was trained without "
+                          "label dropout (model.cond_drop=0), so it has no unconditional output "
+                          "to guide with; distil it unguided (consistency.guidance=0)")
     return ConsistencyMethod(model, process, par, ctx.tx, ctx.data.shape, c.mode, loader, c.solver,
                              c.num_scales, loss, c.s0, c.s1, ctx.train.steps, c.sample_steps,
                              ctx.train.ema_decay, c.ect_q, c.ect_stages, cond, c.guidance)
