@@ -289,6 +289,17 @@ class StepsSampling:
                  SampleRequest(steps=nfe)) for nfe in nfes]
 
 
+def class_rows_preview(method, params, key, n: int, test_images=None):
+    """``preview`` for families whose ``sample(params, key, n, cond={"y": ...})`` takes labels:
+    one row per class when class-conditional (``(images, per_row)``), else ``n`` samples."""
+    k = method.num_classes
+    if not k:
+        return np.asarray(method.sample(params, key, n)), None
+    per = max(n // k, 1)
+    y = jnp.repeat(jnp.arange(k), per)
+    return np.asarray(method.sample(params, key, per * k, cond={"y": y})), per
+
+
 def slerp_rows(za, zb, steps: int):
     """``rows x steps`` latents along slerp paths from ``za`` to ``zb`` (``[rows, ...]`` each),
     flattened to ``[rows * steps, ...]``."""

@@ -32,7 +32,8 @@ from jax.sharding import Mesh
 from diffusion_jax import consistency_math as C
 from diffusion_jax.conditioning import Conditioning
 from diffusion_jax.methods import diffusion
-from diffusion_jax.methods.base import MethodBase, SampleRequest, StepsSampling
+from diffusion_jax.methods.base import (MethodBase, SampleRequest, StepsSampling,
+                                       class_rows_preview)
 from diffusion_jax.methods.state import (apply_gradients, opt_shardings, param_shardings, replicated,
                                          with_shardings)
 from diffusion_jax.parameterization import Parameterization, make_denoiser
@@ -205,13 +206,7 @@ class ConsistencyMethod(MethodBase):
                   f"consistency model was trained on; more steps than that do not help")
         return {"steps": req.steps} if req.steps else {}
 
-    def preview(self, params, key, n: int, test_images):
-        k = self.num_classes
-        if not k:
-            return np.asarray(self.sample(params, key, n)), None
-        per = max(n // k, 1)
-        y = jnp.repeat(jnp.arange(k), per)
-        return np.asarray(self.sample(params, key, per * k, cond={"y": y})), per
+    preview = class_rows_preview
 
     def nfe(self, req: SampleRequest) -> int:
         return req.steps or self.sample_steps

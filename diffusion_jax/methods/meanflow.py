@@ -36,7 +36,7 @@ import optax
 
 from diffusion_jax.conditioning import Conditioning
 from diffusion_jax.methods import diffusion
-from diffusion_jax.methods.base import MethodBase, StepsSampling
+from diffusion_jax.methods.base import MethodBase, StepsSampling, class_rows_preview
 from diffusion_jax.methods.state import SingleNetwork, TrainState, apply_gradients, ema_decay_at
 from diffusion_jax.models.dit import DiT
 from diffusion_jax.processes import Flow
@@ -159,13 +159,7 @@ class MeanFlow(SingleNetwork, MethodBase):
                              f"(meanflow.omega={self.omega}); sample without it")
         return StepsSampling.eval_requests(self, samplers, nfes, grids, None)
 
-    def preview(self, params, key, n: int, test_images):
-        k = self.num_classes
-        if not k:
-            return np.asarray(self.sample(params, key, n)), None
-        per = max(n // k, 1)
-        y = jnp.repeat(jnp.arange(k), per)
-        return np.asarray(self.sample(params, key, per * k, cond={"y": y})), per
+    preview = class_rows_preview
 
 
 def check_times(times) -> tuple[float, ...]:
