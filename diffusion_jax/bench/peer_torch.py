@@ -130,11 +130,9 @@ OP_CATEGORIES = (
     ("group_norm", "group norm (forward and backward)"),
     ("native_layer_norm", "group norm (forward and backward)"),
     ("scaled_dot_product", "matmul (dense, attention)"),
-    ("mm", "matmul (dense, attention)"),
+    ("mm", "matmul (dense, attention)"),           # mm, addmm, bmm, baddbmm
     ("matmul", "matmul (dense, attention)"),
     ("linear", "matmul (dense, attention)"),
-    ("bmm", "matmul (dense, attention)"),
-    ("baddbmm", "matmul (dense, attention)"),
     ("_foreach", "optimizer (Adam)"),
     ("adam", "optimizer (Adam)"),
     ("copy_", "transpose / copy"),
